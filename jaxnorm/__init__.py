@@ -1,0 +1,61 @@
+"""jaxnorm: a functional JAX/Flax library for studying what normalization does to deep networks.
+
+The public API, in one place:
+
+* :mod:`jaxnorm.norms` -- pure functions with explicit state: ``batch_norm`` (every
+  ablation variant, ghost groups, synchronized over a mapped axis), ``BatchStats``,
+  ``population_stats``, ``layer_norm``, ``group_norm``, ``instance_norm``,
+  ``weight_norm``, ``weight_standardize``, momentum converters.
+* :mod:`jaxnorm.layers` -- ``Norm`` (flax module), the norm-name vocabulary ``NORMS``
+  (``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta``, ``bn_gamma_beta``, ``layer``,
+  ``group``, ``instance``), ``crelu``, activations.
+* :mod:`jaxnorm.inits` -- named initializers (Glorot, He, orthogonal, N(0, c/n), looks-linear).
+* :mod:`jaxnorm.models` -- ``get_model(name, **kwargs)``: ``3c3d``, ``allcnnc``, ``mlp``,
+  ``deep_fc``, ``convnet``.
+"""
+
+from jaxnorm import inits, layers, models, norms
+from jaxnorm.inits import get_init
+from jaxnorm.layers import ABLATION_VARIANTS, NORMS, Norm, crelu, make_norm
+from jaxnorm.models import get_model, model_names
+from jaxnorm.norms import (
+    BatchStats,
+    PopulationAccumulator,
+    batch_norm,
+    flax_momentum_to_torch,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    population_stats,
+    torch_momentum_to_flax,
+    weight_norm,
+    weight_standardize,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABLATION_VARIANTS",
+    "BatchStats",
+    "NORMS",
+    "Norm",
+    "PopulationAccumulator",
+    "batch_norm",
+    "crelu",
+    "flax_momentum_to_torch",
+    "get_init",
+    "get_model",
+    "group_norm",
+    "inits",
+    "instance_norm",
+    "layer_norm",
+    "layers",
+    "make_norm",
+    "model_names",
+    "models",
+    "norms",
+    "population_stats",
+    "torch_momentum_to_flax",
+    "weight_norm",
+    "weight_standardize",
+]

@@ -1,0 +1,137 @@
+"""Weight initializers, named and documented.
+
+Each entry is a factory returning a JAX initializer ``init(key, shape, dtype) -> Array``
+for flax kernels: dense ``(fan_in, fan_out)``, conv ``(*window, in, out)``. Fans count
+the receptive field, as PyTorch and TF do: ``fan_in = prod(window) * in``.
+
+Truncated or not: TF/Keras ``glorot_normal`` draws from a normal truncated at two
+standard deviations (rescaled so the variance is still ``2 / (fan_in + fan_out)``);
+PyTorch ``xavier_normal_`` does not truncate. The DeepOBS PyTorch code that the
+BatchNorm ablation study ran used the untruncated form, so :func:`glorot_normal`
+defaults to ``truncated=False``; both are available by name.
+
+Use :func:`get_init` to look one up by the names used in configs.
+
+References:
+  Glorot & Bengio (2010); He et al. (2015), arXiv:1502.01852; Saxe et al. (2014),
+  arXiv:1312.6120 (orthogonal); Balduzzi et al. (2017), arXiv:1702.08591 and source
+  document 002, Def. 3.9 (looks-linear).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.nn import initializers as _jinit
+
+Initializer = Callable[..., jax.Array]
+
+__all__ = [
+    "glorot_normal",
+    "glorot_truncated_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "orthogonal",
+    "scaled_normal",
+    "looks_linear",
+    "get_init",
+    "INITS",
+]
+
+
+def glorot_normal(truncated: bool = False) -> Initializer:
+    """Glorot/Xavier normal, variance ``2 / (fan_in + fan_out)``.
+
+    ``truncated=False`` (default) is PyTorch's ``xavier_normal_``; ``truncated=True`` is
+    TF's ``glorot_normal`` (two-sigma truncation, variance preserved).
+    """
+    return _jinit.variance_scaling(1.0, "fan_avg", "truncated_normal" if truncated else "normal")
+
+
+def glorot_truncated_normal() -> Initializer:
+    """TF/Keras ``glorot_normal``: :func:`glorot_normal` with ``truncated=True``."""
+    return glorot_normal(truncated=True)
+
+
+def glorot_uniform() -> Initializer:
+    """Glorot/Xavier uniform on ``[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))``."""
+    return _jinit.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def he_normal() -> Initializer:
+    """He/Kaiming normal (fan-in mode, untruncated), variance ``2 / fan_in``."""
+    return _jinit.variance_scaling(2.0, "fan_in", "normal")
+
+
+def he_uniform() -> Initializer:
+    """He/Kaiming uniform (fan-in mode), variance ``2 / fan_in``."""
+    return _jinit.variance_scaling(2.0, "fan_in", "uniform")
+
+
+def scaled_normal(c: float = 2.0) -> Initializer:
+    """``W ~ N(0, c / n)`` with ``n = fan_in`` (the lecture's initialization-scale study:
+    for a deep ReLU MLP c = 1 shrinks, c = 2 preserves, c = 3 explodes the activations)."""
+    if c <= 0:
+        raise ValueError(f"scaled_normal needs c > 0, got {c}.")
+    return _jinit.variance_scaling(float(c), "fan_in", "normal")
+
+
+def orthogonal(scale: float = 1.0) -> Initializer:
+    """(Semi-)orthogonal kernel (Saxe et al. 2014): the ``(fan_in, fan_out)`` matrix of
+    the kernel (conv windows folded into fan-in) has orthonormal rows or columns."""
+    return _jinit.orthogonal(scale=scale, column_axis=-1)
+
+
+def looks_linear(scale: float = 1.0) -> Initializer:
+    """Looks-linear (mirrored block) kernel for a dense layer fed by CReLU.
+
+    CReLU maps ``x`` (n features) to ``[relu(x), relu(-x)]`` (2n features). With the
+    kernel ``[[W], [-W]]`` of shape ``(2n, m)`` and ``W`` orthogonal ``(n, m)``, the
+    layer computes ``relu(x) W - relu(-x) W = x W``: exactly linear at initialization
+    (source document 002, Def. 3.9 and eq. 3.23, written there as ``[W -W]`` in the
+    ``out x in`` convention).
+
+    Raises:
+      ValueError: the kernel is not 2-D or its fan-in is odd.
+    """
+    base = orthogonal(scale)
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2 or shape[0] % 2:
+            raise ValueError(
+                "looks_linear needs a dense kernel (2n, m) whose input is a CReLU output "
+                f"(even fan-in), got shape {tuple(shape)}."
+            )
+        w = base(key, (shape[0] // 2, shape[1]), dtype)
+        return jnp.concatenate([w, -w], axis=0)
+
+    return init
+
+
+# Names used in configs and model arguments -> factories.
+INITS: dict[str, Callable[..., Initializer]] = {
+    "glorot_normal": glorot_normal,
+    "glorot_truncated_normal": glorot_truncated_normal,
+    "glorot_uniform": glorot_uniform,
+    "he_normal": he_normal,
+    "he_uniform": he_uniform,
+    "orthogonal": orthogonal,
+    "scaled_normal": scaled_normal,
+    "looks_linear": looks_linear,
+}
+
+
+def get_init(name: str, **kwargs) -> Initializer:
+    """The initializer registered as ``name``, built with ``kwargs`` (e.g. ``c=2.0``).
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        factory = INITS[name]
+    except KeyError:
+        raise ValueError(f"unknown initializer {name!r}; known: {sorted(INITS)}") from None
+    return factory(**kwargs)

@@ -1,0 +1,212 @@
+"""Thin flax.linen modules over :mod:`jaxnorm.norms`, and the norm/activation names.
+
+One vocabulary of normalization names is used everywhere (model ``norm=`` arguments,
+configs, plots, result files):
+
+=================  ==========  ==========  =========================================
+name               kind        γ (scale)   β (bias)
+=================  ==========  ==========  =========================================
+``vanilla``        --          --          no normalization layer at all
+``bn``             batch       fixed 1     fixed 0
+``bn_gamma``       batch       learned     fixed 0
+``bn_beta``        batch       fixed 1     learned
+``bn_gamma_beta``  batch       learned     learned (standard BatchNorm)
+``layer``          layer       learned     learned
+``group``          group       learned     learned
+``instance``       instance    learned     learned
+=================  ==========  ==========  =========================================
+
+The first five are the variants of the BatchNorm ablation study (source document 001,
+§3.1.1: Vanilla, BN, BN_γ, BN_β, BN_γ,β).
+
+Variables of :class:`Norm`: ``params/scale`` and ``params/bias`` exist only when they
+are learned (an ablated γ or β is not a parameter at all, so it cannot be trained or
+decayed by accident); ``batch_stats/mean`` and ``batch_stats/var`` exist for the batch
+kind only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxnorm import norms
+
+__all__ = [
+    "NormSpec",
+    "NORMS",
+    "ABLATION_VARIANTS",
+    "norm_spec",
+    "Norm",
+    "make_norm",
+    "norm_from_spec",
+    "crelu",
+    "ACTIVATIONS",
+    "get_activation",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """What a normalization name means.
+
+    Attributes:
+      kind: ``'batch'``, ``'layer'``, ``'group'`` or ``'instance'``.
+      use_scale: γ is a learned parameter (else fixed at 1).
+      use_bias: β is a learned parameter (else fixed at 0).
+    """
+
+    kind: str
+    use_scale: bool
+    use_bias: bool
+
+    @property
+    def absorbs_bias(self) -> bool:
+        """True when the statistics are per feature (batch, instance), so a bias added
+        to each feature just before the norm is subtracted again: the preceding
+        layer's bias is then dropped. (Layer/group norm subtract a mean over
+        features, which does not cancel a per-feature bias, so it is kept.)"""
+        return self.kind in ("batch", "instance")
+
+
+NORMS: dict[str, Optional[NormSpec]] = {
+    "vanilla": None,
+    "bn": NormSpec("batch", use_scale=False, use_bias=False),
+    "bn_gamma": NormSpec("batch", use_scale=True, use_bias=False),
+    "bn_beta": NormSpec("batch", use_scale=False, use_bias=True),
+    "bn_gamma_beta": NormSpec("batch", use_scale=True, use_bias=True),
+    "layer": NormSpec("layer", use_scale=True, use_bias=True),
+    "group": NormSpec("group", use_scale=True, use_bias=True),
+    "instance": NormSpec("instance", use_scale=True, use_bias=True),
+}
+
+ABLATION_VARIANTS: tuple[str, ...] = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
+
+
+def norm_spec(name: str) -> Optional[NormSpec]:
+    """The :class:`NormSpec` for ``name`` (``None`` for ``'vanilla'``).
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return NORMS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown norm {name!r}; known: {list(NORMS)}") from None
+
+
+def _stateless(kind: str) -> Callable:
+    return {
+        "layer": lambda m, x, s, b: norms.layer_norm(x, s, b, epsilon=m.epsilon),
+        "group": lambda m, x, s, b: norms.group_norm(x, s, b, num_groups=m.num_groups, epsilon=m.epsilon),
+        "instance": lambda m, x, s, b: norms.instance_norm(x, s, b, epsilon=m.epsilon),
+    }[kind]
+
+
+class Norm(nn.Module):
+    """A normalization layer over the last axis; see :func:`make_norm` for names.
+
+    Call as ``Norm(...)(x, train)``. In the batch kind with ``train=True`` the running
+    statistics in ``batch_stats`` are updated (apply with ``mutable=['batch_stats']``),
+    except during ``init``, which never moves them. With ``train=False`` they are
+    used and left unchanged. The other kinds ignore ``train``.
+
+    Attributes:
+      kind: ``'batch'``, ``'layer'``, ``'group'`` or ``'instance'``.
+      use_scale, use_bias: learn γ / β (else they are fixed at 1 / 0 and not created).
+      momentum, epsilon, group_size, axis_name, unbiased_running_var: passed to
+        :func:`jaxnorm.norms.batch_norm` (Flax/TF momentum convention).
+      num_groups: for the group kind.
+      scale_init, bias_init: initializers of γ and β (default 1 and 0).
+    """
+
+    kind: str = "batch"
+    use_scale: bool = True
+    use_bias: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    group_size: Optional[int] = None
+    axis_name: Optional[str] = None
+    unbiased_running_var: bool = True
+    num_groups: int = 32
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.kind not in ("batch", "layer", "group", "instance"):
+            raise ValueError(f"unknown norm kind {self.kind!r}; known: batch, layer, group, instance")
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32) if self.use_scale else None
+        bias = self.param("bias", self.bias_init, (features,), jnp.float32) if self.use_bias else None
+        if self.kind != "batch":
+            return _stateless(self.kind)(self, x, scale, bias)
+
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        y, new = norms.batch_norm(
+            x,
+            norms.BatchStats(mean.value, var.value),
+            scale,
+            bias,
+            train=train,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            group_size=self.group_size,
+            axis_name=self.axis_name,
+            unbiased_running_var=self.unbiased_running_var,
+        )
+        if train and not self.is_initializing():
+            mean.value, var.value = new.mean, new.var
+        return y
+
+
+def make_norm(name: str, **kwargs) -> Optional[Norm]:
+    """A :class:`Norm` configured for the vocabulary name ``name``; ``None`` for ``'vanilla'``.
+
+    ``kwargs`` go to :class:`Norm` (e.g. ``momentum``, ``group_size``, ``name``).
+    """
+    spec = norm_spec(name)
+    return None if spec is None else norm_from_spec(spec, **kwargs)
+
+
+def norm_from_spec(spec: NormSpec, **kwargs) -> Norm:
+    """A :class:`Norm` for a resolved :class:`NormSpec`; ``kwargs`` go to :class:`Norm`."""
+    return Norm(kind=spec.kind, use_scale=spec.use_scale, use_bias=spec.use_bias, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Activations.
+
+
+def crelu(x: jax.Array) -> jax.Array:
+    """Concatenated ReLU (Shang et al. 2016): ``[relu(x), relu(-x)]`` along the last
+    axis, doubling the features. With the looks-linear kernel
+    (:func:`jaxnorm.inits.looks_linear`) the next layer is linear at initialization.
+    (Source document 002 writes Def. 3.8 with a sign typo; eq. 3.23 shows the intent.)"""
+    return jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "crelu": crelu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "linear": lambda x: x,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation registered as ``name``.
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
