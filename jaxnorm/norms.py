@@ -178,8 +178,9 @@ def torch_momentum_to_flax(momentum: float) -> float:
     return 1.0 - momentum
 
 
-flax_momentum_to_torch = torch_momentum_to_flax
-flax_momentum_to_torch.__doc__ = "Inverse of :func:`torch_momentum_to_flax` (the same map, m -> 1 - m)."
+def flax_momentum_to_torch(momentum: float) -> float:
+    """Inverse of :func:`torch_momentum_to_flax` (the same map, m -> 1 - m)."""
+    return torch_momentum_to_flax(momentum)
 
 
 def batch_norm(
@@ -211,8 +212,8 @@ def batch_norm(
 
     Running variance: by default (``unbiased_running_var=True``) the batch variance
     enters the average with Bessel's correction ``m / (m - 1)``, where ``m`` is the
-    number of values behind each feature's statistic (batch x spatial positions, of one
-    ghost group if ``group_size`` is set, over all shards if ``axis_name`` is set). This
+    number of values behind each feature's statistic (batch x spatial positions: of one
+    ghost group if ``group_size`` is set, else over all shards if ``axis_name`` is set). This
     is the BatchNorm paper's inference estimate (Ioffe & Szegedy 2015, Alg. 2; source
     document 001 eq. 2.27) and what PyTorch does, which ran the ablation study being
     reproduced. ``unbiased_running_var=False`` gives Flax's biased running variance.
@@ -226,13 +227,16 @@ def batch_norm(
       train: batch statistics (True) or running statistics (False). Static.
       momentum: EMA coefficient in the Flax/TF convention, in [0, 1].
       epsilon: added to the variance before the square root.
-      group_size: ghost/virtual batch norm: split the batch axis into groups of this
-        many examples and normalize each group by its own statistics (Hoffer et al.
-        2017). The running statistics are the averages of the group statistics. The
-        semantics depend only on ``group_size``, never on the device count.
+      group_size: ghost/virtual batch norm (training mode): split the batch axis into
+        groups of this many examples and normalize each group by its own statistics
+        (Hoffer et al. 2017). The running statistics are the averages of the group
+        statistics. The semantics depend only on ``group_size``, never on the device
+        count: with ``axis_name`` too, groups stay local to their shard and only the
+        running-statistics update is averaged over the shards.
       axis_name: average the statistics over this named mapped axis (``shard_map``),
-        i.e. synchronized BatchNorm across shards. Not needed under plain ``jit`` with
-        a sharded batch: the statistics of a global array are already global.
+        i.e. synchronized BatchNorm across shards (every shard must hold the same number
+        of examples). Not needed under plain ``jit`` with a sharded batch: the
+        statistics of a global array are already global.
       unbiased_running_var: see above.
 
     Returns:
@@ -276,8 +280,10 @@ def batch_norm(
     first = 0 if group_size is None else 1
     axes = tuple(range(first, xg.ndim - 1))
     count = math.prod(xg.shape[a] for a in axes)
-    if axis_name is not None:
-        count *= _axis_size(axis_name)
+    # Ghost groups are local to a shard; otherwise the statistics are synchronized.
+    sync_axis = axis_name if group_size is None else None
+    if sync_axis is not None:
+        count *= _axis_size(sync_axis)
     if count < 2:
         raise ValueError(
             "batch_norm in training mode needs at least 2 values per feature to estimate "
@@ -285,11 +291,14 @@ def batch_norm(
             "Use a larger batch, or train=False to normalize with the running statistics."
         )
 
-    mean, var = _moments(xg, axes, axis_name=axis_name)
+    mean, var = _moments(xg, axes, axis_name=sync_axis)
     y = _normalize(xg, mean, var, scale, bias, epsilon).reshape(x.shape)
 
     batch_mean = mean.reshape(-1, num_features).mean(axis=0)
     batch_var = var.reshape(-1, num_features).mean(axis=0)
+    if group_size is not None and axis_name is not None:
+        # Every shard keeps the same running statistics: average the group means over shards.
+        batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), axis_name)
     if unbiased_running_var:
         batch_var = batch_var * (count / (count - 1))
     sdt = stats.mean.dtype
@@ -378,6 +387,8 @@ def population_stats(batches: Iterable[Array]) -> BatchStats:
         x = jnp.asarray(x)
         if acc is None:
             _check_floating(x)
+            if x.ndim < 2:
+                raise ValueError(f"population_stats expects batches (batch, ..., features), got shape {x.shape}.")
             acc = PopulationAccumulator.init(x.shape[-1], _compute_dtype(x.dtype))
         acc = acc.update(x)
     if acc is None:

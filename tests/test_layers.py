@@ -1,0 +1,330 @@
+"""Tests of :mod:`jaxnorm.layers`: the ``Norm`` module, the name vocabulary and activations.
+
+Numbers are checked against flax.linen's own normalization layers (same parameters copied
+into both) or against float64 NumPy references written here (none calls jaxnorm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnorm import layers
+from jaxnorm.layers import ACTIVATIONS, NORMS, Norm, NormSpec, get_activation, make_norm, norm_spec
+
+# float32 on both sides, different summation orders (and flax's E[x^2]-E[x]^2 variance):
+# ~1e-6 relative differences; 1e-5 leaves headroom.
+RTOL = 1e-5
+ATOL = 1e-5
+
+KEY = jax.random.PRNGKey(0)
+
+
+def f64(a):
+    return np.asarray(a, np.float64)
+
+
+def close(actual, expected, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(f64(actual), f64(expected), rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1)
+
+
+def rand_x(rng, shape):
+    c = shape[-1]
+    return (rng.uniform(-1, 1, c) + rng.uniform(0.5, 2.0, c) * rng.standard_normal(shape)).astype(np.float32)
+
+
+def ref_batch_stats(x):
+    """float64 per-feature batch mean and biased variance, and the values per feature."""
+    flat = f64(x).reshape(-1, x.shape[-1])
+    return flat.mean(axis=0), flat.var(axis=0), flat.shape[0]
+
+
+# --------------------------------------------------------------------------------------
+# Vocabulary.
+
+EXPECTED_SPECS = {
+    "bn": ("batch", False, False),
+    "bn_gamma": ("batch", True, False),
+    "bn_beta": ("batch", False, True),
+    "bn_gamma_beta": ("batch", True, True),
+    "layer": ("layer", True, True),
+    "group": ("group", True, True),
+    "instance": ("instance", True, True),
+}
+
+
+def test_norm_vocabulary_matches_documented_table():
+    assert set(NORMS) == {"vanilla", *EXPECTED_SPECS}
+    assert layers.ABLATION_VARIANTS == ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
+    assert norm_spec("vanilla") is None
+    assert make_norm("vanilla") is None
+    for name, (kind, s, b) in EXPECTED_SPECS.items():
+        assert norm_spec(name) == NormSpec(kind, use_scale=s, use_bias=b)
+        m = make_norm(name, momentum=0.5)
+        assert isinstance(m, Norm)
+        assert (m.kind, m.use_scale, m.use_bias, m.momentum) == (kind, s, b, 0.5)
+
+
+@pytest.mark.parametrize(
+    "kind,absorbs", [("batch", True), ("instance", True), ("layer", False), ("group", False)]
+)
+def test_absorbs_bias(kind, absorbs):
+    assert NormSpec(kind, True, True).absorbs_bias is absorbs
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "BN", "", None, ["bn"]])
+def test_unknown_norm_name(name):
+    with pytest.raises(ValueError, match=r"unknown norm .*known: \['vanilla', 'bn'"):
+        norm_spec(name)
+    with pytest.raises(ValueError, match=r"unknown norm"):
+        make_norm(name)
+
+
+def test_unknown_norm_kind():
+    x = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match=r"unknown norm kind 'weight'; known: batch, layer, group, instance"):
+        Norm(kind="weight").init(KEY, x, False)
+
+
+# --------------------------------------------------------------------------------------
+# Norm variables.
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_norm_variables_per_name(name):
+    x = jnp.ones((2, 4, 4, 6), jnp.float32) * jnp.arange(6.0)
+    module = make_norm(name, num_groups=2)
+    if name == "vanilla":
+        assert module is None
+        return
+    spec = NORMS[name]
+    variables = module.init(KEY, x, False)
+    params = variables.get("params", {})
+    expected = {k for k, on in (("scale", spec.use_scale), ("bias", spec.use_bias)) if on}
+    assert set(params) == expected
+    for k in expected:
+        assert params[k].shape == (6,) and params[k].dtype == jnp.float32
+    if "scale" in expected:
+        np.testing.assert_array_equal(np.asarray(params["scale"]), 1.0)  # default γ init
+    if "bias" in expected:
+        np.testing.assert_array_equal(np.asarray(params["bias"]), 0.0)  # default β init
+    if spec.kind == "batch":
+        assert set(variables) <= {"params", "batch_stats"}
+        assert set(variables["batch_stats"]) == {"mean", "var"}
+        np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["mean"]), np.zeros(6))
+        np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["var"]), np.ones(6))
+    else:
+        assert "batch_stats" not in variables
+        assert set(variables) <= {"params"}
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (2, 3, 3, 3)])
+def test_init_with_train_does_not_move_running_stats(rng, shape):
+    x = jnp.asarray(rand_x(rng, shape) + 5.0)  # mean far from 0: an update would be visible
+    variables = Norm(kind="batch").init(KEY, x, True)
+    np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["mean"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["var"]), 1.0)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_apply_train_updates_and_eval_keeps_running_stats(rng, unbiased):
+    shape, momentum = (6, 2, 2, 3), 0.7
+    x1, x2 = rand_x(rng, shape), rand_x(rng, shape)
+    module = Norm(kind="batch", momentum=momentum, unbiased_running_var=unbiased)
+    variables = module.init(KEY, jnp.asarray(x1), False)
+
+    @jax.jit
+    def train_step(variables, x):
+        return module.apply(variables, x, True, mutable=["batch_stats"])
+
+    mean, var = np.zeros(3), np.ones(3)
+    for x in (x1, x2):
+        y, updates = train_step(variables, jnp.asarray(x))
+        variables = {**variables, **updates}
+        mu, v, m = ref_batch_stats(x)
+        if unbiased:
+            v = v * m / (m - 1)
+        mean, var = momentum * mean + (1 - momentum) * mu, momentum * var + (1 - momentum) * v
+        # Training output uses the batch statistics (γ=1, β=0 at init).
+        close(y, (f64(x) - x.reshape(-1, 3).mean(0)) / np.sqrt(x.reshape(-1, 3).astype(np.float64).var(0) + 1e-5))
+    close(variables["batch_stats"]["mean"], mean)
+    close(variables["batch_stats"]["var"], var)
+
+    # train=False: running statistics are used and left unchanged, even if mutable.
+    y_eval, updates = jax.jit(lambda v, x: module.apply(v, x, False, mutable=["batch_stats"]))(
+        variables, jnp.asarray(x1)
+    )
+    np.testing.assert_array_equal(np.asarray(updates["batch_stats"]["mean"]), np.asarray(variables["batch_stats"]["mean"]))
+    np.testing.assert_array_equal(np.asarray(updates["batch_stats"]["var"]), np.asarray(variables["batch_stats"]["var"]))
+    close(y_eval, (f64(x1) - mean) / np.sqrt(var + 1e-5))
+    # ...and plain apply (nothing mutable) works in eval mode.
+    close(module.apply(variables, jnp.asarray(x1), False), y_eval, rtol=1e-6, atol=1e-6)
+
+
+def test_apply_train_without_mutable_batch_stats_fails(rng):
+    """Updating the running statistics needs mutable=['batch_stats'] (flax refuses otherwise)."""
+    x = jnp.asarray(rand_x(rng, (4, 3)))
+    module = Norm(kind="batch")
+    variables = module.init(KEY, x, False)
+    with pytest.raises(Exception, match="batch_stats"):
+        module.apply(variables, x, True)
+
+
+def test_norm_passes_group_size_and_axis_name(rng):
+    x = rand_x(rng, (8, 3))
+    variables = {"batch_stats": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
+    ghost = Norm(kind="batch", use_scale=False, use_bias=False, group_size=4, momentum=0.5)
+    y, upd = ghost.apply(variables, jnp.asarray(x), True, mutable=["batch_stats"])
+    halves = [ref_batch_stats(x[:4]), ref_batch_stats(x[4:])]
+    for k, (mu, v, _) in enumerate(halves):
+        close(y[4 * k : 4 * k + 4], (f64(x[4 * k : 4 * k + 4]) - mu) / np.sqrt(v + 1e-5))
+    close(upd["batch_stats"]["var"], 0.5 + 0.5 * np.mean([v * 4 / 3 for _, v, _ in halves], axis=0))
+
+    synced = Norm(kind="batch", use_scale=False, use_bias=False, axis_name="d", momentum=0.5)
+    ys, upd = jax.vmap(
+        lambda xs: synced.apply(variables, xs, True, mutable=["batch_stats"]), axis_name="d"
+    )(jnp.asarray(x).reshape(2, 4, 3))
+    mu, v, m = ref_batch_stats(x)
+    close(ys.reshape(8, 3), (f64(x) - mu) / np.sqrt(v + 1e-5))
+    close(upd["batch_stats"]["mean"][0], 0.5 * mu)
+    close(upd["batch_stats"]["var"][1], 0.5 + 0.5 * v * m / (m - 1))
+
+
+# --------------------------------------------------------------------------------------
+# Equivalence with flax.linen.
+
+
+def _copy_vars(rng, c, use_scale, use_bias, with_stats):
+    params = {}
+    if use_scale:
+        params["scale"] = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
+    if use_bias:
+        params["bias"] = jnp.asarray(rng.normal(size=c), jnp.float32)
+    v = {"params": params} if params else {}
+    if with_stats:
+        v["batch_stats"] = {
+            "mean": jnp.asarray(rng.normal(size=c), jnp.float32),
+            "var": jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32),
+        }
+    return v
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 2, 6)], ids=["NC", "NHWC"])
+def test_batch_norm_matches_flax(rng, shape, affine, train):
+    use_scale, use_bias = affine
+    m, eps = 0.8, 1e-4
+    x = jnp.asarray(rand_x(rng, shape))
+    variables = _copy_vars(rng, shape[-1], use_scale, use_bias, with_stats=True)
+    ours = Norm(kind="batch", use_scale=use_scale, use_bias=use_bias, momentum=m, epsilon=eps,
+                unbiased_running_var=False)
+    theirs = nn.BatchNorm(use_running_average=not train, momentum=m, epsilon=eps,
+                          use_scale=use_scale, use_bias=use_bias)
+    # Same variable tree: flax creates exactly the same names and shapes.
+    ref_tree = jax.tree_util.tree_map(jnp.shape, theirs.init(KEY, x))
+    our_tree = jax.tree_util.tree_map(jnp.shape, ours.init(KEY, x, train))
+    assert our_tree == ref_tree
+    y1, u1 = jax.jit(lambda v, x: ours.apply(v, x, train, mutable=["batch_stats"]))(variables, x)
+    y2, u2 = jax.jit(lambda v, x: theirs.apply(v, x, mutable=["batch_stats"]))(variables, x)
+    close(y1, y2)
+    close(u1["batch_stats"]["mean"], u2["batch_stats"]["mean"])
+    close(u1["batch_stats"]["var"], u2["batch_stats"]["var"])
+    if not train:
+        np.testing.assert_array_equal(np.asarray(u1["batch_stats"]["var"]), np.asarray(variables["batch_stats"]["var"]))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape", [(6, 8), (3, 4, 5, 8)], ids=["NC", "NHWC"])
+def test_layer_norm_matches_flax(rng, shape, affine):
+    x = jnp.asarray(rand_x(rng, shape))
+    variables = _copy_vars(rng, shape[-1], affine, affine, with_stats=False)
+    ours = Norm(kind="layer", use_scale=affine, use_bias=affine, epsilon=1e-5)
+    theirs = nn.LayerNorm(reduction_axes=tuple(range(1, len(shape))), epsilon=1e-5,
+                          use_scale=affine, use_bias=affine)
+    assert jax.tree_util.tree_map(jnp.shape, ours.init(KEY, x, False)) == jax.tree_util.tree_map(
+        jnp.shape, theirs.init(KEY, x))
+    y1 = jax.jit(lambda v, x: ours.apply(v, x, True))(variables, x)
+    y2 = theirs.apply(variables, x)
+    close(y1, y2)
+
+
+@pytest.mark.parametrize("num_groups", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(6, 8), (3, 4, 5, 8)], ids=["NC", "NHWC"])
+def test_group_norm_matches_flax(rng, shape, num_groups):
+    x = jnp.asarray(rand_x(rng, shape))
+    variables = _copy_vars(rng, shape[-1], True, True, with_stats=False)
+    ours = Norm(kind="group", num_groups=num_groups, epsilon=1e-5)
+    theirs = nn.GroupNorm(num_groups=num_groups, epsilon=1e-5)
+    y1 = jax.jit(lambda v, x: ours.apply(v, x, False))(variables, x)
+    y2 = theirs.apply(variables, x)
+    close(y1, y2)
+
+
+def test_instance_norm_matches_flax(rng):
+    x = jnp.asarray(rand_x(rng, (3, 4, 5, 6)))
+    variables = _copy_vars(rng, 6, True, True, with_stats=False)
+    y1 = jax.jit(lambda v, x: Norm(kind="instance").apply(v, x, False))(variables, x)
+    y2 = nn.InstanceNorm(epsilon=1e-5).apply(variables, x)
+    close(y1, y2)
+
+
+# --------------------------------------------------------------------------------------
+# Activations.
+
+
+def _gelu_exact(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+REF_ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "crelu": lambda x: np.concatenate([np.maximum(x, 0.0), np.maximum(-x, 0.0)], axis=-1),
+    "tanh": np.tanh,
+    "gelu": _gelu_exact,
+    "linear": lambda x: x,
+}
+
+
+def test_every_activation_has_a_reference():
+    assert set(ACTIVATIONS) == set(REF_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", sorted(REF_ACTIVATIONS))
+def test_activation_matches_reference(rng, name, jit):
+    x = rng.normal(size=(3, 2, 4)).astype(np.float32) * 2.0
+    fn = get_activation(name)
+    assert fn is ACTIVATIONS[name]
+    y = (jax.jit(fn) if jit else fn)(jnp.asarray(x))
+    expected = REF_ACTIVATIONS[name](f64(x))
+    assert y.shape == expected.shape and y.dtype == jnp.float32
+    # gelu may use the tanh approximation (|error| < 1e-3 vs the erf form); others are float32-exact.
+    tol = 1e-3 if name == "gelu" else 1e-6
+    close(y, expected, rtol=tol, atol=tol)
+
+
+def test_crelu_doubles_last_axis_and_concatenates(rng):
+    x = jnp.asarray(rng.normal(size=(2, 3, 5)).astype(np.float32))
+    y = jax.jit(layers.crelu)(x)
+    assert y.shape == (2, 3, 10)
+    np.testing.assert_array_equal(np.asarray(y[..., :5]), np.maximum(np.asarray(x), 0))
+    np.testing.assert_array_equal(np.asarray(y[..., 5:]), np.maximum(-np.asarray(x), 0))
+    # relu(x) - relu(-x) = x: the pair loses no information.
+    np.testing.assert_array_equal(np.asarray(y[..., :5] - y[..., 5:]), np.asarray(x))
+
+
+@pytest.mark.parametrize("name", ["Relu", "swish", "", None])
+def test_unknown_activation(name):
+    with pytest.raises(ValueError, match=r"unknown activation .*known: \['crelu', 'gelu', 'linear', 'relu', 'tanh'\]"):
+        get_activation(name)
