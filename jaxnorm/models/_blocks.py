@@ -26,8 +26,8 @@ def plan_norms(norm: str, bn_positions: Optional[Sequence[int]], num_layers: int
     Args:
       norm: a name from :data:`jaxnorm.layers.NORMS`.
       bn_positions: one 0/1 flag per weight layer (the last layer included), or None for
-        the default: a norm after every weight layer but the last. Ignored for
-        ``'vanilla'``, so one placement can be swept over all ablation variants.
+        the default: a norm after every weight layer but the last. Validated, then
+        ignored for ``'vanilla'``, so one placement can be swept over all ablation variants.
       num_layers: the model's number of weight layers.
       model: the model's name, for error messages.
 

@@ -4,7 +4,8 @@ Layout, with ``depth`` weight layers in all (``bn_positions`` has ``depth`` flag
 
     stem   conv 3x3, width                      (layer 1)
     body   depth - 2 conv 3x3 layers, width, in ``stages`` stages with a 2x2 average
-           pool between stages (parameter-free, so identity skips fit everywhere)
+           pool before each non-empty stage after the first (parameter-free, so identity
+           skips fit everywhere)
     head   global spatial mean -> dense num_classes (layer ``depth``)
 
 With ``residual=True`` the body layers of a stage pair up into residual blocks
@@ -81,7 +82,7 @@ class ConvNet(nn.Module):
         x = block(x, 0, conv(0), activation=act)
         i = 1
         for s, size in enumerate(_stage_sizes(self.depth - 2, self.stages)):
-            if s > 0 and min(x.shape[1:3]) >= 2:
+            if s > 0 and size > 0 and min(x.shape[1:3]) >= 2:
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2))
             if self.residual and size % 2:
                 x, i, size = block(x, i, conv(i), activation=act), i + 1, size - 1
