@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers as _jinit
 
+from jaxnorm._registry import lookup
+
 Initializer = Callable[..., jax.Array]
 
 __all__ = [
@@ -130,8 +132,4 @@ def get_init(name: str, **kwargs) -> Initializer:
     Raises:
       ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        factory = INITS[name]
-    except KeyError:
-        raise ValueError(f"unknown initializer {name!r}; known: {sorted(INITS)}") from None
-    return factory(**kwargs)
+    return lookup(INITS, name, "initializer")(**kwargs)

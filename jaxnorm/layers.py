@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import norms
+from jaxnorm._registry import lookup
 
 __all__ = [
     "NormSpec",
@@ -93,10 +94,7 @@ def norm_spec(name: str) -> Optional[NormSpec]:
     Raises:
       ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return NORMS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown norm {name!r}; known: {list(NORMS)}") from None
+    return lookup(NORMS, name, "norm")
 
 
 def _stateless(kind: str) -> Callable:
@@ -206,7 +204,4 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     Raises:
       ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+    return lookup(ACTIVATIONS, name, "activation")

@@ -12,6 +12,8 @@ from typing import Callable, TypeVar
 
 import flax.linen as nn
 
+from jaxnorm._registry import lookup
+
 __all__ = ["register_model", "get_model", "model_names"]
 
 _MODELS: dict[str, type[nn.Module]] = {}
@@ -43,10 +45,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
       ValueError: unknown name (the message lists the known ones), or a keyword the
         model does not have (the message lists the ones it has).
     """
-    try:
-        cls = _MODELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; known: {model_names()}") from None
+    cls = lookup(_MODELS, name, "model")
     fields = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")]
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
