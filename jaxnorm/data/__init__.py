@@ -1,5 +1,77 @@
-"""Data sets. Offline: ``load_digits`` (scikit-learn's bundled handwritten digits)."""
+"""Data: named datasets in host memory, on-device augmentation, deterministic batching.
 
+* :mod:`~jaxnorm.data.loading` -- ``load(name, split, *, data_dir=None, seed=0) -> Dataset``;
+  ``DATASETS``; ``DatasetNotPreparedError``. Offline: ``digits`` / ``digits32``
+  (:mod:`~jaxnorm.data.digits`, also ``load_digits``); via tfds (prepared as array_record):
+  ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``cifar10_corrupted/<c>_<s>``.
+* :mod:`~jaxnorm.data.dataset` -- ``Dataset`` (float32 NHWC in [0, 1], int32 labels, mean/std).
+* :mod:`~jaxnorm.data.splits` -- the DeepOBS train/validation/train_eval partition.
+* :mod:`~jaxnorm.data.augmentation` -- ``random_crop``, ``random_flip``, ``color_jitter``,
+  ``normalize``, ``deepobs_augment``, ``eval_preprocess``, ``AugmentConfig`` + ``augment``.
+* :mod:`~jaxnorm.data.batching` -- ``step_key``, ``epoch_permutation``, ``steps_per_epoch``,
+  ``batch_indices``, ``get_batch``, ``iterate_eval``.
+"""
+
+from jaxnorm.data.augmentation import (
+    DEEPOBS_AUGMENT,
+    NO_AUGMENT,
+    AugmentConfig,
+    JitterParams,
+    apply_color_jitter,
+    augment,
+    color_jitter,
+    crop_offsets,
+    deepobs_augment,
+    default_augment_config,
+    eval_preprocess,
+    flip_mask,
+    jitter_params,
+    normalize,
+    random_crop,
+    random_flip,
+)
+from jaxnorm.data.batching import (
+    batch_indices,
+    epoch_permutation,
+    get_batch,
+    iterate_eval,
+    step_key,
+    steps_per_epoch,
+)
+from jaxnorm.data.dataset import Dataset
 from jaxnorm.data.digits import load_digits
+from jaxnorm.data.loading import DATASETS, DatasetNotPreparedError, clear_cache, load, splits_of
+from jaxnorm.data.splits import partition_indices
 
-__all__ = ["load_digits"]
+__all__ = [
+    "DATASETS",
+    "DEEPOBS_AUGMENT",
+    "AugmentConfig",
+    "Dataset",
+    "DatasetNotPreparedError",
+    "JitterParams",
+    "NO_AUGMENT",
+    "apply_color_jitter",
+    "augment",
+    "batch_indices",
+    "clear_cache",
+    "color_jitter",
+    "crop_offsets",
+    "deepobs_augment",
+    "default_augment_config",
+    "epoch_permutation",
+    "eval_preprocess",
+    "flip_mask",
+    "get_batch",
+    "iterate_eval",
+    "jitter_params",
+    "load",
+    "load_digits",
+    "normalize",
+    "partition_indices",
+    "random_crop",
+    "random_flip",
+    "splits_of",
+    "step_key",
+    "steps_per_epoch",
+]

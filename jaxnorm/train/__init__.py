@@ -1,0 +1,39 @@
+"""The training engine: state, loss, optimizers, compiled steps, the ``fit`` loop,
+observers, checkpoints, data parallelism and many runs at once."""
+
+from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
+from jaxnorm.train.config import TrainConfig
+from jaxnorm.train.loop import FitResult, RunExistsError, build_model, fit, fit_many
+from jaxnorm.train.loss import accuracy, cross_entropy, l2_penalty
+from jaxnorm.train.observers import GammaBetaRecorder, Observer, norm_layers
+from jaxnorm.train.optim import SCHEDULES, make_optimizer
+from jaxnorm.train.results import RunDir, read_jsonl, read_npz
+from jaxnorm.train.state import TrainState, create_state
+from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "FitResult",
+    "GammaBetaRecorder",
+    "Observer",
+    "RunDir",
+    "RunExistsError",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainState",
+    "accuracy",
+    "build_model",
+    "create_state",
+    "cross_entropy",
+    "fit",
+    "fit_many",
+    "l2_penalty",
+    "layout_eval",
+    "make_evaluate",
+    "make_optimizer",
+    "make_train_step",
+    "norm_layers",
+    "read_jsonl",
+    "read_npz",
+]

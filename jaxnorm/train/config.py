@@ -1,0 +1,134 @@
+"""``TrainConfig``: one training run, described as code.
+
+Every choice that changes a result is a field here (and lands in the run's
+``config.json``), so two runs differ exactly where their configs differ. Studies build
+configs in ``experiments/configs/``; :meth:`TrainConfig.quick` shrinks any of them for
+a laptop or a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Optional
+
+from jaxnorm.data.augmentation import AugmentConfig
+
+EVAL_MODES = ("running", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    What is trained:
+      dataset: a name from :data:`jaxnorm.data.DATASETS` (default: offline digits in
+        CIFAR shape).
+      model: a name from :func:`jaxnorm.models.model_names`.
+      model_kwargs: the model's options (``num_classes`` defaults to the dataset's).
+      norm: a name from :data:`jaxnorm.layers.NORMS`.
+
+    How:
+      batch_size, epochs: as usual; ``max_steps`` caps the total (quick runs).
+      learning_rate, momentum, nesterov, schedule, schedule_kwargs: see
+        :func:`jaxnorm.train.optim.make_optimizer`.
+      weight_decay: λ of the L2 term ``0.5 λ Σ ||W||²`` added to the loss (weights only).
+      augment: :class:`jaxnorm.data.AugmentConfig` for training batches, or None for
+        normalization only.
+      train_split, eval_splits: dataset splits; evaluation runs on each eval split.
+      train_subset: use only the first n training examples (quick runs).
+      seed: the run's seed: initialization, data order and augmentation are functions
+        of (seed, epoch, step) only.
+
+    Bookkeeping:
+      eval_every_epochs: evaluate every k epochs (and after the last).
+      eval_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
+        (BN uses each eval batch's statistics, as TENT's baseline does).
+      eval_batch_size: batch size of evaluation.
+      log_every_steps: how often training metrics are pulled to the host (the only
+        host sync of the hot loop) and written to ``metrics.jsonl``.
+      record_every_steps: the γ/β recorder's interval (source document 001: 5).
+      checkpoint_every_epochs: checkpoint interval (0: never; the last epoch is
+        always checkpointed when > 0).
+      num_devices: data-parallel over this many local devices (None: 1).
+      sync_bn: with several devices, BatchNorm statistics over the global batch
+        (True) or per device, as ghost batches of the per-device size (False).
+      study, name, results_dir: the run writes ``results_dir/study/name/``.
+    """
+
+    dataset: str = "digits32"
+    model: str = "3c3d"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    norm: str = "bn_gamma_beta"
+
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    learning_rate: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    schedule: str = "constant"
+    schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weight_decay: float = 0.0
+    augment: Optional[AugmentConfig] = None
+    train_split: str = "train"
+    eval_splits: tuple[str, ...] = ("train_eval", "test")
+    train_subset: Optional[int] = None
+    seed: int = 0
+
+    eval_every_epochs: int = 1
+    eval_mode: str = "running"
+    eval_batch_size: int = 500
+    log_every_steps: int = 50
+    record_every_steps: int = 5
+    checkpoint_every_epochs: int = 1
+    num_devices: Optional[int] = None
+    sync_bn: bool = True
+
+    study: str = "adhoc"
+    name: str = "run"
+    results_dir: str = "results"
+
+    def __post_init__(self):
+        positive = ("batch_size", "epochs", "eval_every_epochs", "eval_batch_size", "log_every_steps", "record_every_steps")
+        for f in positive:
+            if getattr(self, f) < 1:
+                raise ValueError(f"TrainConfig.{f} must be >= 1, got {getattr(self, f)}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}.")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"TrainConfig.eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def quick(self, steps: int = 20, subset: int = 256) -> "TrainConfig":
+        """A shrunken copy for a laptop or a test: at most ``steps`` steps on the first
+        ``subset`` training examples, one epoch, evaluated and checkpointed once."""
+        return self.replace(
+            max_steps=min(steps, self.max_steps or steps),
+            train_subset=min(subset, self.train_subset or subset),
+            epochs=1,
+            batch_size=min(self.batch_size, subset),
+            log_every_steps=min(self.log_every_steps, steps),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (what ``config.json`` holds)."""
+        d = dataclasses.asdict(self)
+        d["model_kwargs"] = dict(self.model_kwargs)
+        d["schedule_kwargs"] = dict(self.schedule_kwargs)
+        d["eval_splits"] = list(self.eval_splits)
+        return json.loads(json.dumps(d, default=str))
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        """Inverse of :meth:`to_dict` (e.g. from a run's ``config.json``)."""
+        d = dict(d)
+        if d.get("augment") is not None:
+            d["augment"] = AugmentConfig(**d["augment"])
+        d["eval_splits"] = tuple(d.get("eval_splits", ()))
+        return cls(**d)

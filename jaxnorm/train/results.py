@@ -1,0 +1,117 @@
+"""The on-disk layout of a run, with atomic writes.
+
+``results/<study>/<run>/`` holds:
+
+* ``config.json`` -- the :class:`~jaxnorm.train.config.TrainConfig` as a dict;
+* ``metrics.jsonl`` -- one JSON object per line, each with a ``kind``: ``train``
+  (mean training loss/accuracy over the last ``log_every_steps`` steps), ``eval`` (one
+  split after an epoch), ``divergence`` (where and why a run stopped), or an
+  observer's name;
+* ``trajectories.npz`` -- arrays recorded by observers (the γ/β recorder's
+  ``gamma_beta/steps``, ``gamma_beta/norm3/gamma``, ...);
+* ``status.json`` -- ``running``, ``finished`` or ``diverged``, with the last step;
+* ``checkpoints/`` -- orbax checkpoints.
+
+Atomicity: whole files are written to a temporary name in the same folder and renamed
+over the target (``os.replace`` is atomic on POSIX), so a killed run leaves either the
+old or the new file. ``metrics.jsonl`` is appended line by line; a reader ignores a
+final line that is not complete JSON (a write cut short), and a resumed run rewrites the
+file up to its checkpoint first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Iterable, Mapping
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    """Atomically writes ``obj`` as indented JSON."""
+    _atomic_write_bytes(pathlib.Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+def append_jsonl(path, records: Iterable[Mapping]) -> None:
+    """Appends one line per record (flushed; a cut-short last line is ignored by readers)."""
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if not lines:
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(lines)
+        f.flush()
+
+
+def read_jsonl(path) -> list[dict]:
+    """Every complete record of a JSON-lines file ([] if it does not exist)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: nothing after it is trusted
+    return out
+
+
+def rewrite_jsonl(path, records: Iterable[Mapping]) -> None:
+    """Atomically replaces a JSON-lines file by ``records``."""
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    _atomic_write_bytes(pathlib.Path(path), data.encode())
+
+
+def write_npz(path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically writes a ``.npz`` of named arrays."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    _atomic_write_bytes(pathlib.Path(path), buf.getvalue())
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """All arrays of a ``.npz`` ({} if it does not exist)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return {}
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+class RunDir:
+    """Paths of one run's folder (created on first write)."""
+
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    trajectories = property(lambda self: self.root / "trajectories.npz")
+    status = property(lambda self: self.root / "status.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")

@@ -1,0 +1,40 @@
+"""Small configs shared by the training tests (offline digits, tiny models)."""
+
+import jax
+import numpy as np
+
+from jaxnorm.train import TrainConfig
+
+
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    """An MLP with BN on 256 digits: 8 steps per epoch, compiles in about a second."""
+    base = TrainConfig(
+        dataset="digits",
+        model="mlp",
+        model_kwargs={"depth": 3, "width": 32},
+        norm="bn_gamma_beta",
+        batch_size=32,
+        epochs=2,
+        learning_rate=0.1,
+        momentum=0.9,
+        train_subset=256,
+        log_every_steps=3,
+        record_every_steps=5,
+        eval_batch_size=128,
+        results_dir=str(tmp_path),
+        study="test",
+        name="run",
+    )
+    return base.replace(**changes)
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))]
+
+
+def max_abs_diff(a, b) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a), leaves(b)))
+
+
+def bitwise_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
