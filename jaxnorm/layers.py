@@ -14,6 +14,8 @@ name               kind        γ (scale)   β (bias)
 ``layer``          layer       learned     learned
 ``group``          group       learned     learned
 ``instance``       instance    learned     learned
+``bn_ablation``    batch       switched    switched: any of the five variants, chosen
+                                           per run by data (:func:`set_ablation_variant`)
 =================  ==========  ==========  =========================================
 
 The first five are the variants of the BatchNorm ablation study (source document 001,
@@ -28,7 +30,7 @@ kind only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -44,6 +46,8 @@ __all__ = [
     "norm_spec",
     "Norm",
     "make_norm",
+    "ablation_masks",
+    "set_ablation_variant",
     "norm_from_spec",
     "crelu",
     "ACTIVATIONS",
@@ -64,14 +68,16 @@ class NormSpec:
     kind: str
     use_scale: bool
     use_bias: bool
+    maskable: bool = False
 
     @property
     def absorbs_bias(self) -> bool:
         """True when the statistics are per feature (batch, instance), so a bias added
         to each feature just before the norm is subtracted again: the preceding
         layer's bias is then dropped. (Layer/group norm subtract a mean over
-        features, which does not cancel a per-feature bias, so it is kept.)"""
-        return self.kind in ("batch", "instance")
+        features, which does not cancel a per-feature bias, so it is kept; the maskable
+        superset keeps it for its vanilla runs.)"""
+        return self.kind in ("batch", "instance") and not self.maskable
 
 
 NORMS: dict[str, Optional[NormSpec]] = {
@@ -83,6 +89,9 @@ NORMS: dict[str, Optional[NormSpec]] = {
     "layer": NormSpec("layer", use_scale=True, use_bias=True),
     "group": NormSpec("group", use_scale=True, use_bias=True),
     "instance": NormSpec("instance", use_scale=True, use_bias=True),
+    # All five ablation variants in one structure; which one a run is, is data (see
+    # ablation_masks): lets the variants train side by side in one vmapped program.
+    "bn_ablation": NormSpec("batch", use_scale=True, use_bias=True, maskable=True),
 }
 
 ABLATION_VARIANTS: tuple[str, ...] = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
@@ -120,6 +129,12 @@ class Norm(nn.Module):
         :func:`jaxnorm.norms.batch_norm` (Flax/TF momentum convention).
       num_groups: for the group kind.
       scale_init, bias_init: initializers of γ and β (default 1 and 0).
+      maskable: batch kind only: γ, β and the normalization itself are switched on or
+        off by 0/1 scalars ``use_scale``, ``use_bias``, ``use_norm`` kept in
+        ``batch_stats`` (constants: never updated), so one structure computes any of the
+        five ablation variants; set them with :func:`set_ablation_variant`. A switched
+        off γ/β is exactly 1/0 and gets an exactly zero gradient; with ``use_norm`` off
+        the layer is the identity (the vanilla network).
     """
 
     kind: str = "batch"
@@ -133,6 +148,7 @@ class Norm(nn.Module):
     num_groups: int = 32
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
+    maskable: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -146,6 +162,13 @@ class Norm(nn.Module):
 
         mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if self.maskable:
+            if scale is None or bias is None:
+                raise ValueError("a maskable Norm needs use_scale=True and use_bias=True (the superset).")
+            on = {k: self.variable("batch_stats", k, jnp.ones, (), jnp.float32).value for k in _MASK_KEYS}
+            # where() rather than a product: a switched-off γ/β is exactly 1/0, grad exactly 0.
+            scale = jnp.where(on["use_scale"] > 0, scale, 1.0)
+            bias = jnp.where(on["use_bias"] > 0, bias, 0.0)
         y, new = norms.batch_norm(
             x,
             norms.BatchStats(mean.value, var.value),
@@ -160,7 +183,48 @@ class Norm(nn.Module):
         )
         if train and not self.is_initializing():
             mean.value, var.value = new.mean, new.var
+        if self.maskable:
+            y = jnp.where(on["use_norm"] > 0, y, x)
         return y
+
+
+_MASK_KEYS = ("use_scale", "use_bias", "use_norm")
+
+
+def ablation_masks(variant: str) -> dict[str, float]:
+    """The 0/1 switches of a maskable Norm that make it the ablation ``variant``."""
+    if variant not in ABLATION_VARIANTS:
+        raise ValueError(f"unknown ablation variant {variant!r}; known: {list(ABLATION_VARIANTS)}")
+    spec = NORMS[variant]
+    return {
+        "use_norm": float(spec is not None),
+        "use_scale": float(spec is not None and spec.use_scale),
+        "use_bias": float(spec is not None and spec.use_bias),
+    }
+
+
+def set_ablation_variant(batch_stats, variant: str):
+    """A copy of a ``bn_ablation`` model's ``batch_stats`` switched to ``variant``.
+
+    Raises:
+      ValueError: unknown variant, or no maskable norm layer in ``batch_stats``.
+    """
+    masks = ablation_masks(variant)
+    found = False
+
+    def visit(tree):
+        nonlocal found
+        if isinstance(tree, Mapping):
+            if all(k in tree for k in _MASK_KEYS):
+                found = True
+                return {**tree, **{k: jnp.asarray(v, jnp.float32) for k, v in masks.items()}}
+            return {k: visit(v) for k, v in tree.items()}
+        return tree
+
+    out = visit(batch_stats)
+    if not found:
+        raise ValueError("no maskable norm layer found: build the model with norm='bn_ablation'.")
+    return out
 
 
 def make_norm(name: str, **kwargs) -> Optional[Norm]:
@@ -174,7 +238,7 @@ def make_norm(name: str, **kwargs) -> Optional[Norm]:
 
 def norm_from_spec(spec: NormSpec, **kwargs) -> Norm:
     """A :class:`Norm` for a resolved :class:`NormSpec`; ``kwargs`` go to :class:`Norm`."""
-    return Norm(kind=spec.kind, use_scale=spec.use_scale, use_bias=spec.use_bias, **kwargs)
+    return Norm(kind=spec.kind, use_scale=spec.use_scale, use_bias=spec.use_bias, maskable=spec.maskable, **kwargs)
 
 
 # --------------------------------------------------------------------------------------

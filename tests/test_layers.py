@@ -64,7 +64,9 @@ EXPECTED_SPECS = {
 
 
 def test_norm_vocabulary_matches_documented_table():
-    assert set(NORMS) == {"vanilla", *EXPECTED_SPECS}
+    assert set(NORMS) == {"vanilla", "bn_ablation", *EXPECTED_SPECS}
+    assert norm_spec("bn_ablation") == NormSpec("batch", use_scale=True, use_bias=True, maskable=True)
+    assert not norm_spec("bn_ablation").absorbs_bias  # its vanilla runs need the bias
     assert layers.ABLATION_VARIANTS == ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
     assert norm_spec("vanilla") is None
     assert make_norm("vanilla") is None
@@ -120,7 +122,8 @@ def test_norm_variables_per_name(name):
         np.testing.assert_array_equal(np.asarray(params["bias"]), 0.0)  # default β init
     if spec.kind == "batch":
         assert set(variables) <= {"params", "batch_stats"}
-        assert set(variables["batch_stats"]) == {"mean", "var"}
+        switches = {"use_scale", "use_bias", "use_norm"} if spec.maskable else set()
+        assert set(variables["batch_stats"]) == {"mean", "var"} | switches
         np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["mean"]), np.zeros(6))
         np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["var"]), np.ones(6))
     else:
@@ -328,3 +331,54 @@ def test_crelu_doubles_last_axis_and_concatenates(rng):
 def test_unknown_activation(name):
     with pytest.raises(ValueError, match=r"unknown activation .*known: \['crelu', 'gelu', 'linear', 'relu', 'tanh'\]"):
         get_activation(name)
+
+
+# --------------------------------------------------------------------------------------
+# The maskable superset: one structure, any ablation variant chosen by data.
+
+
+def test_maskable_norm_computes_each_variant_exactly():
+    from jaxnorm.layers import ABLATION_VARIANTS, make_norm, set_ablation_variant
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 5)) * 2 + 1
+    sup = make_norm("bn_ablation")
+    v = sup.init(jax.random.PRNGKey(1), x, train=False)
+    params = {"scale": jnp.linspace(0.5, 1.5, 5), "bias": jnp.linspace(-1, 1, 5)}
+    for variant in ABLATION_VARIANTS:
+        bs = set_ablation_variant(v["batch_stats"], variant)
+        y, new = sup.apply({"params": params, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
+        single = make_norm(variant)
+        if single is None:
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(x))  # vanilla: identity
+            continue
+        sp = {k: params[k] for k in single.init(jax.random.PRNGKey(1), x, train=False).get("params", {})}
+        ref, _ = single.apply({"params": sp, "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)}}, x, train=True, mutable=["batch_stats"])
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))  # bit-identical
+        assert float(new["batch_stats"]["use_norm"]) == 1.0  # switches are never updated
+
+
+def test_maskable_switched_off_gamma_beta_get_exactly_zero_gradient():
+    from jaxnorm.layers import make_norm, set_ablation_variant
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    sup = make_norm("bn_ablation")
+    v = sup.init(jax.random.PRNGKey(1), x, train=False)
+    bs = set_ablation_variant(v["batch_stats"], "bn_beta")
+
+    def loss(p):
+        y, _ = sup.apply({"params": p, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(y**3)
+
+    g = jax.grad(loss)(v["params"])
+    np.testing.assert_array_equal(np.asarray(g["scale"]), 0.0)
+    assert np.abs(np.asarray(g["bias"])).max() > 0
+
+
+def test_set_ablation_variant_errors():
+    from jaxnorm.layers import make_norm, set_ablation_variant
+
+    v = make_norm("bn_gamma_beta").init(jax.random.PRNGKey(0), jnp.ones((4, 2)), train=False)
+    with pytest.raises(ValueError, match="no maskable norm"):
+        set_ablation_variant(v["batch_stats"], "bn")
+    with pytest.raises(ValueError, match="unknown ablation variant"):
+        set_ablation_variant(v["batch_stats"], "layer")

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
+from jaxnorm.layers import ABLATION_VARIANTS, ablation_masks, set_ablation_variant
 from jaxnorm.models import get_model
 from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
@@ -106,14 +107,15 @@ class _TraceCounter:
         return counted
 
 
-def build_model(config: TrainConfig, num_classes: int):
+def build_model(config: TrainConfig, num_classes: int, norm: Optional[str] = None):
     """The config's model (``num_classes`` from the dataset unless the config sets it;
-    per-device BN as ghost groups when ``sync_bn=False`` on several devices)."""
+    per-device BN as ghost groups when ``sync_bn=False`` on several devices; ``norm``
+    overrides the config's, e.g. with the ``'bn_ablation'`` superset)."""
     kwargs = {"num_classes": num_classes, **dict(config.model_kwargs)}
     n_dev = config.num_devices or 1
     if n_dev > 1 and not config.sync_bn:
         kwargs["norm_options"] = {**dict(kwargs.get("norm_options") or {}), "group_size": config.batch_size // n_dev}
-    return get_model(config.model, norm=config.norm, **kwargs)
+    return get_model(config.model, norm=norm or config.norm, **kwargs)
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunDir:
@@ -136,20 +138,31 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunD
 _PER_RUN_FIELDS = ("seed", "name")
 
 
-def _check_compatible(configs: Sequence[TrainConfig]) -> None:
+def _check_compatible(configs: Sequence[TrainConfig]) -> bool:
+    """Validates that the runs can share one program; True if they mix ablation variants
+    (then they train as the ``bn_ablation`` superset with per-run switches)."""
     if not configs:
         raise ValueError("fit_many needs at least one config.")
-    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in _PER_RUN_FIELDS}
+    mixed = len({c.norm for c in configs}) > 1
+    if mixed and not all(c.norm in ABLATION_VARIANTS for c in configs):
+        raise ValueError(
+            f"runs trained together may mix norms only among the ablation variants {ABLATION_VARIANTS}, "
+            f"got {sorted({c.norm for c in configs})}."
+        )
+    per_run = _PER_RUN_FIELDS + (("norm",) if mixed else ())
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in per_run}
     base = strip(configs[0])
     for c in configs[1:]:
         diff = sorted(k for k, v in strip(c).items() if base[k] != v)
         if diff:
             raise ValueError(
-                f"runs trained together may differ only in {_PER_RUN_FIELDS}; {c.name!r} also differs in {diff}."
+                f"runs trained together may differ only in {per_run} (norm: among the ablation "
+                f"variants); {c.name!r} also differs in {diff}."
             )
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be unique, got {names}.")
+    return mixed
 
 
 def fit(
@@ -188,20 +201,28 @@ def fit_many(
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[FitResult]:
-    """Trains N runs that differ only in ``seed`` (and ``name``) in one compiled program.
+    """Trains N runs that differ only in ``seed``, ``name`` and the ablation variant
+    (``norm`` among ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta``, ``bn_gamma_beta``) in
+    one compiled program.
 
-    Each run writes its own folder exactly as :func:`fit` would, and its results equal
-    those of the run trained alone (bit-for-bit with ``strategy='loop'``; up to
-    floating-point reassociation with ``'vmap'``/``'map'``). A run that diverges stops
-    being recorded while the others go on. See :mod:`jaxnorm.train.multi_run` for the
-    strategies (``'auto'``: vmap on GPU/TPU, loop on CPU).
+    Each run writes its own folder exactly as :func:`fit` would. Runs of one norm equal
+    the same run trained alone (bit-for-bit with ``strategy='loop'`` and ``'map'``; up to
+    floating-point reassociation with ``'vmap'``). Runs mixing ablation variants train
+    as the ``bn_ablation`` superset (:class:`jaxnorm.layers.Norm` with ``maskable``):
+    the same functions and gradients as the single variants, except that the vanilla
+    and BN runs share one structure, so the layers before a norm keep a bias whose
+    gradient is zero up to rounding in the BN runs; their trajectories match the single
+    runs to float32 rounding, and their checkpoints hold the superset's variables. A run
+    that diverges stops being recorded while the others go on. See
+    :mod:`jaxnorm.train.multi_run` for the strategies (``'auto'``: vmap on GPU/TPU,
+    loop on CPU).
 
     Raises:
       ValueError: the configs differ in more than seed/name, or names repeat; and the
         errors of :func:`fit`.
     """
     configs = list(configs)
-    _check_compatible(configs)
+    superset = _check_compatible(configs)
     num = len(configs)
     strategy = resolve_strategy(strategy, num)
     cfg = configs[0]
@@ -225,7 +246,7 @@ def fit_many(
     n_dev = cfg.num_devices or 1
     mesh = parallel.make_mesh(n_dev)
     parallel.check_batch_divisible(cfg.batch_size, mesh)
-    module = build_model(cfg, train.num_classes)
+    module = build_model(cfg, train.num_classes, norm="bn_ablation" if superset else None)
     tx = make_optimizer(
         cfg.learning_rate,
         momentum=cfg.momentum,
@@ -235,7 +256,10 @@ def fit_many(
         steps_per_epoch=spe,
     )
     sample = jnp.asarray(images[:1])
-    state = stack([create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c in configs])
+    states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c in configs]
+    if superset:
+        states = [st.replace(batch_stats=set_ablation_variant(st.batch_stats, c.norm)) for st, c in zip(states, configs)]
+    state = stack(states)
     # One device: default placement. Several: everything replicated, each batch sharded;
     # outputs pinned to the same placement so no call ever sees new shardings (no retrace).
     rep = parallel.replicated(mesh) if n_dev > 1 else None
@@ -301,6 +325,9 @@ def fit_many(
     for r in runs:
         write_json(r.status, {"status": "running", "step": step})
 
+    # In the superset every run has γ and β; record only those its variant learns.
+    keep = [_learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
+    program = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
     pending, pending_obs = [], []
     divergence: list[Optional[dict]] = [None] * num
     desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
@@ -335,10 +362,10 @@ def fit_many(
                 one_state = unstack(state, num)
                 for i, (r, c) in enumerate(zip(runs, ckpts)):
                     if c is not None and not divergence[i]:
-                        _write_trajectories(r, traj[i])
+                        _write_trajectories(r, traj[i], keep[i])
                         c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1})
-        for r, t in zip(runs, traj):
-            _write_trajectories(r, t)
+        for r, t, k in zip(runs, traj, keep):
+            _write_trajectories(r, t, k)
     except BaseException as e:
         for r in runs:
             write_json(r.status, {"status": "failed", "step": step, "error": f"{type(e).__name__}: {e}"})
@@ -354,7 +381,7 @@ def fit_many(
         d = divergence[i]
         status = "diverged" if d else "finished"
         last = d["step"] if d else step
-        write_json(r.status, {"status": status, "step": last, **({"divergence": d} if d else {})})
+        write_json(r.status, {"status": status, "step": last, "program": program, **({"divergence": d} if d else {})})
         results.append(FitResult(st, status, last, r.root, d, read_jsonl(r.metrics), dict(traced.counts)))
     return results
 
@@ -405,13 +432,22 @@ def _eval_lines(totals, epoch, step) -> list[dict]:
     return out
 
 
-def _write_trajectories(run: RunDir, traj) -> None:
+def _learned_filter(variant: str):
+    """Keeps the γ/β recorder keys (``.../gamma``, ``.../beta``) a variant learns."""
+    masks = ablation_masks(variant)
+    drop = {"gamma"} if not masks["use_scale"] else set()
+    drop |= {"beta"} if not masks["use_bias"] else set()
+    return lambda key: key.rsplit("/", 1)[-1] not in drop
+
+
+def _write_trajectories(run: RunDir, traj, keep=lambda key: True) -> None:
     arrays = {}
     for name, t in traj.items():
         arrays[f"{name}/steps"] = np.asarray(t["steps"], np.int64)
         if t["records"]:
             for key in t["records"][0]:
-                arrays[f"{name}/{key}"] = np.stack([np.asarray(r[key]) for r in t["records"]])
+                if keep(key):
+                    arrays[f"{name}/{key}"] = np.stack([np.asarray(r[key]) for r in t["records"]])
     if arrays:
         write_npz(run.trajectories, arrays)
 

@@ -62,3 +62,36 @@ def test_strategy_resolution():
         resolve_strategy("pmap", 2)
     with pytest.raises(ValueError, match="unknown multi-run strategy"):
         map_over_runs(lambda x: x, "pmap", (0,), 2)
+
+
+def test_the_five_ablation_variants_train_as_one_program(tmp_path):
+    from jaxnorm.layers import ABLATION_VARIANTS
+
+    base = tiny_config(tmp_path, model="convnet", model_kwargs={"depth": 4, "width": 8})
+    many = fit_many([base.replace(norm=v, name=f"m_{v}") for v in ABLATION_VARIANTS], strategy="vmap", progress=False)
+    for v, r in zip(ABLATION_VARIANTS, many):
+        single = fit(base.replace(norm=v, name=f"s_{v}"), progress=False)
+        # Same function and gradients; the superset's extra (switched-off) parameters get
+        # exactly zero or rounding-level gradients, so float32 rounding is all that differs.
+        ls = [m["loss"] for m in single.metrics if m["kind"] == "train"]
+        lm = [m["loss"] for m in r.metrics if m["kind"] == "train"]
+        np.testing.assert_allclose(lm, ls, rtol=1e-5, atol=1e-6)
+        for layer, leaves in single.state.params.items():
+            for name, a in leaves.items():
+                np.testing.assert_allclose(np.asarray(r.state.params[layer][name]), np.asarray(a), atol=1e-5)
+        # The switched-off γ/β never moved, and are not written as trajectories.
+        for layer, leaves in r.state.params.items():
+            if layer.startswith("norm") and v != "vanilla":
+                if "gamma" not in v:
+                    np.testing.assert_array_equal(np.asarray(leaves["scale"]), 1.0)
+                if "beta" not in v:
+                    np.testing.assert_array_equal(np.asarray(leaves["bias"]), 0.0)
+        a, b = read_npz(single.run_dir / "trajectories.npz"), read_npz(r.run_dir / "trajectories.npz")
+        assert sorted(a) == sorted(b)
+        status = __import__("json").loads((r.run_dir / "status.json").read_text())
+        assert status["program"] == {"strategy": "vmap", "runs": 5, "superset": "bn_ablation"}
+
+
+def test_mixing_non_ablation_norms_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="only among the ablation variants"):
+        fit_many([tiny_config(tmp_path, name="a", norm="bn"), tiny_config(tmp_path, name="b", norm="layer")])
