@@ -307,7 +307,11 @@ def fit_many(
     latest = [c.latest_step() if (c is not None and resume) else None for c in ckpts]
     if any(s is not None for s in latest):
         if len(set(latest)) != 1:
-            raise CheckpointError(f"runs trained together must resume from the same step; checkpoints at {latest}.")
+            found = {c.name: s for c, s in zip(configs, latest)}
+            raise CheckpointError(
+                f"runs trained together resume together, from one step; their latest checkpoints are {found}. "
+                "Train them under new names, or delete the runs that are ahead or behind."
+            )
         template = unstack(state, num)[0]
         restored = [c.restore(template) for c in ckpts]
         state = place(stack([r[0] for r in restored]))
