@@ -6,12 +6,16 @@ axis, and one jitted function advances all of them by one step. Three strategies
 
 * ``'vmap'``: ``jax.vmap`` of the step -- one batched program (convolutions over the
   run axis become grouped convolutions, fast on GPU/TPU, slow on some CPU builds);
-* ``'map'``: ``jax.lax.map`` -- one program that runs the step for each run in turn;
+* ``'map'``: ``jax.lax.map`` -- one program that runs the step for each run in turn
+  (on XLA:CPU 11-13x slower than ``'loop'``: inside the loop body the backward
+  convolutions miss the fast kernels; see BENCHMARKS.md);
 * ``'loop'``: the step unrolled once per run inside one jit (what a Python loop over
   runs computes, without N dispatches).
 
-``'auto'`` picks ``'vmap'`` on GPU/TPU and ``'loop'`` on CPU, the faster choices
-measured by ``experiments/benchmarks/train_step.py`` (see BENCHMARKS.md).
+``'auto'`` picks ``'loop'`` on CPU, where ``experiments/benchmarks/train_step.py``
+measured vmap at 0.44x (N = 4) and 0.34x (N = 8) of the loop's throughput (BENCHMARKS.md),
+and ``'vmap'`` on GPU/TPU, where batched convolutions are the usual win (not yet measured
+here: rerun the benchmark on a GPU and change this default if it says otherwise).
 
 Each run keeps its own seed, so its data order and augmentation are exactly those of the
 same run trained alone; its trajectory equals the single run's up to floating-point

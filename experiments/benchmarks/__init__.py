@@ -1,0 +1,1 @@
+"""Benchmarks of jaxnorm (not tests): ``python -m experiments.benchmarks.train_step``."""
