@@ -37,6 +37,7 @@ class TrainConfig:
         normalization only.
       train_split, eval_splits: dataset splits; evaluation runs on each eval split.
       train_subset: use only the first n training examples (quick runs).
+      eval_subset: evaluate on only the first n examples of each eval split (quick runs).
       seed: the run's seed: initialization, data order and augmentation are functions
         of (seed, epoch, step) only.
 
@@ -74,6 +75,7 @@ class TrainConfig:
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("train_eval", "test")
     train_subset: Optional[int] = None
+    eval_subset: Optional[int] = None
     seed: int = 0
 
     eval_every_epochs: int = 1
@@ -107,10 +109,12 @@ class TrainConfig:
 
     def quick(self, steps: int = 20, subset: int = 256) -> "TrainConfig":
         """A shrunken copy for a laptop or a test: at most ``steps`` steps on the first
-        ``subset`` training examples, one epoch, evaluated and checkpointed once."""
+        ``subset`` training examples (and eval examples), one epoch, evaluated and
+        checkpointed once."""
         return self.replace(
             max_steps=min(steps, self.max_steps or steps),
             train_subset=min(subset, self.train_subset or subset),
+            eval_subset=min(subset, self.eval_subset or subset),
             epochs=1,
             batch_size=min(self.batch_size, subset),
             log_every_steps=min(self.log_every_steps, steps),

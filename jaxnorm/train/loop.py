@@ -291,7 +291,8 @@ def fit_many(
     eval_data = {}
     for split in cfg.eval_splits:
         ds = load(cfg.dataset, split)
-        laid = layout_eval(ds.images, ds.labels, min(cfg.eval_batch_size, len(ds)), drop_remainder=cfg.eval_mode == "batch")
+        ev_images, ev_labels = ds.images[: cfg.eval_subset], ds.labels[: cfg.eval_subset]
+        laid = layout_eval(ev_images, ev_labels, min(cfg.eval_batch_size, len(ev_labels)), drop_remainder=cfg.eval_mode == "batch")
         eval_data[split] = place(tuple(jnp.asarray(a) for a in laid))
     # Observers copy out of the state: the next step donates (invalidates) its buffers.
     observe = {

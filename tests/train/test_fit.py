@@ -151,4 +151,4 @@ def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
 
 def test_quick_shrinks_any_config(tmp_path):
     q = tiny_config(tmp_path, epochs=100, batch_size=128, train_subset=None).quick(steps=6, subset=64)
-    assert (q.max_steps, q.train_subset, q.epochs, q.batch_size) == (6, 64, 1, 64)
+    assert (q.max_steps, q.train_subset, q.eval_subset, q.epochs, q.batch_size) == (6, 64, 64, 1, 64)
