@@ -1,0 +1,85 @@
+"""One call that turns a results folder into plots and tables (never retrains).
+
+``write_report(root)`` finds every run below ``root`` and writes into ``out_dir``
+(default ``root/plots``):
+
+* ``curves_lr<lr>.png`` -- per learning-rate group, :func:`~jaxnorm.analysis.curves.plot_curves`;
+* ``gamma_beta_<variant>[_s<seed>]_lr<lr>.png`` -- per run with γ/β records,
+  :func:`~jaxnorm.analysis.contours.plot_gamma_beta` (the seed suffix appears when the
+  runs have more than one seed);
+* ``activity.md`` -- the activity metrics of every run with γ/β records;
+* ``summary.md`` -- the summary table, then the activity table.
+
+With ``by`` holding more than the learning rate, the other fields are appended to the
+names (``curves_lr0.1_model3c3d.png``); names that would still collide get the run's
+folder path appended.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Sequence
+
+from jaxnorm.analysis.activity import activity_metrics, activity_table_md
+from jaxnorm.analysis.contours import plot_gamma_beta
+from jaxnorm.analysis.curves import plot_curves
+from jaxnorm.analysis.gammabeta import gamma_beta_arrays
+from jaxnorm.analysis.runs import find_runs, fmt_value, group_key, group_runs
+from jaxnorm.analysis.summary import summary_markdown
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")
+
+
+def _group_suffix(key: tuple, by: Sequence[str]) -> str:
+    parts = []
+    for k, v in zip(by, key):
+        parts.append(("lr" if k == "learning_rate" else _slug(k)) + _slug(fmt_value(v)))
+    return "_".join(parts)
+
+
+def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), target_acc: float | None = None) -> dict[str, pathlib.Path]:
+    """Writes the plots and tables for the runs below ``root``; returns ``{file stem: path}``."""
+    root = pathlib.Path(root)
+    out = pathlib.Path(out_dir) if out_dir is not None else root / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    by = tuple(by)
+    if "learning_rate" not in by:
+        by = ("learning_rate",) + by
+    runs = find_runs(root)
+    written: dict[str, pathlib.Path] = {}
+
+    for key, group in group_runs(runs, by).items():
+        suffix = _group_suffix(key, by)
+        title = f"{group[0].config.get('study', root.name)}: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(by, key))
+        written[f"curves_{suffix}"] = plot_curves(group, out / f"curves_{suffix}.png", title)
+
+    many_seeds = len({r.seed for r in runs}) > 1
+    activity_rows = []
+    for r in runs:
+        if not gamma_beta_arrays(r.trajectories)[1]:
+            continue
+        stem = f"gamma_beta_{_slug(r.variant)}" + (f"_s{r.seed}" if many_seeds else "") + f"_{_group_suffix(group_key(r, by), by)}"
+        if stem in written:
+            stem += "_" + _slug(str(r.path.relative_to(root)))
+        try:
+            written[stem] = plot_gamma_beta(r, out / f"{stem}.png")["path"]
+        except ValueError:
+            continue
+        lead = {"variant": r.variant, "learning_rate": fmt_value(r.lr), "seed": r.seed, "run": str(r.path.relative_to(root))}
+        activity_rows += [{**lead, **row} for row in activity_metrics(r.trajectories)]
+
+    activity = "# γ/β activity\n\nΔ = final value − neutral (1 for γ, 0 for β); zero crossings of the trajectory " \
+               "minus neutral, per channel, averaged over channels.\n\n"
+    activity += activity_table_md(activity_rows) if activity_rows else "No γ/β trajectories recorded.\n"
+    (out / "activity.md").write_text(activity)
+    written["activity"] = out / "activity.md"
+
+    summary = f"# Summary of {root}\n\n{len(runs)} runs.\n\n"
+    summary += summary_markdown(runs, target_acc, by=by) if runs else "No runs found.\n"
+    summary += "\n" + activity.replace("# γ/β activity", "## γ/β activity", 1)
+    (out / "summary.md").write_text(summary)
+    written["summary"] = out / "summary.md"
+    return written
