@@ -1,0 +1,26 @@
+"""Named setups of the BatchNorm ablation study, as code.
+
+Each module defines ``get_config(**options) -> TrainConfig``: the base run of one problem
+(its ``norm`` is replaced by each ablation variant). ``experiments/ablation.py <name>``
+trains it; every config's docstring holds its launch command and expected runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from experiments.configs import cifar10_3c3d, cifar100_3c3d, cifar100_allcnnc, digits
+
+CONFIGS: dict[str, Callable] = {
+    "digits": digits.get_config,
+    "cifar10_3c3d": cifar10_3c3d.get_config,
+    "cifar100_3c3d": cifar100_3c3d.get_config,
+    "cifar100_allcnnc": cifar100_allcnnc.get_config,
+}
+
+
+def get_config(name: str, **options):
+    """The named config; ValueError listing the names for an unknown one."""
+    from jaxnorm._registry import lookup
+
+    return lookup(CONFIGS, name, "config")(**options)
