@@ -2,7 +2,8 @@
 
 Trains ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta`` and ``bn_gamma_beta`` of a named
 config with the same seed, as one compiled program (``jaxnorm.train.fit_many``), for each
-learning-rate scale, seed and BN placement asked for, then writes the plots and
+learning-rate scale, seed and BN placement asked for -- recording γ/β every 5 steps and
+the ReLU sparsity after each BN layer on a probe batch -- then writes the plots and
 ``summary.md`` (``jaxnorm.analysis``; regenerate them any time with
 ``python -m experiments.plot <results dir>``).
 
@@ -27,7 +28,7 @@ from typing import Sequence
 from experiments.configs import CONFIGS, get_config
 from jaxnorm.layers import ABLATION_VARIANTS
 from jaxnorm.models import get_model
-from jaxnorm.train import TrainConfig, fit_many
+from jaxnorm.train import GammaBetaRecorder, ReluSparsity, TrainConfig, build_model, fit_many
 
 
 def _num_weight_layers(config: TrainConfig) -> int:
@@ -109,6 +110,22 @@ def job_configs(base: TrainConfig, config_name: str, lr_scale: float, positions:
     return [cfg.replace(norm=v, name=f"{v}_s{seed}") for v in args.variants]
 
 
+def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list:
+    """The γ/β recorder and the ReLU-sparsity probe for one job's runs."""
+    from jaxnorm.data import load, normalize
+
+    cfg = configs[0]
+    train = load(cfg.dataset, cfg.train_split)
+    n = min(probe_size, cfg.train_subset or probe_size, len(train))
+    probe = normalize(train.images[:n], train.mean, train.std)
+    mixed = len({c.norm for c in configs}) > 1
+    module = build_model(cfg, train.num_classes, norm="bn_ablation" if mixed else None)
+    total = cfg.max_steps or 10**9
+    every = max(1, min(10 * cfg.record_every_steps, total // 4))
+    last = f"norm{_num_weight_layers(cfg)}"  # feeds the logits, not a ReLU
+    return [GammaBetaRecorder(cfg.record_every_steps), ReluSparsity(module, probe, every=every, skip={last})]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="digits", choices=sorted(CONFIGS))
@@ -134,7 +151,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for lr_scale, positions, seed in jobs:
         configs = job_configs(base, args.config, lr_scale, positions, seed, args)
-        results = fit_many(configs, strategy=args.strategy, progress=not args.no_progress)
+        results = fit_many(
+            configs, strategy=args.strategy, observers=observers_for(configs), progress=not args.no_progress
+        )
         for r in results:
             test = [m for m in r.metrics if m["kind"] == "eval" and m["split"] == "test"]
             acc = f"{test[-1]['acc']:.4f}" if test else "-"

@@ -1,5 +1,5 @@
 """Analysis of finished runs: discovery, curves, γ/β contour plots, activity metrics,
-summary tables and a one-call report. Reads ``results/`` only; never trains."""
+ReLU sparsity, summary tables and a one-call report. Reads ``results/`` only; never trains."""
 
 from jaxnorm.analysis.activity import activity_metrics, activity_table_md, zero_crossings
 from jaxnorm.analysis.contours import channel_order, plot_gamma_beta, symmetric_range
@@ -7,11 +7,12 @@ from jaxnorm.analysis.curves import COLORS, LABELS, plot_curves
 from jaxnorm.analysis.gammabeta import NEUTRAL, gamma_beta_arrays
 from jaxnorm.analysis.report import write_report
 from jaxnorm.analysis.runs import VARIANTS, Run, find_runs, group_runs, load_run
+from jaxnorm.analysis.sparsity import plot_sparsity, sparsity_series, sparsity_table_md
 from jaxnorm.analysis.summary import epochs_to_target, summarize, summary_markdown
 
 __all__ = [
     "COLORS", "LABELS", "NEUTRAL", "VARIANTS", "Run", "activity_metrics", "activity_table_md",
     "channel_order", "epochs_to_target", "find_runs", "gamma_beta_arrays", "group_runs", "load_run",
-    "plot_curves", "plot_gamma_beta", "summarize", "summary_markdown", "symmetric_range",
+    "plot_curves", "plot_gamma_beta", "plot_sparsity", "sparsity_series", "sparsity_table_md", "summarize", "summary_markdown", "symmetric_range",
     "write_report", "zero_crossings",
 ]

@@ -7,6 +7,8 @@
 * ``gamma_beta_<variant>[_s<seed>]_lr<lr>.png`` -- per run with γ/β records,
   :func:`~jaxnorm.analysis.contours.plot_gamma_beta` (the seed suffix appears when the
   runs have more than one seed);
+* ``sparsity_lr<lr>.png`` -- per learning-rate group with ``relu_sparsity`` records,
+  :func:`~jaxnorm.analysis.sparsity.plot_sparsity`;
 * ``activity.md`` -- the activity metrics of every run with γ/β records;
 * ``summary.md`` -- the summary table, then the activity table.
 
@@ -26,6 +28,7 @@ from jaxnorm.analysis.contours import plot_gamma_beta
 from jaxnorm.analysis.curves import plot_curves
 from jaxnorm.analysis.gammabeta import gamma_beta_arrays
 from jaxnorm.analysis.runs import find_runs, fmt_value, group_key, group_runs
+from jaxnorm.analysis.sparsity import plot_sparsity, sparsity_table_md
 from jaxnorm.analysis.summary import summary_markdown
 
 
@@ -55,6 +58,9 @@ def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), tar
         suffix = _group_suffix(key, by)
         title = f"{group[0].config.get('study', root.name)}: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(by, key))
         written[f"curves_{suffix}"] = plot_curves(group, out / f"curves_{suffix}.png", title)
+        sparsity = plot_sparsity(group, out / f"sparsity_{suffix}.png", title)
+        if sparsity is not None:
+            written[f"sparsity_{suffix}"] = sparsity
 
     many_seeds = len({r.seed for r in runs}) > 1
     activity_rows = []
@@ -79,6 +85,11 @@ def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), tar
 
     summary = f"# Summary of {root}\n\n{len(runs)} runs.\n\n"
     summary += summary_markdown(runs, target_acc, by=by) if runs else "No runs found.\n"
+    for key, group in group_runs(runs, by).items():
+        table = sparsity_table_md(group)
+        if table:
+            summary += f"\n## ReLU sparsity, {_group_suffix(key, by)}\n\nFraction of each norm layer's outputs " \
+                       "that the following ReLU zeroes, on the probe batch, at the last measurement.\n\n" + table
     summary += "\n" + activity.replace("# γ/β activity", "## γ/β activity", 1)
     (out / "summary.md").write_text(summary)
     written["summary"] = out / "summary.md"

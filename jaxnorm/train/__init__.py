@@ -5,7 +5,7 @@ from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.loop import FitResult, RunExistsError, build_model, fit, fit_many
 from jaxnorm.train.loss import accuracy, cross_entropy, l2_penalty
-from jaxnorm.train.observers import GammaBetaRecorder, Observer, norm_layers
+from jaxnorm.train.observers import GammaBetaRecorder, Observer, ReluSparsity, norm_layers
 from jaxnorm.train.optim import SCHEDULES, make_optimizer
 from jaxnorm.train.results import RunDir, read_jsonl, read_npz
 from jaxnorm.train.state import TrainState, create_state
@@ -17,6 +17,7 @@ __all__ = [
     "FitResult",
     "GammaBetaRecorder",
     "Observer",
+    "ReluSparsity",
     "RunDir",
     "RunExistsError",
     "SCHEDULES",
