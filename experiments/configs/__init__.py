@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from typing import Callable
 
-from experiments.configs import cifar10_3c3d, cifar100_3c3d, cifar100_allcnnc, digits
+from experiments.configs import (
+    cifar10_3c3d,
+    cifar100_3c3d,
+    cifar100_allcnnc,
+    digits,
+    digits_bn_only,
+    digits_gamma_init,
+    digits_last_gamma_beta,
+)
 
 CONFIGS: dict[str, Callable] = {
     "digits": digits.get_config,
     "cifar10_3c3d": cifar10_3c3d.get_config,
     "cifar100_3c3d": cifar100_3c3d.get_config,
     "cifar100_allcnnc": cifar100_allcnnc.get_config,
+    # Beyond the thesis (tagged variants: <norm>+<tag>).
+    "digits_last_gamma_beta": digits_last_gamma_beta.get_config,
+    "digits_bn_only": digits_bn_only.get_config,
+    "digits_gamma_init": digits_gamma_init.get_config,
 }
 
 

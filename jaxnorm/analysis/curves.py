@@ -61,11 +61,13 @@ def plot_curves(runs, path, title: str = "") -> pathlib.Path:
     for ax, (split, key, name) in zip(axes, PANELS):
         for variant in variant_order(by_variant):
             vr = by_variant[variant]
-            color = COLORS.get(variant)
-            base = variant in BASELINES
+            # A tagged variant ("bn_beta+bn_only") keeps its base variant's colour and style.
+            plain, _, tag = variant.partition("+")
+            color = COLORS.get(plain)
+            base = plain in BASELINES
             style = dict(color=color, lw=2.4 if base else 1.4, ls="--" if base else "-")
             epochs, vals = seed_stack(vr, split, key)
-            label = LABELS.get(variant, variant) + (f" (n={len(vr)})" if len(vr) > 1 else "")
+            label = LABELS.get(plain, plain) + (f" [{tag}]" if tag else "") + (f" (n={len(vr)})" if len(vr) > 1 else "")
             if any(r.diverged for r in vr):
                 label += " [diverged]"
             if epochs.size:

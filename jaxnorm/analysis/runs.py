@@ -33,7 +33,19 @@ class Run:
 
     @property
     def variant(self) -> str:
+        """The config's ``norm``, plus ``+<tag>`` when the config has a non-empty ``tag``
+        (e.g. ``bn_gamma_beta+bn_only``)."""
+        tag = self.config.get("tag")
+        return str(self.config.get("norm", "?")) + (f"+{tag}" if tag else "")
+
+    @property
+    def base_variant(self) -> str:
+        """The ablation variant alone (``norm``), without the tag."""
         return str(self.config.get("norm", "?"))
+
+    @property
+    def tag(self) -> str:
+        return str(self.config.get("tag") or "")
 
     @property
     def lr(self):

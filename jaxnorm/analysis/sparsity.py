@@ -45,7 +45,9 @@ def plot_sparsity(runs, path, title: str = "") -> pathlib.Path | None:
             n = min(len(st) for st, _ in series)
             steps = series[0][0][:n]
             mean = np.mean([v[:n] for _, v in series], axis=0)
-            ax.plot(steps, mean, color=COLORS.get(variant), label=LABELS.get(variant, variant), lw=1.5)
+            plain, _, tag = variant.partition("+")
+            label = LABELS.get(plain, plain) + (f" [{tag}]" if tag else "")
+            ax.plot(steps, mean, color=COLORS.get(plain), label=label, lw=1.5)
         ax.set_title(f"{layer}: zeroed by ReLU")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

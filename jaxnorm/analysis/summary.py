@@ -95,8 +95,11 @@ def summarize(runs, target_acc: float | None = None, by: Sequence[str] = ("learn
         final = {r["variant"]: r["final_test_acc"] for r in grows}
         for row in grows:
             acc = row["final_test_acc"]
-            base, up = final.get(baseline), final.get(upper)
-            row["beats_vanilla"] = (None if row["variant"] == baseline or base is None or not np.isfinite(base)
+            # A tagged row (e.g. "bn+bn_only") is compared with the baselines of its own tag.
+            tag = row["variant"].partition("+")[2]
+            suffix = f"+{tag}" if tag else ""
+            base, up = final.get(baseline + suffix), final.get(upper + suffix)
+            row["beats_vanilla"] = (None if row["variant"] == baseline + suffix or base is None or not np.isfinite(base)
                                     or not np.isfinite(acc) else bool(acc > base))
             row["gap_to_upper_pp"] = (None if up is None or not np.isfinite(up) or not np.isfinite(acc)
                                       else float((acc - up) * 100.0))

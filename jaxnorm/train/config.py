@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Mapping, Optional
 
 from jaxnorm.data.augmentation import AugmentConfig
@@ -40,6 +41,17 @@ class TrainConfig:
       eval_subset: evaluate on only the first n examples of each eval split (quick runs).
       seed: the run's seed: initialization, data order and augmentation are functions
         of (seed, epoch, step) only.
+      frozen: a regular expression, or None. It is matched (``re.search``) against each
+        ``params`` leaf's path joined with '/' (e.g. ``'norm3/scale'``,
+        ``'conv1/kernel'``); matching leaves stay at their initial values (a zero
+        update; the L2 term still counts them). A pattern that matches no parameter is
+        an error when the optimizer is initialized (see
+        :func:`jaxnorm.train.optim.make_optimizer`).
+      gamma_init: the initial γ of every norm layer that learns one (default 1). It has
+        no effect on variants without a learned γ (``bn``, ``bn_beta``, ``vanilla``): in
+        the ``bn_ablation`` superset their switched-off γ is exactly 1 regardless.
+      tag: a label that tells apart runs of the same norm in reports (a run's variant is
+        ``norm`` or ``norm+tag``); changes nothing in training.
 
     Bookkeeping:
       eval_every_epochs: evaluate every k epochs (and after the last).
@@ -77,6 +89,9 @@ class TrainConfig:
     train_subset: Optional[int] = None
     eval_subset: Optional[int] = None
     seed: int = 0
+    frozen: Optional[str] = None
+    gamma_init: float = 1.0
+    tag: str = ""
 
     eval_every_epochs: int = 1
     eval_mode: str = "running"
@@ -102,6 +117,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}.")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.frozen is not None:
+            try:
+                re.compile(self.frozen)
+            except re.error as e:
+                raise ValueError(f"TrainConfig.frozen is not a valid regular expression ({self.frozen!r}): {e}.") from None
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with ``changes`` applied (validated again)."""

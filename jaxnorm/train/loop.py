@@ -32,6 +32,7 @@ import shutil
 from typing import Optional, Sequence
 
 import functools
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,12 +111,32 @@ class _TraceCounter:
 def build_model(config: TrainConfig, num_classes: int, norm: Optional[str] = None):
     """The config's model (``num_classes`` from the dataset unless the config sets it;
     per-device BN as ghost groups when ``sync_bn=False`` on several devices; ``norm``
-    overrides the config's, e.g. with the ``'bn_ablation'`` superset)."""
+    overrides the config's, e.g. with the ``'bn_ablation'`` superset).
+
+    ``config.gamma_init != 1`` sets every norm layer's ``scale_init`` to that constant
+    (merged into ``model_kwargs['norm_options']``). Norms without a learned γ create no
+    ``scale`` parameter, so it changes nothing for them; in the ``bn_ablation`` superset
+    the γ parameter exists for every variant but a switched-off γ is used as exactly 1.
+    """
     kwargs = {"num_classes": num_classes, **dict(config.model_kwargs)}
+    norm_options = dict(kwargs.get("norm_options") or {})
     n_dev = config.num_devices or 1
     if n_dev > 1 and not config.sync_bn:
-        kwargs["norm_options"] = {**dict(kwargs.get("norm_options") or {}), "group_size": config.batch_size // n_dev}
+        norm_options["group_size"] = config.batch_size // n_dev
+    if config.gamma_init != 1.0:
+        norm_options["scale_init"] = nn.initializers.constant(config.gamma_init)
+    if norm_options:
+        kwargs["norm_options"] = norm_options
     return get_model(config.model, norm=norm or config.norm, **kwargs)
+
+
+def _stored_config(run: RunDir) -> Optional[dict]:
+    """A run folder's config, with fields newer than the file at their defaults (None if
+    it is not a readable TrainConfig)."""
+    try:
+        return TrainConfig.from_dict(read_json(run.config)).to_dict()
+    except (TypeError, ValueError):
+        return None
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunDir:
@@ -125,7 +146,7 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunD
             shutil.rmtree(run.root)
         elif not run.config.exists():
             raise RunExistsError(f"{run.root} exists and is not a jaxnorm run; refusing to write into it.")
-        elif read_json(run.config) != config.to_dict():
+        elif _stored_config(run) != config.to_dict():
             raise RunExistsError(
                 f"{run.root} holds a run with a different config; choose another name or pass overwrite=True."
             )
@@ -254,6 +275,7 @@ def fit_many(
         schedule=cfg.schedule,
         schedule_kwargs=cfg.schedule_kwargs,
         steps_per_epoch=spe,
+        frozen=cfg.frozen,
     )
     sample = jnp.asarray(images[:1])
     states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c in configs]

@@ -11,12 +11,19 @@ registry:
   CIFAR-10, batch 64, "learning rate decreased on plateau"). Its update needs the loss:
   ``tx.update(grads, state, params, value=loss)``; :func:`make_optimizer` always
   returns a transformation that accepts ``value`` (others ignore it).
+
+Freezing: ``make_optimizer(..., frozen=regex)`` zeroes the update of every parameter
+whose path (``'norm3/scale'``, ``'conv1/kernel'``; see :func:`param_paths`) matches the
+regex, so it keeps its initial value bit for bit (BN-only training, γ/β learned in
+chosen layers only).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import re
+from typing import Callable, Mapping, Optional, Sequence
 
+import jax
 import optax
 from optax import contrib
 
@@ -57,6 +64,39 @@ def _plateau(
 SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "plateau": _plateau}
 
 
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def param_paths(params) -> list[str]:
+    """The '/'-joined path of every leaf of ``params`` (e.g. ``'norm3/scale'``), in leaf order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return ["/".join(_key_name(k) for k in path) for path, _ in flat]
+
+
+def freeze_labels(frozen: str, params):
+    """``params``' structure with leaves ``'frozen'`` (path matches ``frozen`` by
+    ``re.search``) or ``'trainable'``.
+
+    Raises:
+      ValueError: ``frozen`` is not a valid regex, or matches no parameter (listing the
+        available paths).
+    """
+    try:
+        pattern = re.compile(frozen)
+    except re.error as e:
+        raise ValueError(f"frozen={frozen!r} is not a valid regular expression: {e}.") from None
+    paths = param_paths(params)
+    hits = [bool(pattern.search(p)) for p in paths]
+    if not any(hits):
+        raise ValueError(f"frozen={frozen!r} matches no parameter; the parameters are: {paths}.")
+    treedef = jax.tree_util.tree_structure(params)
+    return jax.tree_util.tree_unflatten(treedef, ["frozen" if h else "trainable" for h in hits])
+
+
 def make_optimizer(
     learning_rate: float,
     *,
@@ -65,6 +105,7 @@ def make_optimizer(
     schedule: str = "constant",
     schedule_kwargs: Mapping | None = None,
     steps_per_epoch: int = 1,
+    frozen: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD (``momentum=0``: plain SGD) with a named schedule.
 
@@ -76,9 +117,15 @@ def make_optimizer(
       schedule_kwargs: the schedule's options (``epochs``/``factor`` for step;
         ``factor``/``patience``/``rtol``/``cooldown``/``min_scale`` for plateau).
       steps_per_epoch: converts epoch-based options to steps.
+      frozen: a regex, or None. Parameters whose path (:func:`param_paths`) it matches
+        (``re.search``) get an exactly zero update: they keep their initial values
+        (gradients, e.g. of an L2 term, are still computed, and momentum still tracks
+        them, but nothing is applied). The mask is built from the params at ``init``.
 
     Raises:
-      ValueError: unknown schedule, non-positive learning rate or negative momentum.
+      ValueError: unknown schedule, non-positive learning rate, negative momentum or an
+        invalid ``frozen`` regex; at ``init``, a ``frozen`` regex that matches no
+        parameter (the message lists the parameter paths).
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
@@ -86,4 +133,16 @@ def make_optimizer(
         raise ValueError(f"momentum must be >= 0, got {momentum}.")
     lr, tail = lookup(SCHEDULES, schedule, "schedule")(learning_rate, steps_per_epoch, **dict(schedule_kwargs or {}))
     sgd = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
-    return optax.with_extra_args_support(optax.chain(sgd, *tail))
+    parts = [sgd, *tail]
+    if frozen is not None:
+        try:
+            re.compile(frozen)
+        except re.error as e:
+            raise ValueError(f"frozen={frozen!r} is not a valid regular expression: {e}.") from None
+        # Last in the chain: whatever the optimizer computes, a frozen leaf's update is 0.
+        freeze = optax.multi_transform(
+            {"trainable": optax.identity(), "frozen": optax.set_to_zero()},
+            lambda params: freeze_labels(frozen, params),
+        )
+        parts.append(freeze)
+    return optax.with_extra_args_support(optax.chain(*parts))

@@ -76,3 +76,22 @@ def test_diverged_counted(tmp_path):
     assert row["diverged"] == 1
     assert row["final_test_acc"] == pytest.approx((0.40 + 0.62) / 2)  # diverged run: its last evaluation
     assert "1/2" in summary_markdown(find_runs(tmp_path))
+
+
+def test_tagged_rows_are_compared_with_the_baselines_of_their_tag(tmp_path):
+    import json
+
+    from jaxnorm.analysis import find_runs, summarize
+    from tests.analysis.synthetic import write_run
+
+    for v, acc in (("vanilla", 0.5), ("bn", 0.6), ("bn_gamma_beta", 0.7)):
+        write_run(tmp_path / "plain" / v, v, 0, test=[acc, acc])
+    for v, acc in (("vanilla", 0.1), ("bn", 0.3), ("bn_gamma_beta", 0.4)):
+        folder = write_run(tmp_path / "tagged" / v, v, 0, test=[acc, acc])
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "tag": "bn_only"}))
+    rows = {r["variant"]: r for r in summarize(find_runs(tmp_path))}
+    assert rows["bn+bn_only"]["beats_vanilla"] is True  # 0.3 > tagged vanilla's 0.1
+    assert rows["bn+bn_only"]["gap_to_upper_pp"] == pytest.approx(-10.0)  # vs tagged bn_gamma_beta 0.4
+    assert rows["vanilla+bn_only"]["beats_vanilla"] is None
+    assert rows["bn"]["gap_to_upper_pp"] == pytest.approx(-10.0)  # untagged vs untagged 0.7

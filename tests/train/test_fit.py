@@ -152,3 +152,13 @@ def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
 def test_quick_shrinks_any_config(tmp_path):
     q = tiny_config(tmp_path, epochs=100, batch_size=128, train_subset=None).quick(steps=6, subset=64)
     assert (q.max_steps, q.train_subset, q.eval_subset, q.epochs, q.batch_size) == (6, 64, 64, 1, 64)
+
+
+def test_a_config_file_from_before_new_fields_still_resumes(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=2)
+    fit(cfg, progress=False)
+    path = tmp_path / "test" / "run" / "config.json"
+    old = json.loads(path.read_text())
+    old.pop("eval_subset")  # as written by a version without that field (default None)
+    path.write_text(json.dumps(old))
+    assert fit(cfg, progress=False).status == "finished"
