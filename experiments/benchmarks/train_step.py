@@ -51,6 +51,8 @@ synthetic, uniformly random dataset (never zeros) that stays on the device.
 
 from __future__ import annotations
 
+import abc
+
 import argparse
 import dataclasses
 import datetime
@@ -439,15 +441,17 @@ def load_flax_into_torch(tmodel, variables, name: str):
 # Runners: one variant of a comparison, stepped on demand.
 
 
-class Runner:
+class Runner(abc.ABC):
     label: str
     images_per_step: int
 
-    def first(self) -> float:  # first call, timed (compile + one step)
-        raise NotImplementedError
+    @abc.abstractmethod
+    def first(self) -> float:
+        """The first call, timed (compile + one step)."""
 
-    def steps(self, k: int) -> list[float]:  # k timed steps
-        raise NotImplementedError
+    @abc.abstractmethod
+    def steps(self, k: int) -> list[float]:
+        """``k`` timed steps."""
 
     def close(self) -> None:
         pass
