@@ -13,10 +13,11 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
-from jaxnorm.data.batching import batch_indices, step_key
+from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
 from jaxnorm.train.loss import accuracy, cross_entropy, l2_penalty
 from jaxnorm.train.state import TrainState
 
@@ -135,24 +136,16 @@ def make_evaluate(module, *, mean, std, mode: str = "running") -> Callable:
 
 
 def layout_eval(images, labels, batch_size: int, *, drop_remainder: bool = False):
-    """Host-side: pads (or truncates) a split to whole batches and adds a 0/1 mask.
+    """Host-side: lays a split out as whole batches with a 0/1 mask
+    (:func:`jaxnorm.data.iterate_eval`'s padding; ``drop_remainder`` keeps full batches only).
 
     Returns ``(images, labels, mask)`` shaped ``(num_batches, batch_size, ...)``.
     """
-    import numpy as np
-
     n = len(labels)
+    if drop_remainder and n < batch_size:
+        raise ValueError(f"eval batch size {batch_size} exceeds the {n} examples of the split.")
+    idx, mask = iterate_eval(n, batch_size)
     if drop_remainder:
-        nb = n // batch_size
-        if nb == 0:
-            raise ValueError(f"eval batch size {batch_size} exceeds the {n} examples of the split.")
-        keep = nb * batch_size
-        images, labels, mask = images[:keep], labels[:keep], np.ones(keep, np.float32)
-    else:
-        nb = -(-n // batch_size)
-        pad = nb * batch_size - n
-        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-        mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    shape = lambda a: a.reshape((nb, batch_size) + a.shape[1:])
-    return shape(images), shape(labels), shape(mask)
+        keep = mask.all(axis=1)
+        idx, mask = idx[keep], mask[keep]
+    return np.asarray(images)[idx], np.asarray(labels)[idx], mask.astype(np.float32)
