@@ -40,6 +40,7 @@ Array = jax.Array
 
 __all__ = [
     "BatchStats",
+    "batch_moments",
     "batch_norm",
     "torch_momentum_to_flax",
     "flax_momentum_to_torch",
@@ -183,6 +184,50 @@ def flax_momentum_to_torch(momentum: float) -> float:
     return torch_momentum_to_flax(momentum)
 
 
+def _grouped(x: Array, group_size: Optional[int]) -> tuple[Array, tuple[int, ...], int]:
+    """``x`` with the batch axis split into ghost groups (if ``group_size``), the axes the
+    batch statistics reduce over, and the number of values behind each statistic."""
+    xg = x
+    if group_size is not None:
+        batch = x.shape[0]
+        if group_size < 1 or batch % group_size:
+            raise ValueError(
+                f"group_size={group_size} must be a positive divisor of the batch size {batch}."
+            )
+        xg = x.reshape((batch // group_size, group_size) + x.shape[1:])
+    # Reduce over everything but the feature axis (and the group axis, if any).
+    first = 0 if group_size is None else 1
+    axes = tuple(range(first, xg.ndim - 1))
+    return xg, axes, math.prod(xg.shape[a] for a in axes)
+
+
+def batch_moments(x: Array, *, group_size: Optional[int] = None) -> tuple[Array, Array]:
+    """The statistics :func:`batch_norm` normalizes with in training mode.
+
+    Args:
+      x: ``(batch, ..., features)`` floating array.
+      group_size: ghost-group size, as in :func:`batch_norm`.
+
+    Returns:
+      ``(mean, var)``, each ``(groups, features)`` (``groups = batch // group_size``, 1
+      without ghost groups): per-group mean and *biased* variance, from the same
+      two-pass kernel as :func:`batch_norm`. Example ``i`` is normalized by row
+      ``i // group_size``. Used by the ``frozen`` per-example gradients
+      (:mod:`jaxnorm.diagnostics.per_example`).
+
+    Raises:
+      TypeError: ``x`` is not floating point.
+      ValueError: rank < 2, or ``group_size`` does not divide the batch.
+    """
+    _check_floating(x)
+    if x.ndim < 2:
+        raise ValueError(f"batch_moments expects x of shape (batch, ..., features), got {x.shape}.")
+    xg, axes, _ = _grouped(x, group_size)
+    mean, var = _moments(xg, axes)
+    c = x.shape[-1]
+    return mean.reshape(-1, c), var.reshape(-1, c)
+
+
 def batch_norm(
     x: Array,
     stats: BatchStats,
@@ -268,18 +313,7 @@ def batch_norm(
     if not train:
         return _normalize(x, stats.mean, stats.var, scale, bias, epsilon), stats
 
-    xg = x
-    if group_size is not None:
-        batch = x.shape[0]
-        if group_size < 1 or batch % group_size:
-            raise ValueError(
-                f"group_size={group_size} must be a positive divisor of the batch size {batch}."
-            )
-        xg = x.reshape((batch // group_size, group_size) + x.shape[1:])
-    # Reduce over everything but the feature axis (and the group axis, if any).
-    first = 0 if group_size is None else 1
-    axes = tuple(range(first, xg.ndim - 1))
-    count = math.prod(xg.shape[a] for a in axes)
+    xg, axes, count = _grouped(x, group_size)
     # Ghost groups are local to a shard; otherwise the statistics are synchronized.
     sync_axis = axis_name if group_size is None else None
     if sync_axis is not None:

@@ -50,6 +50,9 @@ class TrainConfig:
       gamma_init: the initial γ of every norm layer that learns one (default 1). It has
         no effect on variants without a learned γ (``bn``, ``bn_beta``, ``vanilla``): in
         the ``bn_ablation`` superset their switched-off γ is exactly 1 regardless.
+      track_step_conditioning: keep the in-training κ_W estimate in the optimizer state
+        (:mod:`jaxnorm.diagnostics.step_tracker`; read it with the
+        ``StepConditioning`` observer). Changes no update.
       tag: a label that tells apart runs of the same norm in reports (a run's variant is
         ``norm`` or ``norm+tag``); changes nothing in training.
 
@@ -91,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     frozen: Optional[str] = None
     gamma_init: float = 1.0
+    track_step_conditioning: bool = False
     tag: str = ""
 
     eval_every_epochs: int = 1

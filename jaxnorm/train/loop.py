@@ -276,6 +276,7 @@ def fit_many(
         schedule_kwargs=cfg.schedule_kwargs,
         steps_per_epoch=spe,
         frozen=cfg.frozen,
+        track_step_conditioning=cfg.track_step_conditioning,
     )
     sample = jnp.asarray(images[:1])
     states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c in configs]

@@ -106,6 +106,7 @@ def make_optimizer(
     schedule_kwargs: Mapping | None = None,
     steps_per_epoch: int = 1,
     frozen: Optional[str] = None,
+    track_step_conditioning: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD (``momentum=0``: plain SGD) with a named schedule.
 
@@ -121,6 +122,9 @@ def make_optimizer(
         (``re.search``) get an exactly zero update: they keep their initial values
         (gradients, e.g. of an L2 term, are still computed, and momentum still tracks
         them, but nothing is applied). The mask is built from the params at ``init``.
+      track_step_conditioning: put :func:`jaxnorm.diagnostics.step_tracker.track_step_conditioning`
+        first in the chain: the in-training κ_W estimate at every step (two extra
+        params-sized buffers in the optimizer state; updates unchanged).
 
     Raises:
       ValueError: unknown schedule, non-positive learning rate, negative momentum or an
@@ -134,6 +138,11 @@ def make_optimizer(
     lr, tail = lookup(SCHEDULES, schedule, "schedule")(learning_rate, steps_per_epoch, **dict(schedule_kwargs or {}))
     sgd = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
     parts = [sgd, *tail]
+    if track_step_conditioning:
+        # Imported here: jaxnorm.diagnostics imports jaxnorm.train (no import cycle at load).
+        from jaxnorm.diagnostics.step_tracker import track_step_conditioning as tracker
+
+        parts.insert(0, tracker())  # first: it needs the raw gradients
     if frozen is not None:
         try:
             re.compile(frozen)

@@ -1,0 +1,101 @@
+"""Gradient diagnostics: per-example gradients under BatchNorm, and the gradient
+step-consistency and batch-dissonance metrics of source document 002.
+
+* :mod:`~jaxnorm.diagnostics.per_example` -- ``per_example_grads(module, variables, x, y,
+  mode=...)`` with BatchNorm ``'running'``, ``'frozen'`` or ``'coupled'``; chunking,
+  masks, input gradients; ``per_example_gram``/``per_example_sq_norms`` (metrics
+  without materializing every gradient); ``batch_loss_fn``/``mean_gradient``.
+* :mod:`~jaxnorm.diagnostics.masking` -- ``random_mask`` (§1.6), ``flatten``.
+* :mod:`~jaxnorm.diagnostics.step_consistency` -- κ_W (Def. 2.5), perturbation samplers
+  (Defs. 2.6, 2.7, random), the Def. 4.1 forms, the SGD-step estimate.
+* :mod:`~jaxnorm.diagnostics.input_conditioning` -- κ_X (Defs. 3.4, 3.5, eq. 3.16).
+* :mod:`~jaxnorm.diagnostics.effective_rank` -- stable rank, relative gradient rank (Def. 3.7).
+* :mod:`~jaxnorm.diagnostics.dissonance` -- confusion (3.11), diversity (3.12), coherence (3.13).
+* :mod:`~jaxnorm.diagnostics.step_tracker` -- the in-training κ_W estimate as an optax
+  transformation, and its observer ``StepConditioning``.
+* :mod:`~jaxnorm.diagnostics.observer` -- ``GradientConditioning``: any subset of the
+  metrics every k steps during ``fit``.
+"""
+
+from jaxnorm.diagnostics.dissonance import (
+    coherence_from_gram,
+    coherence_from_norms,
+    confusion_from_gram,
+    cosine_matrix,
+    diversity_from_gram,
+    gradient_coherence,
+    gradient_confusion,
+    gradient_diversity,
+)
+from jaxnorm.diagnostics.effective_rank import (
+    gaussian_stable_rank,
+    relative_gradient_rank,
+    relative_rank_from_gram,
+    stable_rank,
+    stable_rank_from_gram,
+)
+from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
+from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
+from jaxnorm.diagnostics.observer import METRICS, GradientConditioning
+from jaxnorm.diagnostics.per_example import (
+    MODES,
+    batch_loss_fn,
+    frozen_batch_stats,
+    mean_gradient,
+    per_example_grads,
+    per_example_gram,
+    per_example_sq_norms,
+)
+from jaxnorm.diagnostics.step_consistency import (
+    PERTURBATIONS,
+    kappa_w,
+    min_cosine_similarity,
+    sgd_step_condition_number,
+    weight_gradient_coherence,
+    weight_gradient_diversity,
+    weight_perturbations,
+    weight_space_metrics,
+)
+from jaxnorm.diagnostics.step_tracker import StepConditioning, find_step_conditioning, track_step_conditioning
+
+__all__ = [
+    "GradientConditioning",
+    "GradientMask",
+    "METRICS",
+    "MODES",
+    "PERTURBATIONS",
+    "StepConditioning",
+    "batch_loss_fn",
+    "coherence_from_gram",
+    "coherence_from_norms",
+    "confusion_from_gram",
+    "cosine_matrix",
+    "diversity_from_gram",
+    "find_step_conditioning",
+    "flatten",
+    "frozen_batch_stats",
+    "gaussian_stable_rank",
+    "gradient_coherence",
+    "gradient_confusion",
+    "gradient_diversity",
+    "input_condition_number",
+    "input_perturbations",
+    "kappa_w",
+    "mean_gradient",
+    "min_cosine_similarity",
+    "num_coordinates",
+    "per_example_grads",
+    "per_example_gram",
+    "per_example_sq_norms",
+    "random_mask",
+    "relative_gradient_rank",
+    "relative_rank_from_gram",
+    "sgd_step_condition_number",
+    "stable_rank",
+    "stable_rank_from_gram",
+    "track_step_conditioning",
+    "weight_gradient_coherence",
+    "weight_gradient_diversity",
+    "weight_perturbations",
+    "weight_space_metrics",
+]

@@ -1,0 +1,129 @@
+"""κ_X: the condition number of the per-example weight gradient w.r.t. the input
+(source document 002, Defs. 3.4, 3.5 and eq. 3.16).
+
+Per example ``(x, t)`` and perturbations δ_k of the input:
+
+    κ_X(x) = max_k ‖h_W(w, x + δ_k, t) − h_W(w, x, t)‖ · ‖x‖ / (‖δ_k‖ · ‖h_W(w, x, t)‖)
+
+averaged over the first ``m`` examples of the batch (eq. 3.16), with one shared set
+Γ_n of n perturbations for every example (as the thesis computes it). The targeted
+perturbations (Def. 3.5) are ``η ζ h_X(x_i) / ‖h_X(x_i)‖`` for n of the batch's
+input gradients, ζ uniform in {−1, +1}, η = 0.001. ``x`` is the network input (after
+normalization); ``h_W`` the per-example weight gradient of
+:mod:`jaxnorm.diagnostics.per_example` in ``'running'`` or ``'frozen'`` mode -- in
+``'frozen'`` mode the batch statistics stay those of the unperturbed batch, so each
+example's perturbation changes only its own gradient. (``'coupled'`` is not offered:
+moving one input would move every example's statistics, which the definition does
+not describe.)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxnorm.diagnostics.masking import GradientMask, flatten
+from jaxnorm.diagnostics.per_example import _check, _chunks, _make_rows
+from jaxnorm.diagnostics.step_consistency import DEFAULT_ETA
+
+__all__ = ["input_perturbations", "input_condition_number"]
+
+
+def input_perturbations(key: jax.Array, input_grads: jax.Array, n: int, *, eta: float = DEFAULT_ETA) -> jax.Array:
+    """Def. 3.5: ``(n, ...)`` perturbations ``η ζ h_X(x_i)/‖h_X(x_i)‖`` for n randomly chosen
+    examples of the batch's ``(b, ...)`` input gradients.
+
+    Raises:
+      ValueError: n < 1 or n > b, or η <= 0.
+    """
+    b = input_grads.shape[0]
+    if not 1 <= n <= b:
+        raise ValueError(f"need 1 <= n <= b input perturbations; got n={n}, b={b}.")
+    if not eta > 0:
+        raise ValueError(f"the perturbation scale eta must be > 0, got {eta}.")
+    k_pick, k_sign = jax.random.split(key)
+    chosen = input_grads[jax.random.permutation(k_pick, b)[:n]]
+    flat = chosen.reshape(n, -1)
+    scale = eta * jax.random.rademacher(k_sign, (n,), jnp.float32) / jnp.linalg.norm(flat, axis=1)
+    return chosen * scale.reshape((n,) + (1,) * (chosen.ndim - 1))
+
+
+def input_condition_number(
+    module,
+    variables,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    mode: str = "frozen",
+    n: int = 8,
+    m: Optional[int] = None,
+    eta: float = DEFAULT_ETA,
+    perturbations: Optional[jax.Array] = None,
+    mask: Optional[GradientMask] = None,
+    chunk_size: Optional[int] = None,
+    weight_decay: float = 0.0,
+    per_example: bool = False,
+):
+    """Mean κ_X (eq. 3.16) over the first ``m`` examples of the batch.
+
+    Args:
+      module, variables, x, y: as :func:`~jaxnorm.diagnostics.per_example.per_example_grads`.
+      key: draws the targeted perturbations (unused if ``perturbations`` is given).
+      mode: ``'running'`` or ``'frozen'``.
+      n: number of perturbations in Γ_n (<= b).
+      m: examples averaged over (default: the whole batch).
+      eta: perturbation scale η.
+      perturbations: ``(n, *x.shape[1:])`` to use instead of the targeted ones.
+      mask: gradient coordinates the norms are taken on (§1.6).
+      chunk_size: examples per vectorized chunk.
+      weight_decay: as in :func:`per_example_grads` (changes ``h_W`` by λW).
+      per_example: also return the ``(m,)`` per-example values.
+
+    Returns:
+      the mean κ_X (float32 scalar), or ``(mean, per_example_values)``.
+
+    Raises:
+      ValueError: mode ``'coupled'`` or unknown; m outside [1, b]; a perturbation
+        array of the wrong shape; and the errors of :func:`input_perturbations`.
+    """
+    _check(variables, x, y, mode, "both", chunk_size)
+    if mode == "coupled":
+        raise ValueError("κ_X is defined per example: use mode='frozen' (training statistics held fixed) or 'running'.")
+    b = x.shape[0]
+    m = b if m is None else m
+    if not 1 <= m <= b:
+        raise ValueError(f"m must lie in [1, {b}], got {m}.")
+    rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=None)
+    idx = _chunks(m, chunk_size)
+
+    def grads_at(xs=None):
+        def chunk(i):
+            gp, gx = rows.fn(i, xs)
+            return flatten(gp, 1, mask), gx
+
+        if idx.shape[0] == 1:
+            return chunk(idx[0])
+        out = jax.lax.map(chunk, idx)
+        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:m], out)
+
+    g0, hx = grads_at()
+    if perturbations is None:
+        # The targeted directions come from the input gradients of the whole batch.
+        hx_all = hx if m == b else rows.fn(jnp.arange(b))[1]
+        perturbations = input_perturbations(key, hx_all, n, eta=eta)
+    elif perturbations.shape[1:] != x.shape[1:]:
+        raise ValueError(f"perturbations must be (n, {', '.join(map(str, x.shape[1:]))}), got {perturbations.shape}.")
+    xm = x[:m]
+    x_norm = jnp.linalg.norm(xm.reshape(m, -1), axis=1)
+    g0_norm = jnp.linalg.norm(g0, axis=1)
+
+    def ratio(delta):
+        gk, _ = grads_at(x.at[:m].add(delta[None]))
+        return jnp.linalg.norm(gk - g0, axis=1) * x_norm / (jnp.linalg.norm(delta) * g0_norm)
+
+    per = jnp.max(jax.lax.map(ratio, perturbations), axis=0)
+    mean = jnp.mean(per)
+    return (mean, per) if per_example else mean

@@ -1,0 +1,120 @@
+"""The nearly free in-training κ_W estimate, computed inside the optimizer at every step.
+
+Source document 002, §2.2: with ω the optimizer's own step, κ_W can be estimated during
+training "with very little additional cost" from consecutive gradients:
+
+    κ_t = ‖g_t − g_{t−1}‖ · ‖w_{t−1}‖ / (‖w_t − w_{t−1}‖ · ‖g_{t−1}‖)
+
+where ``g_t`` is the training gradient at step t. Consecutive steps use different
+batches (i ≠ j), which the thesis notes as an approximation: the batch change adds to
+the gradient change, so this is an upper-side estimate of the same-batch value.
+
+:func:`track_step_conditioning` is an optax ``GradientTransformation`` that passes the
+updates through unchanged and keeps, in its state, the previous gradient and weights
+(two params-sized buffers) and the latest estimate, the cosine similarity of
+consecutive gradients and the gradient norm. It must come first in the chain (it needs
+the raw gradients); :func:`jaxnorm.train.optim.make_optimizer` puts it there with
+``track_step_conditioning=True`` (``TrainConfig.track_step_conditioning``).
+:class:`StepConditioning` is the observer that reads the values out of a
+``TrainState`` every k steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnorm.diagnostics.step_consistency import _tree_norm, sgd_step_condition_number
+
+__all__ = ["StepConditioningState", "track_step_conditioning", "find_step_conditioning", "StepConditioning"]
+
+
+class StepConditioningState(NamedTuple):
+    """State of :func:`track_step_conditioning`.
+
+    Attributes:
+      prev_grad, prev_params: the previous step's gradient and weights.
+      kappa: κ_t of the latest step (NaN before the second step).
+      cosine: ``cos(g_t, g_{t−1})`` (NaN before the second step).
+      grad_norm: ``‖g_t‖``.
+      count: steps seen.
+    """
+
+    prev_grad: Any
+    prev_params: Any
+    kappa: jax.Array
+    cosine: jax.Array
+    grad_norm: jax.Array
+    count: jax.Array
+
+
+def track_step_conditioning() -> optax.GradientTransformation:
+    """Identity on the updates; records κ_t, the consecutive-gradient cosine and ‖g_t‖."""
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return StepConditioningState(zeros, zeros, nan, nan, nan, jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("track_step_conditioning needs params: call tx.update(grads, state, params).")
+        seen = state.count > 0
+        step = jax.tree.map(jnp.subtract, params, state.prev_params)
+        kappa = sgd_step_condition_number(state.prev_grad, updates, state.prev_params, step)
+        dot = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(state.prev_grad)))
+        g_norm = _tree_norm(updates)
+        cosine = dot / (g_norm * _tree_norm(state.prev_grad))
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        new = StepConditioningState(
+            prev_grad=updates,
+            prev_params=params,
+            kappa=jnp.where(seen, kappa, nan).astype(jnp.float32),
+            cosine=jnp.where(seen, cosine, nan).astype(jnp.float32),
+            grad_norm=g_norm.astype(jnp.float32),
+            count=state.count + 1,
+        )
+        return updates, new
+
+    return optax.GradientTransformation(init, update)
+
+
+def find_step_conditioning(opt_state) -> StepConditioningState:
+    """The :class:`StepConditioningState` inside an optimizer state.
+
+    Raises:
+      ValueError: the optimizer does not track step conditioning.
+    """
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, StepConditioningState))
+        if isinstance(s, StepConditioningState)
+    ]
+    if not found:
+        raise ValueError(
+            "the optimizer state holds no step-conditioning tracker: build the optimizer with "
+            "make_optimizer(..., track_step_conditioning=True) (TrainConfig.track_step_conditioning=True)."
+        )
+    return found[0]
+
+
+class StepConditioning:
+    """Observer: the in-training κ_W estimate every ``every`` steps, into ``metrics.jsonl``
+    lines ``{"kind": "step_conditioning", "step", "kappa_sgd", "cosine_sgd", "grad_norm"}``.
+
+    Costs a few scalar reads (the tracker does the work inside the train step)."""
+
+    name = "step_conditioning"
+    sink = "metrics"
+
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}.")
+        self.every = every
+
+    def __call__(self, state) -> dict[str, jax.Array]:
+        s = find_step_conditioning(state.opt_state)
+        return {"kappa_sgd": s.kappa, "cosine_sgd": s.cosine, "grad_norm": s.grad_norm}
