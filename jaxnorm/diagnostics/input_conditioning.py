@@ -24,6 +24,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.masking import GradientMask, flatten
 from jaxnorm.diagnostics.per_example import _check, _chunks, _make_rows
 from jaxnorm.diagnostics.step_consistency import DEFAULT_ETA
@@ -106,7 +107,7 @@ def input_condition_number(
 
         if idx.shape[0] == 1:
             return chunk(idx[0])
-        out = jax.lax.map(chunk, idx)
+        out = map_chunks(chunk, idx)
         return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:m], out)
 
     g0, hx = grads_at()
@@ -124,6 +125,6 @@ def input_condition_number(
         gk, _ = grads_at(x.at[:m].add(delta[None]))
         return jnp.linalg.norm(gk - g0, axis=1) * x_norm / (jnp.linalg.norm(delta) * g0_norm)
 
-    per = jnp.max(jax.lax.map(ratio, perturbations), axis=0)
+    per = jnp.max(map_chunks(ratio, perturbations), axis=0)
     mean = jnp.mean(per)
     return (mean, per) if per_example else mean

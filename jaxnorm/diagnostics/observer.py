@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm.data.augmentation import normalize
+from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.dissonance import confusion_from_gram, gradient_coherence, gradient_diversity
 from jaxnorm.diagnostics.effective_rank import relative_gradient_rank
 from jaxnorm.diagnostics.input_conditioning import input_condition_number
@@ -73,6 +74,8 @@ class GradientConditioning:
         ``'targeted'`` or ``'random'``.
       num_weight_perturbations: n for κ_W and Def. 4.1 (1 or 2 for limited targeted).
       num_input_perturbations: n for κ_X (<= batch_size).
+      input_examples: m, the examples κ_X is averaged over (eq. 3.16; <= batch_size).
+        κ_X costs n per-example gradient passes over m examples, the dearest metric.
       eta: perturbation scale η.
       mask_fraction: compute on a random ``fraction`` of each parameter leaf's
         coordinates (§1.6; None: all), drawn once here.
@@ -104,6 +107,7 @@ class GradientConditioning:
         weight_perturbation: str = "limited_targeted",
         num_weight_perturbations: int = 2,
         num_input_perturbations: int = 8,
+        input_examples: int = 16,
         eta: float = 1e-3,
         mask_fraction: Optional[float] = None,
         chunk_size: Optional[int] = None,
@@ -124,6 +128,8 @@ class GradientConditioning:
             raise ValueError("confusion and diversity compare batch gradients: num_batches must be >= 2.")
         if not 1 <= num_input_perturbations <= batch_size:
             raise ValueError(f"num_input_perturbations must lie in [1, batch_size={batch_size}], got {num_input_perturbations}.")
+        if not 1 <= input_examples <= batch_size:
+            raise ValueError(f"input_examples must lie in [1, batch_size={batch_size}], got {input_examples}.")
         need = num_batches * batch_size
         if len(labels) < need:
             raise ValueError(f"the pool holds {len(labels)} examples; num_batches * batch_size = {need} are drawn per call.")
@@ -132,6 +138,7 @@ class GradientConditioning:
         self.mean, self.std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
         self.batch_size, self.num_batches = batch_size, num_batches
         self.weight_perturbation, self.n_w, self.n_x = weight_perturbation, num_weight_perturbations, num_input_perturbations
+        self.m_x = input_examples
         self.eta, self.chunk_size, self.weight_decay, self.seed = eta, chunk_size, weight_decay, seed
         self.mask = None
         if mask_fraction is not None:
@@ -181,11 +188,11 @@ class GradientConditioning:
             out.update({m: ws[m] for m in WEIGHT_SPACE if m in wanted})
         if "kappa_x" in wanted:
             out["kappa_x"] = input_condition_number(
-                self.module, variables, x, y, key=k_x, mode=self.mode, n=self.n_x, eta=self.eta, mask=self.mask, **common
+                self.module, variables, x, y, key=k_x, mode=self.mode, n=self.n_x, m=self.m_x, eta=self.eta, mask=self.mask, **common
             )
         if wanted & set(BATCHES):
             grad_of = lambda xb, yb: jax.grad(batch_loss_fn(self.module, variables, xb, yb, mode="coupled", weight_decay=self.weight_decay))(params)
-            gb = flatten(jax.lax.map(lambda b: grad_of(*b), (xs, ys)), 1, self.mask)
+            gb = flatten(map_chunks(lambda b: grad_of(*b), (xs, ys)), 1, self.mask)
             if "confusion" in wanted:
                 out["confusion"] = confusion_from_gram(gb @ gb.T)
             if "diversity" in wanted:

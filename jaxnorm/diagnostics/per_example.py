@@ -31,7 +31,7 @@ Loss: softmax cross-entropy per example (the training objective's data term); wi
 mean equals the gradient of the training objective ``mean CE + ½λΣ‖W‖²``.
 
 Memory: per-example gradients are computed in chunks of ``chunk_size`` examples
-(``jax.lax.map``); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
+(:func:`~jaxnorm.diagnostics._mapping.map_chunks`: ``jax.lax.map``, unrolled on a CPU); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
 is masked before it is stored, so the peak is ``chunk_size × P + b × mask.size``
 floats. :func:`per_example_gram` and :func:`per_example_sq_norms` never hold more than
 two chunks of gradients at once.
@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import norms
+from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.masking import GradientMask, flatten
 from jaxnorm.layers import Norm
 from jaxnorm.train.loss import cross_entropy, is_weight, l2_penalty
@@ -274,7 +275,7 @@ def _map_rows(rows: _Rows, chunk_size, wrt, mask):
     if idx.shape[0] == 1:
         out = chunk(idx[0])
     else:
-        out = jax.lax.map(chunk, idx)
+        out = map_chunks(chunk, idx)
         out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:b], out)
     return _select(out, wrt)
 
@@ -310,7 +311,7 @@ def per_example_gram(
     if idx.shape[0] == 1:
         g = flat(idx[0])
         return g @ g.T
-    blocks = jax.lax.map(lambda i: (lambda gi: jax.lax.map(lambda j: gi @ flat(j).T, idx))(flat(i)), idx)
+    blocks = map_chunks(lambda i: (lambda gi: map_chunks(lambda j: gi @ flat(j).T, idx))(flat(i)), idx)
     n, c = idx.shape
     return blocks.transpose(0, 2, 1, 3).reshape(n * c, n * c)[:b, :b]
 
@@ -333,7 +334,7 @@ def per_example_sq_norms(
     rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=rng)
     sq = lambda idx: jnp.sum(jnp.square(flatten(rows.fn(idx)[0], 1, mask)), axis=-1)
     idx = _chunks(x.shape[0], chunk_size)
-    return sq(idx[0]) if idx.shape[0] == 1 else jax.lax.map(sq, idx).reshape(-1)[: x.shape[0]]
+    return sq(idx[0]) if idx.shape[0] == 1 else map_chunks(sq, idx).reshape(-1)[: x.shape[0]]
 
 
 def batch_loss_fn(

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxnorm._registry import lookup
 from jaxnorm.diagnostics.dissonance import gradient_diversity
+from jaxnorm.diagnostics._mapping import map_batched
 from jaxnorm.diagnostics.masking import GradientMask, flatten
 
 __all__ = [
@@ -198,7 +199,7 @@ def weight_space_metrics(
     """
     grad = jax.grad(loss_fn)
     g0 = grad(params)
-    gk = jax.lax.map(lambda om: grad(jax.tree.map(jnp.add, params, om)), perturbations, batch_size=chunk_size)
+    gk = map_batched(lambda om: grad(jax.tree.map(jnp.add, params, om)), perturbations, chunk_size)
     f0, fk = flatten(g0, 0, mask), flatten(gk, 1, mask)
     return {
         "kappa_w": kappa_w(f0, fk, flatten(perturbations, 1, mask), flatten(params, 0, mask)),

@@ -55,9 +55,10 @@ def track_step_conditioning() -> optax.GradientTransformation:
     """Identity on the updates; records κ_t, the consecutive-gradient cosine and ‖g_t‖."""
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        return StepConditioningState(zeros, zeros, nan, nan, nan, jnp.zeros((), jnp.int32))
+        # Two separate buffers (and three scalars): a donated state must not alias.
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        nan = lambda: jnp.full((), jnp.nan, jnp.float32)
+        return StepConditioningState(zeros(), zeros(), nan(), nan(), nan(), jnp.zeros((), jnp.int32))
 
     def update(updates, state, params=None):
         if params is None:
