@@ -128,6 +128,14 @@ class GradientConditioning:
             raise ValueError("confusion and diversity compare batch gradients: num_batches must be >= 2.")
         if not 1 <= num_input_perturbations <= batch_size:
             raise ValueError(f"num_input_perturbations must lie in [1, batch_size={batch_size}], got {num_input_perturbations}.")
+        if not eta > 0:
+            raise ValueError(f"the perturbation scale eta must be > 0, got {eta}.")
+        max_w = {"limited_targeted": 2, "targeted": batch_size}.get(weight_perturbation)
+        if num_weight_perturbations < 1 or (max_w is not None and num_weight_perturbations > max_w):
+            raise ValueError(
+                f"num_weight_perturbations must lie in [1, {max_w or 'inf'}] for {weight_perturbation!r}, "
+                f"got {num_weight_perturbations}."
+            )
         if not 1 <= input_examples <= batch_size:
             raise ValueError(f"input_examples must lie in [1, batch_size={batch_size}], got {input_examples}.")
         need = num_batches * batch_size

@@ -13,14 +13,19 @@ individual gradients are meaningless). jaxnorm offers three definitions, chosen 
     The batch's statistics (per ghost group, if the model uses them) are computed once,
     from the whole batch at the current weights, and treated as constants:
     ``g_i = ∇_θ ℓ(f_θ(x_i; μ_B, σ²_B), t_i)`` with ``μ_B, σ²_B`` not differentiated. The
-    forward pass of every example is exactly the training-mode forward pass; only the
-    gradient paths through the statistics are cut. Cost: one extra batch forward pass.
+    forward pass of every example is exactly the training-mode forward pass (with
+    dropout off); only the gradient paths through the statistics are cut. Cost: one
+    extra batch forward pass.
 ``'coupled'``
     The exact contribution of example i's loss term with the statistics depending on the
     whole batch: ``g_i = ∂ℓ_i(θ; X)/∂θ`` where ``ℓ_i`` is the i-th entry of the
     training-mode per-example loss vector. Their mean is exactly the batch gradient of
     training. Each row is a vector-Jacobian product of the whole batch (b backward
     passes, vectorized), so this costs about b/2 to b times the other modes.
+
+Dropout: ``running`` and ``frozen`` are deterministic (dropout off, also in the pass
+that takes the frozen statistics); ``coupled`` is the training-mode pass, dropout
+included, with the key ``rng``.
 
 The input gradient ``h_X(x_i) = ∂ℓ_i/∂x_i`` (Balduzzi et al. 2017; source document
 002, Def. 1.3) follows the same semantics; in ``coupled`` mode it is the diagonal
@@ -118,8 +123,9 @@ def frozen_batch_stats(module, variables, x, *, rng: Optional[jax.Array] = None)
     and returns a copy of ``variables['batch_stats']`` whose ``mean``/``var`` leaves
     are replaced by them, every leaf with a leading batch axis ``(b, ...)`` (example i
     gets its ghost group's statistics). Feeding row i to ``module.apply(..., train=False)``
-    with ``x[i:i+1]`` normalizes exactly as training did. The statistics are
-    ``stop_gradient``-ed: the ``frozen`` semantics.
+    with ``x[i:i+1]`` normalizes exactly as training did (dropout off: the statistics
+    are taken with every ``nn.Dropout`` bypassed, as in the eval-mode pass that uses
+    them). The statistics are ``stop_gradient``-ed: the ``frozen`` semantics.
     """
     captured: dict[tuple[str, ...], tuple] = {}
 
@@ -127,6 +133,8 @@ def frozen_batch_stats(module, variables, x, *, rng: Optional[jax.Array] = None)
         if isinstance(ctx.module, Norm) and ctx.method_name == "__call__" and ctx.module.kind == "batch":
             mean, var = norms.batch_moments(args[0], group_size=ctx.module.group_size)
             captured[ctx.module.path] = (mean, var)
+        if isinstance(ctx.module, nn.Dropout) and ctx.method_name == "__call__":
+            return args[0]  # dropout off, as in the eval-mode passes that use the statistics
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):

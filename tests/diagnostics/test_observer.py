@@ -1,0 +1,136 @@
+"""``GradientConditioning`` (every metric, jitted) and both diagnostics observers in ``fit``.
+
+The metric values themselves are checked against references in the other files of this
+folder; here: the observer composes them under ``jax.jit`` into finite values with the
+documented keys, deterministically per step, and ``fit`` writes their lines to
+``metrics.jsonl``. Tiny BN MLP (depth 3, width 8) on 8x8 digits, batches of 4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnorm.data import load
+from jaxnorm.diagnostics import METRICS, GradientConditioning, StepConditioning
+from jaxnorm.train import TrainConfig, build_model, create_state, fit, make_optimizer
+
+DIGITS = load("digits", "train")
+POOL = (DIGITS.images[:32], DIGITS.labels[:32])
+
+
+def config(tmp_path) -> TrainConfig:
+    return TrainConfig(
+        model="mlp",
+        model_kwargs={"depth": 3, "width": 8},
+        dataset="digits",
+        batch_size=16,
+        max_steps=4,
+        eval_splits=("test",),
+        eval_subset=64,
+        train_subset=128,
+        checkpoint_every_epochs=0,
+        results_dir=str(tmp_path),
+        study="t",
+        name="r",
+        track_step_conditioning=True,
+    )
+
+
+def observer(module, **kw) -> GradientConditioning:
+    # n_x = 1: on a CPU the library unrolls the κ_X passes, one per input perturbation.
+    base = dict(mean=DIGITS.mean, std=DIGITS.std, batch_size=4, num_batches=2, num_input_perturbations=1, input_examples=3)
+    return GradientConditioning(module, *POOL, **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def module():
+    return build_model(config("unused"), DIGITS.num_classes)
+
+
+def test_every_metric_is_finite_under_jit(module):
+    """All of METRICS plus the sample sizes, finite, from one jitted call (with targeted
+    weight perturbations and a 50% mask: the paths the defaults do not take); the same
+    state gives the same values (the batches are keyed by the step), the next step
+    other ones."""
+    obs = observer(module, weight_perturbation="targeted", mask_fraction=0.5)
+    assert obs.metrics == METRICS and (obs.name, obs.sink, obs.every) == ("conditioning", "metrics", 50)
+    state = create_state(jax.random.PRNGKey(0), module, make_optimizer(0.1), POOL[0][:1])
+    run = jax.jit(lambda st: obs(st))
+    out = jax.device_get(run(state))
+    assert set(out) == {*METRICS, "n_batches", "batch_size"}
+    bad = {k: v for k, v in out.items() if not np.isfinite(v)}
+    assert not bad, bad
+    assert out["n_batches"] == 2 and out["batch_size"] == 4
+    assert 0 < out["coherence"] <= 1 and out["confusion"] >= 0 and out["kappa_w"] > 0
+    again = jax.device_get(run(state))
+    assert again == out
+    later = jax.device_get(run(state.replace(step=state.step + 1)))
+    assert later["coherence"] != out["coherence"]
+
+
+def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
+    """A 4-step fit with GradientConditioning (one cheap metric: every metric was compiled
+    above) and StepConditioning, both every 2 steps: lines at steps 0 (before training),
+    2 and 4. κ_SGD is NaN at step 0 (no step yet), then finite and positive."""
+    obs = observer(module, metrics=("diversity",), every=2)
+    result = fit(config(tmp_path), observers=[obs, StepConditioning(2)], progress=False)
+    assert result.status == "finished" and result.step == 4
+    cond = [m for m in result.metrics if m["kind"] == "conditioning"]
+    steps = [m for m in result.metrics if m["kind"] == "step_conditioning"]
+    assert [m["step"] for m in cond] == [0, 2, 4] == [m["step"] for m in steps]
+    for m in cond:
+        assert set(m) == {"kind", "step", "diversity", "n_batches", "batch_size"}
+        assert m["diversity"] > 0 and (m["n_batches"], m["batch_size"]) == (2, 4)
+    assert math.isnan(steps[0]["kappa_sgd"])
+    for m in steps[1:]:
+        assert set(m) == {"kind", "step", "kappa_sgd", "cosine_sgd", "grad_norm"}
+        assert m["kappa_sgd"] > 0 and -1 <= m["cosine_sgd"] <= 1 and m["grad_norm"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(metrics=("kappa_w", "sharpness")), r"unknown conditioning metric\(s\) \['sharpness'\]"),
+        (dict(metrics=()), "unknown conditioning metric"),
+        (dict(mode="coupled"), "observer mode must be 'frozen' or 'running'"),
+        (dict(weight_perturbation="gaussian"), "unknown weight perturbation 'gaussian'"),
+        (dict(every=0), "every >= 1"),
+        (dict(batch_size=1), "batch_size >= 2"),
+        (dict(num_batches=0), "num_batches >= 1"),
+        (dict(num_batches=1), "num_batches must be >= 2"),
+        (dict(num_input_perturbations=0), r"num_input_perturbations must lie in \[1, batch_size=4\]"),
+        (dict(num_input_perturbations=5), r"num_input_perturbations must lie in \[1, batch_size=4\]"),
+        (dict(input_examples=0), r"input_examples must lie in \[1, batch_size=4\]"),
+        (dict(input_examples=5), r"input_examples must lie in \[1, batch_size=4\]"),
+        (dict(batch_size=8, num_batches=5, input_examples=8), "the pool holds 32 examples; num_batches \\* batch_size = 40"),
+    ],
+)
+def test_constructor_errors(module, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        observer(module, **kwargs)
+
+
+def test_one_batch_is_enough_without_batch_metrics(module):
+    """num_batches=1 is refused only when confusion or diversity are asked for."""
+    assert observer(module, num_batches=1, metrics=("coherence",)).num_batches == 1
+
+
+# The constructor validates the perturbation settings, so a bad one fails before fit
+# creates the run folder and compiles (not at the first observation).
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_weight_perturbations=3),  # limited_targeted has two directions
+        dict(num_weight_perturbations=0),
+        dict(weight_perturbation="targeted", num_weight_perturbations=5),  # > batch_size
+        dict(eta=0.0),
+    ],
+    ids=["limited_targeted_n3", "n0", "targeted_n_gt_batch", "eta0"],
+)
+def test_constructor_rejects_bad_perturbation_sizes(module, kwargs):
+    with pytest.raises(ValueError):
+        observer(module, metrics=("kappa_w",), **kwargs)
