@@ -3,6 +3,9 @@
 ``test_ablation_notebook_runs`` executes ``colab/01_batchnorm_ablation.ipynb`` with nbclient
 in quick mode on the CPU (the digits fallback when CIFAR-10 is not prepared): 35-65 s on
 2 CPU cores, nearly all of it the 20 training steps of the five variants.
+``test_conditioning_notebook_runs`` does the same for ``colab/02_gradient_conditioning.ipynb``
+(the gradient-conditioning study, quick: one architecture without and with BN, 8 steps, two
+metrics timed).
 
 Kernel setup: ``kernel_name='python3'`` is resolved through jupyter's kernelspec search path,
 which may hold a ``python3`` spec for some *other* interpreter (a user-level
@@ -26,13 +29,15 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "01_batchnorm_ablation.ipynb"
+CONDITIONING_NOTEBOOK = REPO / "colab" / "02_gradient_conditioning.ipynb"
 VARIANTS = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
 
 
-def test_notebook_is_committed_clean():
+@pytest.mark.parametrize("notebook", [NOTEBOOK, CONDITIONING_NOTEBOOK], ids=lambda p: p.stem)
+def test_notebook_is_committed_clean(notebook):
     """No outputs and no execution counts in the committed notebook (a valid nbformat 4 file)."""
     nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     nbformat.validate(nb)
     assert nb.nbformat == 4
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -40,7 +45,7 @@ def test_notebook_is_committed_clean():
     for i, cell in enumerate(code):
         assert cell.get("outputs") == [], f"code cell {i} has outputs: clear them before committing"
         assert cell.get("execution_count") is None, f"code cell {i} has an execution count"
-    raw = json.loads(NOTEBOOK.read_text())
+    raw = json.loads(notebook.read_text())
     assert "widgets" not in raw.get("metadata", {}), "notebook metadata holds widget state"
 
 
@@ -52,7 +57,9 @@ def _own_python_kernelspec(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def test_ablation_notebook_runs(tmp_path, monkeypatch):
+def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch):
+    """Executes ``notebook`` in quick mode on the CPU with results under ``tmp_path/results``;
+    returns (executed notebook, results folder, seconds)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -80,13 +87,18 @@ def test_ablation_notebook_runs(tmp_path, monkeypatch):
     else:
         env.pop("XLA_FLAGS", None)
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
     )
     t0 = time.perf_counter()
     client.execute(env=env)  # raises CellExecutionError on the first cell that errors
     elapsed = time.perf_counter() - t0
+    return nb, results, elapsed
+
+
+def test_ablation_notebook_runs(tmp_path, monkeypatch):
+    nb, results, elapsed = _execute_quick(NOTEBOOK, tmp_path, monkeypatch)
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     errors = [o for o in outputs if o.output_type == "error"]
@@ -104,4 +116,29 @@ def test_ablation_notebook_runs(tmp_path, monkeypatch):
     assert images, "no PNG was displayed"
     markdown = [o for o in outputs if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
     assert any("vanilla" in o.data["text/markdown"] for o in markdown), "summary.md was not displayed"
+    print(f"notebook executed in {elapsed:.1f} s")
+
+
+def test_conditioning_notebook_runs(tmp_path, monkeypatch):
+    nb, results, elapsed = _execute_quick(CONDITIONING_NOTEBOOK, tmp_path, monkeypatch)
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "QUICK = True" in text, text
+
+    root = results / "conditioning" / "digits-quick"
+    runs = sorted(p.parent.name for p in root.glob("*/config.json"))
+    assert runs == ["resnet-bn_gamma_beta-d4", "resnet-vanilla-d4"], runs
+    summary = (root / "plots" / "summary.md").read_text()
+    missing = [r for r in runs if f"| {r} |" not in summary]
+    assert not missing, f"summary.md has no table row for {missing}:\n{summary}"
+
+    names = [o.data["text/markdown"] for o in outputs if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
+    for png in ("curves_kappa_w.png", "scatter_kappa_w.png", "curves_kappa_sgd.png", "costs.png"):
+        assert any(png in n for n in names), f"{png} was not displayed: {names}"
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 4, f"only {len(images)} PNGs displayed"
+    assert any("resnet-vanilla-d4" in n for n in names), "summary.md was not displayed"
     print(f"notebook executed in {elapsed:.1f} s")

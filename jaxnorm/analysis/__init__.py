@@ -1,7 +1,15 @@
 """Analysis of finished runs: discovery, curves, γ/β contour plots, activity metrics,
-ReLU sparsity, summary tables and a one-call report. Reads ``results/`` only; never trains."""
+ReLU sparsity, summary tables, a one-call report, and the gradient-conditioning study's
+plots and tables. Reads ``results/`` only; never trains."""
 
 from jaxnorm.analysis.activity import activity_metrics, activity_table_md, zero_crossings
+from jaxnorm.analysis.conditioning import (
+    collect_costs,
+    conditioning_summary_md,
+    find_conditioning_runs,
+    key_points,
+    write_conditioning_report,
+)
 from jaxnorm.analysis.contours import channel_order, plot_gamma_beta, symmetric_range
 from jaxnorm.analysis.curves import COLORS, LABELS, plot_curves
 from jaxnorm.analysis.gammabeta import NEUTRAL, gamma_beta_arrays
@@ -12,7 +20,8 @@ from jaxnorm.analysis.summary import epochs_to_target, summarize, summary_markdo
 
 __all__ = [
     "COLORS", "LABELS", "NEUTRAL", "VARIANTS", "Run", "activity_metrics", "activity_table_md",
-    "channel_order", "epochs_to_target", "find_runs", "gamma_beta_arrays", "group_runs", "load_run",
+    "channel_order", "collect_costs", "conditioning_summary_md", "epochs_to_target", "find_conditioning_runs",
+    "find_runs", "gamma_beta_arrays", "group_runs", "key_points", "load_run",
     "plot_curves", "plot_gamma_beta", "plot_sparsity", "sparsity_series", "sparsity_table_md", "summarize", "summary_markdown", "symmetric_range",
-    "write_report", "zero_crossings",
+    "write_conditioning_report", "write_report", "zero_crossings",
 ]
