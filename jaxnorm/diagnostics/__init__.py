@@ -13,6 +13,9 @@ step-consistency and batch-dissonance metrics of source document 002.
 * :mod:`~jaxnorm.diagnostics.dissonance` -- confusion (3.11), diversity (3.12), coherence (3.13).
 * :mod:`~jaxnorm.diagnostics.step_tracker` -- the in-training κ_W estimate as an optax
   transformation, and its observer ``StepConditioning``.
+* :mod:`~jaxnorm.diagnostics.hessian` -- ``hvp`` (forward-over-reverse), ``power_iteration``,
+  ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``spectral_density`` (SLQ),
+  ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN train or eval mode).
 * :mod:`~jaxnorm.diagnostics.observer` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
 """
@@ -33,6 +36,18 @@ from jaxnorm.diagnostics.effective_rank import (
     relative_rank_from_gram,
     stable_rank,
     stable_rank_from_gram,
+)
+from jaxnorm.diagnostics.hessian import (
+    block_loss_fn,
+    flat_hvp,
+    hessian_loss_fn,
+    hutchinson_trace,
+    hvp,
+    lanczos,
+    outlier_ratio,
+    power_iteration,
+    spectral_density,
+    top_eigenpairs,
 )
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
@@ -59,6 +74,16 @@ from jaxnorm.diagnostics.step_consistency import (
 from jaxnorm.diagnostics.step_tracker import StepConditioning, find_step_conditioning, track_step_conditioning
 
 __all__ = [
+    "top_eigenpairs",
+    "spectral_density",
+    "power_iteration",
+    "outlier_ratio",
+    "lanczos",
+    "hvp",
+    "hutchinson_trace",
+    "hessian_loss_fn",
+    "flat_hvp",
+    "block_loss_fn",
     "GradientConditioning",
     "GradientMask",
     "METRICS",
