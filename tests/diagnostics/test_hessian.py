@@ -114,6 +114,18 @@ def test_power_iteration_and_lanczos_agree_on_the_top_eigenvalue_without_recompi
     assert int(warm.iterations) <= 3
 
 
+def test_power_iteration_with_a_shift_finds_the_top_eigenvalue_under_a_dominant_negative_one():
+    """diag(3, 1, -10): unshifted power iteration converges to -10 (largest magnitude);
+    shifted by -10 it returns the top eigenvalue 3."""
+    d = jnp.asarray([3.0, 1.0, -10.0])
+    loss = lambda p: 0.5 * jnp.sum(d * p**2)
+    p0 = jnp.ones(3)
+    plain = power_iteration(loss, p0, num_iters=500, tol=1e-7)
+    assert float(plain.eigenvalue) == pytest.approx(-10.0, rel=1e-4)
+    top = power_iteration(loss, p0, num_iters=500, tol=1e-7, shift=plain.eigenvalue)
+    assert float(top.eigenvalue) == pytest.approx(3.0, rel=1e-3)
+
+
 def test_hutchinson_trace_converges_to_the_exact_trace():
     est, err = jax.jit(lambda p: hutchinson_trace(quadratic, p, key=jax.random.PRNGKey(0), num_samples=3000))(W)
     assert abs(float(est) - np.trace(A)) <= 4 * float(err)
