@@ -19,7 +19,11 @@ there while the loss keeps falling non-monotonically -- with and without BN.
 
 Results in ``<results>/sharpness/<config>/``: ``<norm>_lr<η>/`` with ``config.json`` and
 ``metrics.jsonl`` (lines ``{"kind": "sharpness", "step", "loss", "sharpness"}``; a
-``divergence`` line if the loss became non-finite); ``plots/sharpness.png`` (sharpness
+``divergence`` line if the loss became non-finite; ``{"kind": "spectrum", "when":
+"init"|"end", "top", "outlier_ratio"}``: the top Ritz values and λ_1/λ_k),
+``spectrum.npz`` (``init/grid``, ``init/density``, ``init/top``, the same for ``end``: the
+spectral density by stochastic Lanczos quadrature); ``plots/density.png`` (the densities
+at initialization and at the end, a panel per norm, middle η); ``plots/sharpness.png`` (sharpness
 vs step per η with the dashed 2/η lines, a panel per norm; the loss below) and
 ``plots/summary.md`` (per run: the largest sharpness / (2/η), the median late sharpness
 / (2/η) and the fraction of the late records -- the last half -- within 10% of 2/η).
@@ -40,10 +44,10 @@ import numpy as np
 
 from jaxnorm.data import load
 from jaxnorm.data.augmentation import normalize
-from jaxnorm.diagnostics import lanczos, top_eigenpairs
+from jaxnorm.diagnostics import lanczos, outlier_ratio, spectral_density, top_eigenpairs
 from jaxnorm.models import get_model
 from jaxnorm.train.loss import cross_entropy
-from jaxnorm.train.results import RunDir, rewrite_jsonl, write_json
+from jaxnorm.train.results import RunDir, rewrite_jsonl, write_json, write_npz
 
 LOSSES: dict[str, Callable] = {
     "mse": lambda logits, y: 0.5 * jnp.sum(jnp.square(logits - jax.nn.one_hot(y, logits.shape[-1])), axis=-1),
@@ -62,6 +66,9 @@ class SharpnessConfig:
       norms: the normalizations compared; step_sizes: the GD step sizes η.
       steps: GD steps per run; every: sharpness interval; lanczos_order: Lanczos steps
         per measurement.
+      density_order, density_vectors: the spectral density (stochastic Lanczos
+        quadrature) at initialization and at the end; outlier_k: the outlier ratio
+        λ_1/λ_k (Ghorbani et al. 2019) from the same Lanczos runs.
       seed: initialization.
     """
 
@@ -78,10 +85,13 @@ class SharpnessConfig:
     steps: int = 2000
     every: int = 10
     lanczos_order: int = 20
+    density_order: int = 60
+    density_vectors: int = 4
+    outlier_k: int = 11  # classes + 1: past the ~C outliers of a C-class problem (Papyan 2019)
     seed: int = 0
 
     def quick(self) -> "SharpnessConfig":
-        return dataclasses.replace(self, name=self.name + "-quick", subset=64, steps=20, every=10, step_sizes=self.step_sizes[1:2], lanczos_order=8)
+        return dataclasses.replace(self, name=self.name + "-quick", subset=64, steps=20, every=10, step_sizes=self.step_sizes[1:2], lanczos_order=8, density_order=12, density_vectors=2)
 
 
 def run_one(cfg: SharpnessConfig, norm: str, lr: float, root: pathlib.Path, log=print) -> list[dict]:
@@ -110,10 +120,17 @@ def run_one(cfg: SharpnessConfig, norm: str, lr: float, root: pathlib.Path, log=
         vals, vecs = top_eigenpairs(lanczos(loss, params, cfg.lanczos_order, v0=v0), 1)
         return loss(params), vals[0], vecs[0]
 
+    @jax.jit
+    def spectrum(params, key):
+        d = spectral_density(loss, params, key=key, order=cfg.density_order, num_vectors=cfg.density_vectors, num_points=400)
+        top = jnp.sort(d["nodes"][0])[::-1]  # Ritz values of the first start vector
+        return d["grid"], d["density"], top[: cfg.outlier_k]
+
     run = RunDir(root / f"{norm}_lr{lr:g}")
     run.root.mkdir(parents=True, exist_ok=True)
     write_json(run.config, {**dataclasses.asdict(cfg), "norm": norm, "learning_rate": lr})
     params = variables["params"]
+    spectra = {"init": spectrum(params, jax.random.PRNGKey(cfg.seed))}
     v = jnp.ones(sum(a.size for a in jax.tree.leaves(params)), jnp.float32)  # later starts are warm
     records = []
     for step in range(0, cfg.steps + 1, cfg.every):
@@ -125,10 +142,16 @@ def run_one(cfg: SharpnessConfig, norm: str, lr: float, root: pathlib.Path, log=
             records.append({"kind": "divergence", "step": step, "reason": f"non-finite loss ({value}) at step {step}"})
             break
         records.append({"kind": "sharpness", "step": step, "loss": value, "sharpness": top})
+    if records[-1]["kind"] != "divergence":
+        spectra["end"] = spectrum(params, jax.random.PRNGKey(cfg.seed))
+    arrays = {f"{when}/{k}": np.asarray(a) for when, sp in spectra.items() for k, a in zip(("grid", "density", "top"), sp)}
+    write_npz(run.root / "spectrum.npz", arrays)
+    for when, sp in spectra.items():
+        records.append({"kind": "spectrum", "when": when, "top": [float(t) for t in sp[2]], "outlier_ratio": float(outlier_ratio(sp[2], cfg.outlier_k))})
     rewrite_jsonl(run.metrics, records)
     kept = [r for r in records if r["kind"] == "sharpness"]
     s = summarize(kept, lr)
-    status = "diverged" if records[-1]["kind"] == "divergence" else f"late sharpness {s['late_median_over_edge']:.2f} x 2/η"
+    status = "diverged" if any(r["kind"] == "divergence" for r in records) else f"late sharpness {s['late_median_over_edge']:.2f} x 2/η"
     log(f"  {norm:>14s} η {lr:<5g} 2/η {2 / lr:6.1f}: max sharpness {s['max_over_edge']:.2f} x 2/η, {status}")
     return records
 
@@ -179,6 +202,7 @@ def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> Non
     fig.tight_layout()
     fig.savefig(plots / "sharpness.png", dpi=110)
     plt.close(fig)
+    _plot_densities(plt, root, cfg)
     lines = [
         f"# Edge of stability: {cfg.name}",
         "",
@@ -186,19 +210,43 @@ def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> Non
         f"{cfg.loss} loss, {cfg.steps} steps; sharpness every {cfg.every} steps (largest Ritz value of {cfg.lanczos_order} "
         "warm-started Lanczos steps). Late = the last half of the records.",
         "",
-        "| norm | η | 2/η | max sharpness / (2/η) | late median / (2/η) | late within 10% of 2/η | final loss | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| norm | η | 2/η | max sharpness / (2/η) | late median / (2/η) | late within 10% of 2/η | final loss | λ1/λ{cfg.outlier_k} init | λ1/λ{cfg.outlier_k} end | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (norm, lr), recs in results.items():
         s = summarize(recs, lr)
         kept = [r for r in recs if r["kind"] == "sharpness"]
-        status = "diverged" if recs and recs[-1]["kind"] == "divergence" else "finished"
+        status = "diverged" if any(r["kind"] == "divergence" for r in recs) else "finished"
+        ratio = {r["when"]: r["outlier_ratio"] for r in recs if r["kind"] == "spectrum"}
+        fmt = lambda w: f"{ratio[w]:.1f}" if w in ratio else "-"
         final = f"{kept[-1]['loss']:.4g}" if kept else "-"
         lines.append(
             f"| {norm} | {lr:g} | {2 / lr:.1f} | {s['max_over_edge']:.2f} | {s['late_median_over_edge']:.2f} | "
-            f"{s['late_within_10pct']:.0%} | {final} | {status} |"
+            f"{s['late_within_10pct']:.0%} | {final} | {fmt('init')} | {fmt('end')} | {status} |"
         )
     (plots / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot_densities(plt, root: pathlib.Path, cfg: SharpnessConfig) -> None:
+    """``plots/density.png``: the Hessian's spectral density at initialization and at the
+    end, a panel per norm, for the middle step size (Ghorbani et al. 2019, Fig. 1 style)."""
+    from jaxnorm.train.results import read_npz
+
+    lr = cfg.step_sizes[len(cfg.step_sizes) // 2]
+    fig, axes = plt.subplots(1, len(cfg.norms), figsize=(6 * len(cfg.norms), 3.6), squeeze=False)
+    for ax, norm in zip(axes[0], cfg.norms):
+        path = root / f"{norm}_lr{lr:g}" / "spectrum.npz"
+        arrays = read_npz(path) if path.exists() else {}
+        for when, style in (("init", "--"), ("end", "-")):
+            if f"{when}/grid" in arrays:
+                ax.semilogy(arrays[f"{when}/grid"], np.maximum(arrays[f"{when}/density"], 1e-8), style, label=when)
+        ax.set_title(f"{norm}, η = {lr:g}: Hessian spectral density (SLQ)", fontsize=10)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylim(1e-6, None)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(root / "plots" / "density.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

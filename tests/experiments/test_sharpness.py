@@ -16,10 +16,19 @@ def test_quick_study_writes_records_plot_and_summary(tmp_path):
     cfg = sharpness.SharpnessConfig().quick()
     for norm in cfg.norms:
         for lr in cfg.step_sizes:
-            lines = [json.loads(l) for l in (root / f"{norm}_lr{lr:g}" / "metrics.jsonl").read_text().splitlines()]
+            run = root / f"{norm}_lr{lr:g}"
+            all_lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+            lines = [l for l in all_lines if l["kind"] == "sharpness"]
             assert [l["step"] for l in lines] == list(range(0, cfg.steps + 1, cfg.every))
-            assert all(l["kind"] == "sharpness" and np.isfinite(l["sharpness"]) and l["sharpness"] > 0 for l in lines)
-    assert (root / "plots" / "sharpness.png").stat().st_size > 10_000
+            assert all(np.isfinite(l["sharpness"]) and l["sharpness"] > 0 for l in lines)
+            spectra = {l["when"]: l for l in all_lines if l["kind"] == "spectrum"}
+            assert set(spectra) == {"init", "end"}
+            for sp in spectra.values():
+                assert sp["top"] == sorted(sp["top"], reverse=True) and sp["outlier_ratio"] == pytest.approx(sp["top"][0] / sp["top"][-1])
+            arrays = np.load(run / "spectrum.npz")
+            assert np.trapezoid(arrays["end/density"], arrays["end/grid"]) == pytest.approx(1.0, abs=1e-2)
+    for png in ("sharpness.png", "density.png"):
+        assert (root / "plots" / png).stat().st_size > 10_000
     summary = (root / "plots" / "summary.md").read_text()
     assert summary.count("| finished |") == len(cfg.norms) * len(cfg.step_sizes)
 
