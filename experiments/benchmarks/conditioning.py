@@ -253,9 +253,11 @@ def render(info, cfg_name, cfg: Settings, pes: list, ob: dict, elapsed: float) -
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str, key: str) -> None:
+def write_section(path: Path, section: str, key: str, marker: str = "conditioning") -> None:
+    """Replaces the ``<!-- {marker}: {key} -->`` ... ``<!-- end {marker}: {key} -->`` section of
+    ``path`` (or appends it), leaving the rest of the file alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- conditioning: {key} -->", f"<!-- end conditioning: {key} -->"
+    start, end = f"<!-- {marker}: {key} -->", f"<!-- end {marker}: {key} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pattern.sub(lambda m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.conditioning import REPO, round_robin
+from experiments.benchmarks.conditioning import REPO, round_robin, write_section
 from experiments.benchmarks.train_step import CIFAR10, _torch, build_torch_model, load_flax_into_torch, machine_info, make_data
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import hessian_loss_fn, hvp, lanczos, power_iteration
@@ -161,14 +160,6 @@ def render(info, cfg_name, cfg, hl, pw, elapsed) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str, key: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- hessian: {key} -->", f"<!-- end hessian: {key} -->"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
-    text = pattern.sub(lambda m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -184,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.out == "-":
         print(section)
     else:
-        write_section(Path(args.out), section, info["key"])
+        write_section(Path(args.out), section, info["key"], marker="hessian")
         log(f"wrote {args.out}")
 
 
