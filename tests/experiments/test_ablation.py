@@ -27,7 +27,9 @@ def test_digits_default_quick_trains_the_five_variants(tmp_path):
         assert cfg["seed"] == 0 and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
 
 
-@pytest.mark.parametrize("name", ["cifar10_3c3d", "cifar100_3c3d", "cifar100_allcnnc"])
+# All-CNN-C is left out to keep `make test` short (~20 s here): cifar100_3c3d covers the
+# CIFAR-100 pipeline, and tests/models trains the All-CNN-C network in training mode.
+@pytest.mark.parametrize("name", ["cifar10_3c3d", "cifar100_3c3d"])
 def test_cifar_configs_run_quick_on_mocked_tfds(tmp_path, name):
     with tfds.testing.mock_data(num_examples=40):
         argv = [name, "--quick", "--quick-steps", "2", "--quick-subset", "16", "--results", str(tmp_path)]
