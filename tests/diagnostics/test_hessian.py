@@ -65,7 +65,10 @@ def test_hvp_equals_dense_hessian_times_v(tiny_bn, mode):
     flat, unravel = ravel_pytree(params)
     v = jnp.asarray(RNG.standard_normal(flat.shape), jnp.float32)
     got, _ = ravel_pytree(jax.jit(lambda p, v: hvp(loss, p, unravel(v)))(params, v))
-    np.testing.assert_allclose(got, dense @ v, atol=1e-4 * float(jnp.abs(dense).max()) * float(jnp.abs(v).sum()) / 10)
+    # Float32 rounding of a dot product is bounded by ~n·eps times Σ_j |H_ij v_j|; the
+    # measured error is 2e-7 of that bound, so 1e-5 of it (plus 1e-7 for zero rows).
+    bound = np.abs(np.asarray(dense)) @ np.abs(np.asarray(v))
+    assert np.all(np.abs(np.asarray(got) - np.asarray(dense @ v)) <= 1e-5 * bound + 1e-7)
 
 
 def test_train_and_eval_mode_hessians_differ(tiny_bn):
