@@ -18,6 +18,8 @@ step-consistency and batch-dissonance metrics of source document 002.
   ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN train or eval mode).
 * :mod:`~jaxnorm.diagnostics.observer` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
+* :mod:`~jaxnorm.diagnostics.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every
+  k steps during ``fit``, warm-started from the previous eigenvector.
 """
 
 from jaxnorm.diagnostics.dissonance import (
@@ -71,6 +73,7 @@ from jaxnorm.diagnostics.step_consistency import (
     weight_perturbations,
     weight_space_metrics,
 )
+from jaxnorm.diagnostics.sharpness import Sharpness
 from jaxnorm.diagnostics.step_tracker import StepConditioning, find_step_conditioning, track_step_conditioning
 
 __all__ = [
@@ -85,6 +88,7 @@ __all__ = [
     "flat_hvp",
     "block_loss_fn",
     "GradientConditioning",
+    "Sharpness",
     "GradientMask",
     "METRICS",
     "MODES",

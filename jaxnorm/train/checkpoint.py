@@ -38,6 +38,10 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps of the checkpoints kept."""
+        return list(self._manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         self._manager.save(
             int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))

@@ -45,7 +45,7 @@ from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
-from jaxnorm.train.observers import GammaBetaRecorder, Observer
+from jaxnorm.train.observers import GammaBetaRecorder, Observer, is_stateful
 from jaxnorm.train.optim import make_optimizer
 from jaxnorm.train.results import (
     RunDir,
@@ -318,10 +318,18 @@ def fit_many(
         laid = layout_eval(ev_images, ev_labels, min(cfg.eval_batch_size, len(ev_labels)), drop_remainder=cfg.eval_mode == "batch")
         eval_data[split] = place(tuple(jnp.asarray(a) for a in laid))
     # Observers copy out of the state: the next step donates (invalidates) its buffers.
+    # A stateful observer's carry (see jaxnorm.train.observers) stays on the device too.
     observe = {
-        o.name: jit(map_over_runs(lambda st, o=o: jax.tree.map(jnp.copy, o(st)), strategy, (0,), num))
+        o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num))
         for o in observers
     }
+    carries = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num))(state) for o in observers if is_stateful(o)}
+
+    def observed(o, st):
+        if not is_stateful(o):
+            return observe[o.name](st)
+        record, carries[o.name] = observe[o.name](st, carries[o.name])
+        return record
     permute = jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
 
     # ---- resume (all runs together, or none)
@@ -343,8 +351,12 @@ def fit_many(
         for r, t in zip(runs, traj):
             rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
             _load_trajectories(r, t, step)
+        carries = {
+            name: place(stack([_load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
+            for name, carry in carries.items()
+        }
     else:
-        initial = jax.device_get({o.name: observe[o.name](state) for o in observers})
+        initial = jax.device_get({o.name: observed(o, state) for o in observers})
         for i, (r, t) in enumerate(zip(runs, traj)):
             lines: list[dict] = []
             for o in observers:  # the state before the first step
@@ -371,7 +383,7 @@ def fit_many(
                 step += 1
                 for o in observers:
                     if step % o.every == 0:
-                        pending_obs.append((o, step, observe[o.name](state)))
+                        pending_obs.append((o, step, observed(o, state)))
                 if step % cfg.log_every_steps == 0 or s == spe - 1 or step == total_steps:
                     _sync(runs, pending, pending_obs, traj, divergence, step, epoch)
                     bar.update(len(pending))
@@ -388,10 +400,13 @@ def fit_many(
                         append_jsonl(r.metrics, _eval_lines(_run_slice(totals, i), epoch, step))
             if (epoch + 1) % max(cfg.checkpoint_every_epochs, 1) == 0 or finished_epoch:
                 one_state = unstack(state, num)
+                one_carry = {name: unstack(jax.device_get(c), num) for name, c in carries.items()}
                 for i, (r, c) in enumerate(zip(runs, ckpts)):
                     if c is not None and not divergence[i]:
                         _write_trajectories(r, traj[i], keep[i])
+                        _save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
                         c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1})
+                        _prune_carries(r, c.steps())
         for r, t, k in zip(runs, traj, keep):
             _write_trajectories(r, t, k)
     except BaseException as e:
@@ -424,7 +439,45 @@ def _record(obs, value, step, traj, metric_lines):
         traj[obs.name]["steps"].append(step)
         traj[obs.name]["records"].append(value)
     else:
-        metric_lines.append({"kind": obs.name, "step": step, **{k: float(v) for k, v in value.items()}})
+        annotations = getattr(obs, "annotations", {})
+        metric_lines.append({"kind": obs.name, "step": step, **annotations, **{k: float(v) for k, v in value.items()}})
+
+
+def _copying(obs):
+    """The observer with its record copied out of the (soon donated) state buffers."""
+    if is_stateful(obs):
+        return lambda st, carry: (lambda rc: (jax.tree.map(jnp.copy, rc[0]), rc[1]))(obs(st, carry))
+    return lambda st: jax.tree.map(jnp.copy, obs(st))
+
+
+def _carry_path(run: RunDir, step: int) -> pathlib.Path:
+    return run.root / "observer_state" / f"{int(step)}.npz"
+
+
+def _save_carries(run: RunDir, step: int, carries: dict) -> None:
+    """Writes the stateful observers' carries for the checkpoint at ``step`` (before the
+    checkpoint itself, so every checkpoint has its carries)."""
+    if carries:
+        arrays = {f"{name}/{i}": leaf for name, c in carries.items() for i, leaf in enumerate(jax.tree.leaves(c))}
+        write_npz(_carry_path(run, step), arrays)
+
+
+def _prune_carries(run: RunDir, kept_steps) -> None:
+    """Deletes carries of checkpoints the checkpointer no longer keeps."""
+    kept = {int(s) for s in kept_steps}
+    for path in (run.root / "observer_state").glob("*.npz"):
+        if path.stem.isdigit() and int(path.stem) not in kept:
+            path.unlink()
+
+
+def _load_carry(run: RunDir, name: str, step: int, template):
+    """The carry saved with the checkpoint at ``step``, or ``template`` (a fresh start)
+    when there is none (a run checkpointed before the observer was added)."""
+    stored = read_npz(_carry_path(run, step))
+    leaves, treedef = jax.tree.flatten(template)
+    if not all(f"{name}/{i}" in stored for i in range(len(leaves))):
+        return template
+    return jax.tree.unflatten(treedef, [jnp.asarray(stored[f"{name}/{i}"], l.dtype) for i, l in enumerate(leaves)])
 
 
 def _sync(runs, pending, pending_obs, traj, divergence, step, epoch) -> None:

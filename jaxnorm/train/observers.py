@@ -11,6 +11,16 @@ Where the records go is the observer's ``sink``:
   ``kind`` = the observer's name and its ``step``;
 * ``'trajectories'``: records (dicts of arrays) are stacked over time into
   ``trajectories.npz`` as ``<name>/<key>``, with ``<name>/steps``.
+
+An observer may add constant ``annotations`` (a dict of JSON values, e.g. the BN mode a
+measurement used) to each of its ``metrics.jsonl`` lines.
+
+Stateful observers carry device arrays from one call to the next (e.g. the previous
+top eigenvector, to warm-start the next eigenvalue solve): they define
+``init_carry(state) -> carry`` and are called as ``observer(state, carry) -> (record,
+carry)``. :func:`~jaxnorm.train.fit` keeps the carry on the device, saves it with each
+checkpoint (``<run>/observer_state/<step>.npz``) and restores it on resume, so a resumed
+run observes exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -26,6 +36,11 @@ class Observer(Protocol):
     sink: str  # 'metrics' or 'trajectories'
 
     def __call__(self, state) -> Any: ...
+
+
+def is_stateful(observer) -> bool:
+    """Whether ``observer`` carries state between calls (defines ``init_carry``)."""
+    return callable(getattr(observer, "init_carry", None))
 
 
 def norm_layers(params) -> dict[str, dict[str, jax.Array]]:

@@ -14,7 +14,7 @@ class Killed(KeyboardInterrupt):
     pass
 
 
-def _fit_killed_at(cfg, kill_step, monkeypatch):
+def _fit_killed_at(cfg, kill_step, monkeypatch, **fit_kwargs):
     real_sync = fit_module._sync
 
     def dying_sync(runs, pending, pending_obs, traj, divergence, step, epoch):
@@ -25,7 +25,7 @@ def _fit_killed_at(cfg, kill_step, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(fit_module, "_sync", dying_sync)
         with pytest.raises(Killed):
-            fit(cfg, progress=False)
+            fit(cfg, progress=False, **fit_kwargs)
 
 
 @pytest.mark.parametrize("augment", [False, True])
