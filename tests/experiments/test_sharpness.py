@@ -70,3 +70,18 @@ def test_unknown_loss_is_refused(tmp_path):
     cfg = sharpness.SharpnessConfig(loss="hinge")
     with pytest.raises(ValueError, match="unknown loss"):
         sharpness.run_one(cfg, "vanilla", 0.1, tmp_path)
+
+
+def test_cifar10_5k_config_runs_quick_on_mocked_tfds(tmp_path):
+    """Cohen et al.'s setting (fc-tanh 200-200, 5k CIFAR-10 images, MSE) through the real
+    tfds path under mock_data, in quick mode: records and plots as for digits."""
+    import tensorflow_datasets as tfds
+
+    cfg = sharpness.CONFIGS["cifar10_5k"]
+    assert (cfg.dataset, cfg.subset, cfg.loss, cfg.model_kwargs["width"], cfg.model_kwargs["activation"]) == ("cifar10", 5000, "mse", 200, "tanh")
+    with tfds.testing.mock_data(num_examples=80):
+        sharpness.main(["cifar10_5k", "--quick", "--results", str(tmp_path)])
+    root = tmp_path / "sharpness" / "cifar10_5k-quick"
+    lines = [json.loads(l) for l in (root / f"vanilla_lr{cfg.quick().step_sizes[0]:g}" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["kind"] == "sharpness"] == [0, 10, 20]
+    assert (root / "plots" / "summary.md").exists()
