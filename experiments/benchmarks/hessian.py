@@ -118,9 +118,12 @@ def run_power(cfg: Settings, log) -> dict:
     if torch is not None:
         tmodel = build_torch_model("3c3d", "bn_gamma_beta", 10, dropout=False)
         load_flax_into_torch(tmodel, v, "3c3d")
-        tmodel.train()
-        xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-        yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+        # The same device as JAX: on a GPU machine torch runs on CUDA (its per-iteration
+        # .item() is the host sync PyHessian does, so no extra synchronize is needed).
+        dev = torch.device("cuda" if (torch.cuda.is_available() and jax.default_backend() == "gpu") else "cpu")
+        tmodel.train().to(dev)
+        xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))).to(dev)
+        yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(dev)
         torch.manual_seed(0)
         holder = {}
 
