@@ -73,6 +73,9 @@ class SharpnessConfig:
       density_order, density_vectors: the spectral density (stochastic Lanczos
         quadrature) at initialization and at the end; outlier_k: the outlier ratio
         λ_1/λ_k (Ghorbani et al. 2019) from the same Lanczos runs.
+      divergence_factor: a run has diverged once its loss is non-finite or exceeds this
+        multiple of its initial loss (GD past the edge can climb for many steps with a
+        finite loss -- on a GPU a run reached 2e31 before any NaN).
       seed: initialization.
     """
 
@@ -92,6 +95,7 @@ class SharpnessConfig:
     density_order: int = 60
     density_vectors: int = 4
     outlier_k: int = 11  # classes + 1: past the ~C outliers of a C-class problem (Papyan 2019)
+    divergence_factor: float = 100.0
     seed: int = 0
 
     def quick(self) -> "SharpnessConfig":
@@ -154,13 +158,16 @@ def run_one(cfg: SharpnessConfig, norm: str, lr: float, root: pathlib.Path, log=
     spectra = {"init": spectrum(params, jax.random.PRNGKey(cfg.seed))}
     v = jnp.ones(sum(a.size for a in jax.tree.leaves(params)), jnp.float32)  # later starts are warm
     records = []
+    initial = None
     for step in range(0, cfg.steps + 1, cfg.every):
         if step:
             params = gd(params)
         value, top, v = measure(params, v)
         value, top = float(value), float(top)
-        if not np.isfinite(value):
-            records.append({"kind": "divergence", "step": step, "reason": f"non-finite loss ({value}) at step {step}"})
+        initial = value if initial is None else initial
+        if not np.isfinite(value) or value > cfg.divergence_factor * initial:
+            what = "non-finite loss" if not np.isfinite(value) else f"loss above {cfg.divergence_factor:g} x its initial {initial:.3g}"
+            records.append({"kind": "divergence", "step": step, "reason": f"{what} ({value:.3g}) at step {step}"})
             break
         records.append({"kind": "sharpness", "step": step, "loss": value, "sharpness": top})
     if records[-1]["kind"] != "divergence":
@@ -212,7 +219,8 @@ def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> Non
             axes[0, j].plot(steps, [r["sharpness"] for r in recs], color=c, label=f"η = {lr:g}")
             axes[0, j].axhline(2 / lr, color=c, ls="--", lw=1)
             axes[1, j].plot(steps, [r["loss"] for r in recs], color=c)
-            top = max([top, 2.4 / lr] + [r["sharpness"] for r in recs])
+            # The axis covers the edges; a diverging run's sharpness (up to 1e10) would flatten the rest.
+            top = max([top, 2.4 / lr] + [min(r["sharpness"], 3.0 * 2 / lr) for r in recs])
         axes[0, j].set_ylim(0, top)
         axes[0, j].set_title(f"{norm}: sharpness (top Hessian eigenvalue); dashed: 2/η", fontsize=10)
         axes[0, j].legend(fontsize=8)
@@ -241,9 +249,11 @@ def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> Non
         ratio = {r["when"]: r["outlier_ratio"] for r in recs if r["kind"] == "spectrum"}
         fmt = lambda w: f"{ratio[w]:.1f}" if w in ratio else "-"
         final = f"{kept[-1]['loss']:.4g}" if kept else "-"
+        # A diverged run has no late phase to speak of.
+        late = ("-", "-") if status == "diverged" else (f"{s['late_median_over_edge']:.2f}", f"{s['late_within_10pct']:.0%}")
         lines.append(
-            f"| {norm} | {lr:g} | {2 / lr:.1f} | {s['max_over_edge']:.2f} | {s['late_median_over_edge']:.2f} | "
-            f"{s['late_within_10pct']:.0%} | {final} | {fmt('init')} | {fmt('end')} | {status} |"
+            f"| {norm} | {lr:g} | {2 / lr:.1f} | {s['max_over_edge']:.3g} | {late[0]} | "
+            f"{late[1]} | {final} | {fmt('init')} | {fmt('end')} | {status} |"
         )
     (plots / "summary.md").write_text("\n".join(lines) + "\n")
 

@@ -5,7 +5,10 @@ in quick mode on the CPU (the digits fallback when CIFAR-10 is not prepared): 35
 2 CPU cores, nearly all of it the 20 training steps of the five variants.
 ``test_conditioning_notebook_runs`` does the same for ``colab/02_gradient_conditioning.ipynb``
 (the gradient-conditioning study, quick: one architecture without and with BN, 8 steps, two
-metrics timed).
+metrics timed). ``test_hessian_notebook_runs`` executes ``colab/03_hessian_spectrum.ipynb``
+(the Hessian tools on a small MLP on digits without and with BN, then the edge-of-stability
+study ``--quick``): about 35 s on 2 idle CPU cores, a third of it the study, most of the rest
+XLA compiling the Hessian programs (their run time is milliseconds).
 
 Kernel setup: ``kernel_name='python3'`` is resolved through jupyter's kernelspec search path,
 which may hold a ``python3`` spec for some *other* interpreter (a user-level
@@ -30,10 +33,11 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "01_batchnorm_ablation.ipynb"
 CONDITIONING_NOTEBOOK = REPO / "colab" / "02_gradient_conditioning.ipynb"
+HESSIAN_NOTEBOOK = REPO / "colab" / "03_hessian_spectrum.ipynb"
 VARIANTS = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
 
 
-@pytest.mark.parametrize("notebook", [NOTEBOOK, CONDITIONING_NOTEBOOK], ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", [NOTEBOOK, CONDITIONING_NOTEBOOK, HESSIAN_NOTEBOOK], ids=lambda p: p.stem)
 def test_notebook_is_committed_clean(notebook):
     """No outputs and no execution counts in the committed notebook (a valid nbformat 4 file)."""
     nbformat = pytest.importorskip("nbformat")
@@ -141,4 +145,30 @@ def test_conditioning_notebook_runs(tmp_path, monkeypatch):
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 4, f"only {len(images)} PNGs displayed"
     assert any("resnet-vanilla-d4" in n for n in names), "summary.md was not displayed"
+    print(f"notebook executed in {elapsed:.1f} s")
+
+
+def test_hessian_notebook_runs(tmp_path, monkeypatch):
+    nb, results, elapsed = _execute_quick(HESSIAN_NOTEBOOK, tmp_path, monkeypatch)
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "QUICK = True" in text, text
+    # Part 1: the notebook asserts the agreement per network, then prints this line.
+    assert "power iteration and Lanczos agree on λ1" in text, text
+    for label in ("vanilla", "bn_gamma_beta", "bn_gamma_beta (eval)"):
+        assert f"{label}: λ1 = " in text, f"no outlier ratio printed for {label}:\n{text}"
+    assert (results / "hessian_walkthrough" / "density_init.png").is_file()
+
+    # Part 2: the edge-of-stability study in quick mode.
+    summary = results / "sharpness" / "digits-quick" / "plots" / "summary.md"
+    assert summary.is_file(), f"no summary.md under {results}"
+    names = [o.data["text/markdown"] for o in outputs if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
+    for png in ("density_init.png", "sharpness.png", "density.png"):
+        assert any(png in n for n in names), f"{png} was not displayed: {names}"
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 3, f"only {len(images)} PNGs displayed"
+    assert any("| vanilla | 0.1 |" in n for n in names), "summary.md was not displayed"
     print(f"notebook executed in {elapsed:.1f} s")

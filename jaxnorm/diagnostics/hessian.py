@@ -122,12 +122,21 @@ def _start(key, flat, v0):
 
 class PowerIterationResult(NamedTuple):
     """``eigenvalue`` (largest in magnitude, signed), ``eigenvector`` (params-shaped,
-    unit norm), ``iterations`` run, ``converged`` (relative change < tol)."""
+    unit norm), ``iterations`` run, ``converged`` (relative change of the eigenvalue
+    estimate < tol: PyHessian's criterion), ``residual`` = ‖Hv − λv‖ / |λ| of the last
+    iterate v.
+
+    ``converged`` says that the *eigenvalue estimate* stopped moving, which can happen
+    long before the vector is an eigenvector when the top two eigenvalues are close
+    (3C3D with BN: converged at 94.7 with Lanczos giving 95.4 and λ₂ = 94.4); the
+    residual tells whether the vector is one (small residual ⇒ λ lies within
+    residual·|λ| of an eigenvalue)."""
 
     eigenvalue: jax.Array
     eigenvector: Any
     iterations: jax.Array
     converged: jax.Array
+    residual: jax.Array
 
 
 def power_iteration(
@@ -163,19 +172,22 @@ def power_iteration(
     v = _start(key, flat, v0)
 
     def cond(carry):
-        i, _, lam, prev = carry
+        i, _, lam, prev, _ = carry
         return (i < num_iters) & ((i < 2) | (jnp.abs(lam - prev) >= tol * jnp.abs(lam)))
 
     def body(carry):
-        i, v, lam, _ = carry
+        i, v, lam, _, _ = carry
         hv = matvec(v)
         new = jnp.vdot(v, hv)
-        return i + 1, _normalize(hv), new, lam
+        # The residual of v comes free with its HVP; it describes v, the returned
+        # vector is the next iterate Hv/‖Hv‖, at least as good for the top eigenvalue.
+        residual = jnp.linalg.norm(hv - new * v) / jnp.abs(new)
+        return i + 1, _normalize(hv), new, lam, residual
 
     nan = jnp.full((), jnp.nan, jnp.float32)
-    i, v, lam, prev = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), v, nan, nan))
+    i, v, lam, prev, residual = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), v, nan, nan, nan))
     converged = jnp.abs(lam - prev) < tol * jnp.abs(lam)
-    return PowerIterationResult(lam + shift, unravel(v), i, converged)
+    return PowerIterationResult(lam + shift, unravel(v), i, converged, residual)
 
 
 class LanczosResult(NamedTuple):

@@ -117,6 +117,19 @@ def test_power_iteration_and_lanczos_agree_on_the_top_eigenvalue_without_recompi
     assert int(warm.iterations) <= 3
 
 
+def test_power_iteration_residual_is_that_of_the_last_iterate():
+    """residual after n iterations = ‖Hu − (uᵀHu)u‖ / |uᵀHu| for u the vector returned after
+    n − 1 (tolerance 0: both run every iteration); it shrinks as the vector converges."""
+    early = power_iteration(quadratic, W, num_iters=4, tol=0.0)
+    before = power_iteration(quadratic, W, num_iters=3, tol=0.0)
+    u = np.concatenate([np.asarray(before.eigenvector[k], np.float64) for k in ("a", "b")])
+    hu = np.asarray(A, np.float64) @ u
+    lam = u @ hu
+    assert float(early.residual) == pytest.approx(np.linalg.norm(hu - lam * u) / abs(lam), rel=1e-4)
+    late = power_iteration(quadratic, W, num_iters=500, tol=0.0)
+    assert float(late.residual) < 0.1 * float(early.residual)
+
+
 def test_power_iteration_with_a_shift_finds_the_top_eigenvalue_under_a_dominant_negative_one():
     """diag(3, 1, -10): unshifted power iteration converges to -10 (largest magnitude);
     shifted by -10 it returns the top eigenvalue 3."""

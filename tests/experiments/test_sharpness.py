@@ -85,3 +85,20 @@ def test_cifar10_5k_config_runs_quick_on_mocked_tfds(tmp_path):
     lines = [json.loads(l) for l in (root / f"vanilla_lr{cfg.quick().step_sizes[0]:g}" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if l["kind"] == "sharpness"] == [0, 10, 20]
     assert (root / "plots" / "summary.md").exists()
+
+
+def test_a_run_whose_loss_explodes_is_diverged_with_no_late_statistics(tmp_path):
+    """GD far past the edge (η = 20 on a tiny net): the loss leaves divergence_factor × its
+    initial value (or becomes non-finite); the run stops with a divergence line, and the
+    summary shows no late statistics for it."""
+    cfg = sharpness.SharpnessConfig(
+        subset=8, steps=200, every=10, lanczos_order=4, density_order=4, density_vectors=1, outlier_k=3,
+        step_sizes=(20.0,), norms=("vanilla",), divergence_factor=2.0,
+        model_kwargs={"depth": 2, "width": 4, "activation": "tanh", "kernel_init": "glorot_normal"},
+    )
+    recs = sharpness.run_one(cfg, "vanilla", 20.0, tmp_path, log=lambda s: None)
+    assert recs[-2]["kind"] == "divergence" and ("loss above 2 x" in recs[-2]["reason"] or "non-finite" in recs[-2]["reason"])
+    assert recs[-2]["step"] < cfg.steps
+    sharpness.write_report(tmp_path, cfg, {("vanilla", 20.0): recs})
+    row = [l for l in (tmp_path / "plots" / "summary.md").read_text().splitlines() if l.startswith("| vanilla")][0]
+    assert row.endswith("| diverged |") and "| - | - |" in row
