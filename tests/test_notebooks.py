@@ -101,14 +101,20 @@ def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch):
     return nb, results, elapsed
 
 
-def test_ablation_notebook_runs(tmp_path, monkeypatch):
-    nb, results, elapsed = _execute_quick(NOTEBOOK, tmp_path, monkeypatch)
-
+def _run_checked(notebook, tmp_path, monkeypatch):
+    """Executes ``notebook`` quick; checks no cell errored and quick mode was on. Returns
+    (every code cell's outputs, their stream text, the results folder, seconds)."""
+    nb, results, elapsed = _execute_quick(notebook, tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "QUICK = True" in text, text
+    return outputs, text, results, elapsed
+
+
+def test_ablation_notebook_runs(tmp_path, monkeypatch):
+    outputs, text, results, elapsed = _run_checked(NOTEBOOK, tmp_path, monkeypatch)
 
     summaries = list(results.glob("ablation/*/plots/summary.md"))
     assert len(summaries) == 1, f"expected one summary.md under {results}, found {summaries}"
@@ -124,13 +130,7 @@ def test_ablation_notebook_runs(tmp_path, monkeypatch):
 
 
 def test_conditioning_notebook_runs(tmp_path, monkeypatch):
-    nb, results, elapsed = _execute_quick(CONDITIONING_NOTEBOOK, tmp_path, monkeypatch)
-
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    errors = [o for o in outputs if o.output_type == "error"]
-    assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "QUICK = True" in text, text
+    outputs, text, results, elapsed = _run_checked(CONDITIONING_NOTEBOOK, tmp_path, monkeypatch)
 
     root = results / "conditioning" / "digits-quick"
     runs = sorted(p.parent.name for p in root.glob("*/config.json"))
@@ -149,13 +149,7 @@ def test_conditioning_notebook_runs(tmp_path, monkeypatch):
 
 
 def test_hessian_notebook_runs(tmp_path, monkeypatch):
-    nb, results, elapsed = _execute_quick(HESSIAN_NOTEBOOK, tmp_path, monkeypatch)
-
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    errors = [o for o in outputs if o.output_type == "error"]
-    assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "QUICK = True" in text, text
+    outputs, text, results, elapsed = _run_checked(HESSIAN_NOTEBOOK, tmp_path, monkeypatch)
     # Part 1: the notebook asserts the agreement per network, then prints this line.
     assert "power iteration and Lanczos agree on λ1" in text, text
     for label in ("vanilla", "bn_gamma_beta", "bn_gamma_beta (eval)"):
