@@ -5,6 +5,18 @@ that do not ask for a mesh still run on the default (first) device.
 """
 
 import os
+import pathlib
+
+# A persistent XLA compilation cache shared by the pytest-xdist workers and the notebook
+# kernels they start (which inherit the environment): many tests compile the same small
+# programs (the same tiny model and step in another test's closure), and a hit skips the
+# XLA compile. Measured on the 2-core machine, cold cache: tests/train + tests/experiments
+# 242 s -> 208 s. Only compilation is cached: tracing, and so every trace count a test
+# asserts, is unchanged. A folder named by the user's JAX_COMPILATION_CACHE_DIR wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
