@@ -12,7 +12,8 @@ import pathlib
 # programs (the same tiny model and step in another test's closure), and a hit skips the
 # XLA compile. Measured on the 2-core machine, cold cache: tests/train + tests/experiments
 # 242 s -> 208 s. Only compilation is cached: tracing, and so every trace count a test
-# asserts, is unchanged. A folder named by the user's JAX_COMPILATION_CACHE_DIR wins.
+# asserts, is unchanged. A folder named by the user's JAX_COMPILATION_CACHE_DIR wins. The size cap
+# needs the `filelock` package (in the test extra).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
