@@ -8,6 +8,8 @@
 * :mod:`~jaxnorm.data.splits` -- the DeepOBS train/validation/train_eval partition.
 * :mod:`~jaxnorm.data.augmentation` -- ``random_crop``, ``random_flip``, ``color_jitter``,
   ``normalize``, ``deepobs_augment``, ``eval_preprocess``, ``AugmentConfig`` + ``augment``.
+* :mod:`~jaxnorm.data.corrupt` -- ``corrupt(images, kind, severity, *, key)``, ``corrupt_jit``,
+  ``CORRUPTIONS`` (CIFAR-10-C parameters), ``psnr``.
 * :mod:`~jaxnorm.data.batching` -- ``step_key``, ``epoch_permutation``, ``steps_per_epoch``,
   ``batch_indices``, ``get_batch``, ``iterate_eval``.
 """
@@ -38,12 +40,14 @@ from jaxnorm.data.batching import (
     step_key,
     steps_per_epoch,
 )
+from jaxnorm.data.corrupt import CORRUPTIONS, corrupt, corrupt_jit, psnr
 from jaxnorm.data.dataset import Dataset
 from jaxnorm.data.digits import load_digits
 from jaxnorm.data.loading import DATASETS, DatasetNotPreparedError, clear_cache, load, splits_of
 from jaxnorm.data.splits import partition_indices
 
 __all__ = [
+    "CORRUPTIONS",
     "DATASETS",
     "DEEPOBS_AUGMENT",
     "AugmentConfig",
@@ -56,6 +60,8 @@ __all__ = [
     "batch_indices",
     "clear_cache",
     "color_jitter",
+    "corrupt",
+    "corrupt_jit",
     "crop_offsets",
     "deepobs_augment",
     "default_augment_config",
@@ -69,6 +75,7 @@ __all__ = [
     "load_digits",
     "normalize",
     "partition_indices",
+    "psnr",
     "random_crop",
     "random_flip",
     "splits_of",
