@@ -25,11 +25,17 @@ Variables of :class:`Norm`: ``params/scale`` and ``params/bias`` exist only when
 are learned (an ablated γ or β is not a parameter at all, so it cannot be trained or
 decayed by accident); ``batch_stats/mean`` and ``batch_stats/var`` exist for the batch
 kind only.
+
+Weight re-parameterizations (:data:`WEIGHT_REPARAMS`, a model's ``weight_reparam=``)
+change how a dense/conv layer's kernel is computed from its parameters instead of adding
+a layer: ``'none'``, ``'weight_norm'`` (Salimans & Kingma 2016) and ``'weight_std'``
+(Qiao et al. 2019); see :class:`WeightReparam`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
@@ -52,6 +58,11 @@ __all__ = [
     "crelu",
     "ACTIVATIONS",
     "get_activation",
+    "WeightReparam",
+    "WEIGHT_REPARAMS",
+    "weight_reparam_spec",
+    "ReparamKernel",
+    "kernel_hook",
 ]
 
 
@@ -269,3 +280,114 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
       ValueError: unknown name (the message lists the known ones).
     """
     return lookup(ACTIVATIONS, name, "activation")
+
+
+# --------------------------------------------------------------------------------------
+# Weight re-parameterizations.
+
+
+def _weight_norm_kernel(module: nn.Module, v: jax.Array) -> jax.Array:
+    # g starts at ||v|| per output unit, so the layer computes exactly what the plain
+    # layer with the same kernel initializer would at initialization: only the
+    # parameterization (and so the training dynamics) differs, not the starting network.
+    g = module.param("g", lambda _, v: jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1)))), v)
+    return norms.weight_norm(v, g)
+
+
+def _weight_std_kernel(module: nn.Module, w: jax.Array) -> jax.Array:
+    return norms.weight_standardize(w)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightReparam:
+    """What a weight re-parameterization name means.
+
+    Attributes:
+      kernel: ``(module, stored_kernel) -> kernel used``; may create parameters in
+        ``module`` (a :class:`ReparamKernel`). The stored kernel keeps its name
+        ``kernel`` (so L2 decay and ``frozen`` patterns see it as before).
+      normed_only: apply it only to weight layers that a norm follows. For
+        re-parameterizations that fix the kernel's scale with nothing to learn it back
+        (weight standardization: unit variance over the fan-in), which only a following
+        normalization makes harmless; on the output layer it would set the logits'
+        scale to ~√fan_in.
+    """
+
+    kernel: Callable[[nn.Module, jax.Array], jax.Array]
+    normed_only: bool = False
+
+
+#: ``weight_norm``: ``w = g · v/‖v‖`` per output unit (:func:`jaxnorm.norms.weight_norm`),
+#: parameters ``kernel`` (v) and ``reparam/g`` (``(fan_out,)``, initialized to ‖v‖ so
+#: the initial network equals the plain one), on every weight layer. ``weight_std``:
+#: ``w = (v − mean)/std`` over each output unit's fan-in
+#: (:func:`jaxnorm.norms.weight_standardize`), no new parameter, on the weight layers a
+#: norm follows (Qiao et al. pair it with GroupNorm).
+WEIGHT_REPARAMS: dict[str, Optional[WeightReparam]] = {
+    "none": None,
+    "weight_norm": WeightReparam(_weight_norm_kernel),
+    "weight_std": WeightReparam(_weight_std_kernel, normed_only=True),
+}
+
+
+def weight_reparam_spec(name: str) -> Optional[WeightReparam]:
+    """The :class:`WeightReparam` for ``name`` (``None`` for ``'none'``).
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones).
+    """
+    return lookup(WEIGHT_REPARAMS, name, "weight_reparam")
+
+
+class ReparamKernel(nn.Module):
+    """The kernel operation of a flax ``Dense``/``Conv`` on a re-parameterized kernel.
+
+    Flax's weight layers call ``op(inputs, kernel, ...)`` (``lax.dot_general`` or
+    ``lax.conv_general_dilated``) through an instance of their ``dot_general_cls`` /
+    ``conv_general_dilated_cls`` field; this module is that instance (see
+    :func:`kernel_hook`): it calls ``op(inputs, reparam(kernel), ...)``, so the layer
+    stores the raw kernel as usual and its re-parameterization's own parameters (weight
+    norm's ``g``) live in the sub-scope ``<layer>/reparam``.
+
+    Attributes:
+      reparam: a name from :data:`WEIGHT_REPARAMS` other than ``'none'``.
+      op: the ``lax`` operation the layer would call.
+    """
+
+    reparam: str
+    op: Callable
+
+    @nn.compact
+    def __call__(self, inputs, kernel, *args, **kwargs):
+        spec = weight_reparam_spec(self.reparam)
+        if spec is None:
+            raise ValueError("ReparamKernel needs a re-parameterization, not 'none'.")
+        return self.op(inputs, spec.kernel(self, kernel).astype(kernel.dtype), *args, **kwargs)
+
+
+# The field through which each flax weight layer calls its kernel operation, and that
+# operation (flax instantiates the field's class and calls it like the operation).
+_KERNEL_HOOKS: dict[type, tuple[str, Callable]] = {
+    nn.Dense: ("dot_general_cls", jax.lax.dot_general),
+    nn.Conv: ("conv_general_dilated_cls", jax.lax.conv_general_dilated),
+}
+
+
+def kernel_hook(layer_class: type, reparam: str) -> dict:
+    """The constructor keywords that make a flax ``layer_class`` (``nn.Dense``, ``nn.Conv``
+    or a subclass) use the re-parameterization ``reparam``: ``{}`` for ``'none'``.
+
+    Example: ``nn.Dense(10, **kernel_hook(nn.Dense, 'weight_norm'))``.
+
+    Raises:
+      ValueError: unknown ``reparam``, or a layer class without a kernel hook.
+    """
+    if weight_reparam_spec(reparam) is None:
+        return {}
+    for cls, (field, op) in _KERNEL_HOOKS.items():
+        if isinstance(layer_class, type) and issubclass(layer_class, cls):
+            return {field: functools.partial(ReparamKernel, reparam=reparam, op=op, name="reparam")}
+    raise ValueError(
+        f"weight_reparam={reparam!r}: {getattr(layer_class, '__name__', layer_class)!r} is not a flax "
+        f"weight layer with a kernel hook ({', '.join(c.__name__ for c in _KERNEL_HOOKS)})."
+    )

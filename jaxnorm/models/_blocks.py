@@ -5,19 +5,27 @@ Convention (source document 001): a normalization layer sits between a weight la
 instance) the weight layer's bias is dropped, since the norm would subtract it again.
 Norm layers are named ``norm{k}`` after the k-th weight layer (1-based, the numbering
 of ``bn_positions``), so ``norm3`` always normalizes the third weight layer's output.
+
+A weight re-parameterization (``weight_reparam=``, :data:`jaxnorm.layers.WEIGHT_REPARAMS`)
+is planned per weight layer the same way (:func:`plan_reparam`) and applied through the
+flax layer's kernel hook (:func:`jaxnorm.layers.kernel_hook`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 
 import jax.numpy as jnp
 
-from jaxnorm.layers import NormSpec, norm_from_spec, norm_spec
+from jaxnorm.layers import NormSpec, kernel_hook, norm_from_spec, norm_spec, weight_reparam_spec
 
 NormPlan = tuple[Optional[NormSpec], tuple[bool, ...]]
+#: A re-parameterization name and, per weight layer, whether it applies there.
+ReparamPlan = tuple[str, tuple[bool, ...]]
+NO_REPARAM: ReparamPlan = ("none", ())
 
 
 def plan_norms(norm: str, bn_positions: Optional[Sequence[int]], num_layers: int, model: str) -> NormPlan:
@@ -52,6 +60,37 @@ def plan_norms(norm: str, bn_positions: Optional[Sequence[int]], num_layers: int
     return spec, positions
 
 
+def plan_reparam(weight_reparam: str, plan: NormPlan, model: str) -> ReparamPlan:
+    """Resolves a model's ``weight_reparam`` name against its norm plan.
+
+    Every weight layer is re-parameterized, except that a ``normed_only``
+    re-parameterization (weight standardization) skips the layers no norm follows.
+
+    Raises:
+      ValueError: unknown name, or a ``normed_only`` one on a model without any norm layer
+        (it would silently change nothing).
+    """
+    spec = weight_reparam_spec(weight_reparam)
+    positions = plan[1]
+    if spec is None:
+        return weight_reparam, (False,) * len(positions)
+    if spec.normed_only:
+        if plan[0] is None or not any(positions):
+            raise ValueError(
+                f"{model}: weight_reparam={weight_reparam!r} applies only to weight layers a norm follows, and "
+                "this model has none (norm='vanilla' or no bn_positions set): pick a norm, e.g. 'group'."
+            )
+        return weight_reparam, positions
+    return weight_reparam, (True,) * len(positions)
+
+
+def _layer_class(layer: Callable) -> Callable:
+    """The class a (possibly partial) layer constructor builds."""
+    while isinstance(layer, functools.partial):
+        layer = layer.func
+    return layer
+
+
 def normed_layer(
     x: jax.Array,
     index: int,
@@ -61,6 +100,7 @@ def normed_layer(
     train: bool,
     activation: Optional[Callable] = None,
     norm_options: Mapping = (),
+    reparam: ReparamPlan = NO_REPARAM,
 ) -> jax.Array:
     """Weight layer ``index`` (0-based) -> its planned norm -> ``activation``.
 
@@ -72,10 +112,14 @@ def normed_layer(
       train: passed to the norm.
       activation: applied last (None: no activation, e.g. logits).
       norm_options: extra :class:`jaxnorm.layers.Norm` fields (momentum, group_size, ...).
+      reparam: from :func:`plan_reparam` (default: none); ``layer`` must then build a
+        flax ``Dense`` or ``Conv``.
     """
     spec, positions = plan
     with_norm = spec is not None and positions[index]
-    x = layer(use_bias=not (with_norm and spec.absorbs_bias))(x)
+    name, reparam_at = reparam
+    hook = kernel_hook(_layer_class(layer), name) if reparam_at and reparam_at[index] else {}
+    x = layer(use_bias=not (with_norm and spec.absorbs_bias), **hook)(x)
     if with_norm:
         x = norm_from_spec(spec, name=f"norm{index + 1}", **dict(norm_options))(x, train)
     return x if activation is None else activation(x)

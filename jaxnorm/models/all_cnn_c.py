@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm.inits import get_init
-from jaxnorm.models._blocks import check_input, normed_layer, plan_norms
+from jaxnorm.models._blocks import check_input, normed_layer, plan_norms, plan_reparam
 from jaxnorm.models.registry import register_model
 
 
@@ -44,6 +44,8 @@ class AllCNNC(nn.Module):
       conv_init: a name from :data:`jaxnorm.inits.INITS` (default untruncated Glorot normal).
       bias_init: constant bias of the convs that keep one (0 thesis, 0.1 DeepOBS).
       input_dropout, hidden_dropout: the dropout rates (0.2, 0.5).
+      weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
+        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
     """
 
     num_classes: int = 100
@@ -54,13 +56,15 @@ class AllCNNC(nn.Module):
     bias_init: float = 0.0
     input_dropout: float = 0.2
     hidden_dropout: float = 0.5
+    weight_reparam: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input(x, 4, "allcnnc")
         plan = plan_norms(self.norm, self.bn_positions, 9, "allcnnc")
+        reparam = plan_reparam(self.weight_reparam, plan, "allcnnc")
         block = functools.partial(
-            normed_layer, plan=plan, train=train, norm_options=self.norm_options or {}, activation=nn.relu
+            normed_layer, plan=plan, train=train, norm_options=self.norm_options or {}, activation=nn.relu, reparam=reparam
         )
         conv = functools.partial(
             nn.Conv, kernel_init=get_init(self.conv_init), bias_init=nn.initializers.constant(self.bias_init)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxnorm.inits import get_init
 from jaxnorm.layers import get_activation
-from jaxnorm.models._blocks import check_input, normed_layer, plan_norms
+from jaxnorm.models._blocks import check_input, normed_layer, plan_norms, plan_reparam
 from jaxnorm.models.registry import register_model
 
 
@@ -49,6 +49,8 @@ class ConvNet(nn.Module):
         ``residual=True``: it would change the width of the residual stream).
       kernel_init: conv/dense kernel initializer name (default He normal).
       norm, bn_positions, norm_options: as in every model.
+      weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
+        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
     """
 
     num_classes: int = 10
@@ -61,6 +63,7 @@ class ConvNet(nn.Module):
     norm: str = "vanilla"
     bn_positions: Optional[Sequence[int]] = None
     norm_options: Optional[Mapping] = None
+    weight_reparam: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -74,7 +77,8 @@ class ConvNet(nn.Module):
         act = get_activation(self.activation)
         init = get_init(self.kernel_init)
         plan = plan_norms(self.norm, self.bn_positions, self.depth, "convnet")
-        block = functools.partial(normed_layer, plan=plan, train=train, norm_options=self.norm_options or {})
+        reparam = plan_reparam(self.weight_reparam, plan, "convnet")
+        block = functools.partial(normed_layer, plan=plan, train=train, norm_options=self.norm_options or {}, reparam=reparam)
 
         def conv(i):
             return functools.partial(nn.Conv, self.width, (3, 3), padding="SAME", kernel_init=init, name=f"conv{i + 1}")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxnorm.inits import get_init, orthogonal
 from jaxnorm.layers import get_activation
-from jaxnorm.models._blocks import NormPlan, normed_layer, plan_norms
+from jaxnorm.models._blocks import NO_REPARAM, NormPlan, ReparamPlan, normed_layer, plan_norms, plan_reparam
 from jaxnorm.models.registry import register_model
 
 
@@ -38,9 +38,11 @@ def dense_stack(
     train: bool,
     norm_options: Mapping,
     dropout_rate: float = 0.0,
+    reparam: ReparamPlan = NO_REPARAM,
 ) -> jax.Array:
     """Dense layers ``dense{i}`` (-> norm -> activation -> dropout) for all but the last,
-    which returns the logits. Must be called inside a compact flax method."""
+    which returns the logits; ``reparam`` from :func:`jaxnorm.models._blocks.plan_reparam`.
+    Must be called inside a compact flax method."""
     if x.ndim < 2:
         raise ValueError(f"expected input (batch, ...), got shape {x.shape}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -50,7 +52,14 @@ def dense_stack(
     for i, (width, init) in enumerate(zip(widths, kernel_inits)):
         layer = functools.partial(nn.Dense, width, kernel_init=init, name=f"dense{i + 1}")
         x = normed_layer(
-            x, i, layer, plan=plan, train=train, norm_options=norm_options, activation=None if i == last else activation
+            x,
+            i,
+            layer,
+            plan=plan,
+            train=train,
+            norm_options=norm_options,
+            activation=None if i == last else activation,
+            reparam=reparam,
         )
         if i < last and dropout_rate > 0:
             x = nn.Dropout(dropout_rate, deterministic=not train)(x)
@@ -76,6 +85,8 @@ class MLP(nn.Module):
       norm, bn_positions, norm_options: as in every model (default: a norm after every
         hidden layer).
       dropout_rate: dropout after every hidden activation (0: none).
+      weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
+        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
     """
 
     num_classes: int = 10
@@ -88,20 +99,23 @@ class MLP(nn.Module):
     bn_positions: Optional[Sequence[int]] = None
     norm_options: Optional[Mapping] = None
     dropout_rate: float = 0.0
+    weight_reparam: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         _check_depth(self.depth, "mlp")
         kernel_init = get_init(self.kernel_init, **dict(self.kernel_init_kwargs or {}))
+        plan = plan_norms(self.norm, self.bn_positions, self.depth, "mlp")
         return dense_stack(
             x,
             [self.width] * (self.depth - 1) + [self.num_classes],
             [kernel_init] * self.depth,
             activation=get_activation(self.activation),
-            plan=plan_norms(self.norm, self.bn_positions, self.depth, "mlp"),
+            plan=plan,
             train=train,
             norm_options=self.norm_options or {},
             dropout_rate=self.dropout_rate,
+            reparam=plan_reparam(self.weight_reparam, plan, "mlp"),
         )
 
 
@@ -118,6 +132,8 @@ class DeepFC(nn.Module):
         layer orthogonal, every later layer the mirrored block [[W], [-W]]; without
         normalization the whole net is then exactly linear at initialization).
       norm, bn_positions, norm_options: as in every model.
+      weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
+        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
     """
 
     num_classes: int = 10
@@ -128,6 +144,7 @@ class DeepFC(nn.Module):
     norm: str = "vanilla"
     bn_positions: Optional[Sequence[int]] = None
     norm_options: Optional[Mapping] = None
+    weight_reparam: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -137,12 +154,14 @@ class DeepFC(nn.Module):
         if self.kernel_init == "looks_linear" and self.activation != "crelu":
             raise ValueError("deep_fc: kernel_init='looks_linear' needs activation='crelu' (Def. 3.9).")
         rest = get_init(self.kernel_init)
+        plan = plan_norms(self.norm, self.bn_positions, self.depth, "deep_fc")
         return dense_stack(
             x,
             [self.width] * (self.depth - 1) + [self.num_classes],
             [orthogonal()] + [rest] * (self.depth - 1),
             activation=get_activation(self.activation),
-            plan=plan_norms(self.norm, self.bn_positions, self.depth, "deep_fc"),
+            plan=plan,
             train=train,
             norm_options=self.norm_options or {},
+            reparam=plan_reparam(self.weight_reparam, plan, "deep_fc"),
         )

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 
 from jaxnorm.inits import get_init
-from jaxnorm.models._blocks import check_input, normed_layer, plan_norms
+from jaxnorm.models._blocks import check_input, normed_layer, plan_norms, plan_reparam
 from jaxnorm.models.registry import register_model
 
 
@@ -37,6 +37,8 @@ class ThreeCThreeD(nn.Module):
       norm_options: extra :class:`jaxnorm.layers.Norm` fields (momentum, group_size, ...).
       conv_init, dense_init: names from :data:`jaxnorm.inits.INITS`. ``glorot_normal``
         is the untruncated (PyTorch DeepOBS) form; ``glorot_truncated_normal`` is TF's.
+      weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
+        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
     """
 
     num_classes: int = 10
@@ -45,12 +47,14 @@ class ThreeCThreeD(nn.Module):
     norm_options: Optional[Mapping] = None
     conv_init: str = "glorot_normal"
     dense_init: str = "glorot_uniform"
+    weight_reparam: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input(x, 4, "3c3d")
         plan = plan_norms(self.norm, self.bn_positions, 6, "3c3d")
-        block = functools.partial(normed_layer, plan=plan, train=train, norm_options=self.norm_options or {})
+        reparam = plan_reparam(self.weight_reparam, plan, "3c3d")
+        block = functools.partial(normed_layer, plan=plan, train=train, norm_options=self.norm_options or {}, reparam=reparam)
         conv = functools.partial(nn.Conv, kernel_init=get_init(self.conv_init))
         dense = functools.partial(nn.Dense, kernel_init=get_init(self.dense_init))
         pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
