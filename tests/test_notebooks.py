@@ -34,10 +34,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "01_batchnorm_ablation.ipynb"
 CONDITIONING_NOTEBOOK = REPO / "colab" / "02_gradient_conditioning.ipynb"
 HESSIAN_NOTEBOOK = REPO / "colab" / "03_hessian_spectrum.ipynb"
+LECTURE_NOTEBOOK = REPO / "colab" / "04_lecture_experiments.ipynb"
+LECTURE_STUDIES = ("init_scale", "norm_kinds", "regularization", "tent")
 VARIANTS = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
 
 
-@pytest.mark.parametrize("notebook", [NOTEBOOK, CONDITIONING_NOTEBOOK, HESSIAN_NOTEBOOK], ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", [NOTEBOOK, CONDITIONING_NOTEBOOK, HESSIAN_NOTEBOOK, LECTURE_NOTEBOOK], ids=lambda p: p.stem)
 def test_notebook_is_committed_clean(notebook):
     """No outputs and no execution counts in the committed notebook (a valid nbformat 4 file)."""
     nbformat = pytest.importorskip("nbformat")
@@ -165,4 +167,21 @@ def test_hessian_notebook_runs(tmp_path, monkeypatch):
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 3, f"only {len(images)} PNGs displayed"
     assert any("| vanilla | 0.1 |" in n for n in names), "summary.md was not displayed"
+    print(f"notebook executed in {elapsed:.1f} s")
+
+
+def test_lecture_notebook_runs(tmp_path, monkeypatch):
+    """The four lecture experiments in quick mode: each writes its plots and summary.md under
+    results/<study>/, and the notebook displays them."""
+    outputs, text, results, elapsed = _run_checked(LECTURE_NOTEBOOK, tmp_path, monkeypatch)
+    names = [o.data["text/markdown"] for o in outputs if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    for study in LECTURE_STUDIES:
+        summaries = list((results / study).glob("*/plots/summary.md"))
+        assert len(summaries) == 1, f"{study}: expected one summary.md, found {summaries}"
+        pngs = list(summaries[0].parent.glob("*.png"))
+        assert pngs, f"{study} wrote no plot"
+        assert sum(n.startswith(f"**{study}: ") for n in names) == len(pngs), f"{study}: not every plot was displayed"
+        assert summaries[0].read_text() in names, f"{study}: summary.md was not displayed"
+    assert len(images) >= len(LECTURE_STUDIES)
     print(f"notebook executed in {elapsed:.1f} s")
