@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._cli import report_done, study_config
 from experiments.smoothness import _data, _pyplot, _sub
 from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, steps_per_epoch
@@ -752,9 +753,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "steps": args.steps,
         "learning_rate": args.lr,
     }
-    cfg = dataclasses.replace(get_config(args.config), **{k: v for k, v in changes.items() if v is not None})
-    if args.quick:
-        cfg = cfg.quick()
+    cfg = study_config(get_config(args.config), changes, quick=args.quick)
     root = pathlib.Path(args.results) / "init_scale" / cfg.name
     t0 = time.time()
     if args.plot_only:
@@ -765,7 +764,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"init_scale {cfg.name}: {cfg.depth} x {cfg.width} ReLU MLP, c in {cfg.scales}, norms {cfg.norms}, {cfg.steps} steps")
         results = {(norm, c): run_one(cfg, norm, c, root) for norm in cfg.norms for c in cfg.scales}
     write_report(root, cfg, results)
-    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+    report_done(t0, root)
 
 
 if __name__ == "__main__":

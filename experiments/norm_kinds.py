@@ -83,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments._cli import report_done, study_config
 from experiments.smoothness import _pyplot
 from jaxnorm import norms
 from jaxnorm._registry import lookup
@@ -967,9 +968,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "batch_sizes": tuple(args.batch_sizes) if args.batch_sizes else None,
         "bs_epochs": args.bs_epochs,
     }
-    cfg = dataclasses.replace(get_config(args.config), **{k: v for k, v in changes.items() if v is not None})
-    if args.quick:
-        cfg = cfg.quick()
+    cfg = study_config(get_config(args.config), changes, quick=args.quick)
     root = pathlib.Path(args.results) / "norm_kinds" / cfg.name
     t0 = time.time()
     if args.plot_only:
@@ -979,7 +978,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     else:
         curves, sweep = run_study(cfg, root)
     write_report(root, cfg, curves, sweep)
-    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+    report_done(t0, root)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._cli import report_done, study_config
 from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
 from jaxnorm.data.augmentation import normalize
@@ -532,9 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "noise_mean": args.noise[0] if args.noise else None,
         "noise_var": args.noise[1] if args.noise else None,
     }
-    cfg = dataclasses.replace(get_config(args.config), **{k: v for k, v in changes.items() if v is not None})
-    if args.quick:
-        cfg = cfg.quick()
+    cfg = study_config(get_config(args.config), changes, quick=args.quick)
     root = pathlib.Path(args.results) / "smoothness" / cfg.name
     t0 = time.time()
     if args.plot_only:
@@ -545,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"smoothness {cfg.name}: {len(cfg.variants)} variants, {cfg.steps} steps, η = {', '.join(f'{e:.3g}' for e in cfg.etas)}")
         results = {v: run_one(cfg, v, root) for v in cfg.variants}
     write_report(root, cfg, results)
-    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+    report_done(t0, root)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments._cli import report_done, study_config
 from experiments.configs.cifar10_3c3d import get_config as _cifar10_3c3d
 from experiments.smoothness import _pyplot
 from jaxnorm import adapt
@@ -478,9 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "tent_optimizer": args.tent_optimizer,
         "tent_steps": args.tent_steps,
     }
-    cfg = dataclasses.replace(get_config(args.config), **{k: v for k, v in changes.items() if v is not None})
-    if args.quick:
-        cfg = cfg.quick()
+    cfg = study_config(get_config(args.config), changes, quick=args.quick)
     root = pathlib.Path(args.results) / "tent" / cfg.name
     t0 = time.time()
     if args.plot_only:
@@ -492,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"tent {cfg.name}: {len(cfg.corruptions)} corruptions x {len(cfg.severities)} severities, modes {', '.join(cfg.modes)}")
         records = run(cfg, root)
     write_report(root, cfg, records)
-    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+    report_done(t0, root)
 
 
 if __name__ == "__main__":
