@@ -18,3 +18,11 @@ def study_config(base: Any, overrides: Mapping[str, Any], *, quick: bool) -> Any
 
 def report_done(t0: float, root: pathlib.Path) -> None:
     print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+
+
+def stored_runs(results: Any, root: pathlib.Path) -> Any:
+    """``--plot-only``'s records read back from ``root``; a clear error when there are none
+    (nothing to plot is a mistake in the path, not an empty plot)."""
+    if not results:
+        raise ValueError(f"--plot-only: no stored runs under {root}.")
+    return results

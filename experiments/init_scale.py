@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._cli import report_done, study_config
+from experiments._cli import report_done, stored_runs, study_config
 from experiments.smoothness import _data, _pyplot, _sub
 from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, steps_per_epoch
@@ -757,9 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     root = pathlib.Path(args.results) / "init_scale" / cfg.name
     t0 = time.time()
     if args.plot_only:
-        results = _stored(root, cfg)
-        if not results:
-            raise ValueError(f"--plot-only: no stored runs under {root}.")
+        results = stored_runs(_stored(root, cfg), root)
     else:
         print(f"init_scale {cfg.name}: {cfg.depth} x {cfg.width} ReLU MLP, c in {cfg.scales}, norms {cfg.norms}, {cfg.steps} steps")
         results = {(norm, c): run_one(cfg, norm, c, root) for norm in cfg.norms for c in cfg.scales}

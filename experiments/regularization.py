@@ -80,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments._cli import stored_runs
 from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
 from jaxnorm.layers import NORMS
@@ -737,9 +738,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     root = pathlib.Path(args.results) / "regularization" / cfg.name
     t0 = time.time()
     if args.plot_only:
-        results = _stored(root, cfg)
-        if not results:
-            raise ValueError(f"--plot-only: no stored runs under {root}.")
+        results = stored_runs(_stored(root, cfg), root)
     else:
         print(
             f"regularization {cfg.name}: {len(cfg.norms)} norms x {len(cfg.weight_decays)} λ x {len(cfg.dropout_rates)} p "

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._cli import report_done, study_config
+from experiments._cli import report_done, stored_runs, study_config
 from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
 from jaxnorm.data.augmentation import normalize
@@ -537,9 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     root = pathlib.Path(args.results) / "smoothness" / cfg.name
     t0 = time.time()
     if args.plot_only:
-        results = _stored(root, cfg)
-        if not results:
-            raise ValueError(f"--plot-only: no stored runs under {root}.")
+        results = stored_runs(_stored(root, cfg), root)
     else:
         print(f"smoothness {cfg.name}: {len(cfg.variants)} variants, {cfg.steps} steps, η = {', '.join(f'{e:.3g}' for e in cfg.etas)}")
         results = {v: run_one(cfg, v, root) for v in cfg.variants}
