@@ -95,7 +95,7 @@ NORMS = ("vanilla", "bn_gamma_beta")
 
 
 def _all_metrics() -> tuple[str, ...]:
-    from jaxnorm.diagnostics import METRICS
+    from jaxnorm.observers import METRICS
 
     return METRICS
 
@@ -245,7 +245,7 @@ def conditioning_observer(
 ):
     """``(GradientConditioning, module, interval)`` of one run: the run's model, the first
     ``pool_size`` training examples, ``every`` (default: the study's interval)."""
-    from jaxnorm.diagnostics import GradientConditioning
+    from jaxnorm.observers import GradientConditioning
     from jaxnorm.train import build_model
 
     train, images, labels, spe = _train_pool(config, study.pool_size)
@@ -322,7 +322,7 @@ def measure_costs(study: ConditioningStudy, config: TrainConfig, state) -> dict:
 
 
 def _already_done(config: TrainConfig) -> bool:
-    from jaxnorm.train.results import RunDir, read_json
+    from jaxnorm.results import RunDir, read_json
 
     run = RunDir(pathlib.Path(config.results_dir) / config.study / config.name)
     if not (run.status.is_file() and run.config.is_file() and (run.root / "costs.json").is_file()):
@@ -337,13 +337,13 @@ def _already_done(config: TrainConfig) -> bool:
 def run_one(study: ConditioningStudy, config: TrainConfig, *, progress: bool = True, overwrite: bool = False) -> dict:
     """Trains one run with the observers, times the metrics, writes ``costs.json``; returns
     ``{"status", "step", "run_dir", "seconds", "skipped"}``."""
-    from jaxnorm.diagnostics import StepConditioning
+    from jaxnorm.observers import StepConditioning
     from jaxnorm.train import fit
-    from jaxnorm.train.results import write_json
+    from jaxnorm.results import write_json
 
     run_dir = pathlib.Path(config.results_dir) / config.study / config.name
     if not overwrite and _already_done(config):
-        from jaxnorm.train.results import read_json
+        from jaxnorm.results import read_json
 
         return {"status": read_json(run_dir / "status.json")["status"], "step": None, "run_dir": run_dir, "seconds": 0.0, "skipped": True}
     t0 = time.perf_counter()
@@ -359,7 +359,7 @@ def run_one(study: ConditioningStudy, config: TrainConfig, *, progress: bool = T
 def write_study_costs(root) -> pathlib.Path:
     """``root/costs.json``: metric -> list of ``{run, params, seconds}`` over the runs below ``root``."""
     from jaxnorm.analysis.conditioning import collect_costs, find_conditioning_runs
-    from jaxnorm.train.results import write_json
+    from jaxnorm.results import write_json
 
     path = pathlib.Path(root) / "costs.json"
     write_json(path, collect_costs(find_conditioning_runs(root)))

@@ -75,8 +75,8 @@ from jaxnorm._registry import lookup
 from jaxnorm.data import epoch_permutation, steps_per_epoch
 from jaxnorm.layers import NORMS, get_activation
 from jaxnorm.models import get_model
-from jaxnorm.train.loss import accuracy, cross_entropy
-from jaxnorm.train.results import RunDir, read_json, read_jsonl, read_npz, rewrite_jsonl, write_json, write_npz
+from jaxnorm.objective import accuracy, cross_entropy
+from jaxnorm.results import RunDir, read_json, read_jsonl, read_npz, rewrite_jsonl, write_json, write_npz
 
 # --------------------------------------------------------------------------- outcome
 

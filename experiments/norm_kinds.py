@@ -90,8 +90,8 @@ from jaxnorm._registry import lookup
 from jaxnorm.data import load, steps_per_epoch
 from jaxnorm.layers import Norm
 from jaxnorm.models import get_model
-from jaxnorm.train.loss import accuracy, cross_entropy
-from jaxnorm.train.results import RunDir, read_jsonl, rewrite_jsonl, write_json
+from jaxnorm.objective import accuracy, cross_entropy
+from jaxnorm.results import RunDir, read_jsonl, rewrite_jsonl, write_json
 
 
 @dataclasses.dataclass(frozen=True)

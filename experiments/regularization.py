@@ -37,7 +37,7 @@ overfits:
    effective step η/‖W‖². Without weight decay ‖W‖ can only grow (the gradient is
    orthogonal to W: ‖W − ηg‖² = ‖W‖² + η²‖g‖²); weight decay shrinks it, so for these
    weights it does not restrict the function but raises the effective learning rate.
-   The :class:`WeightNorms` observer (the :mod:`jaxnorm.train.observers` protocol, so
+   The :class:`WeightNorms` observer (the :mod:`jaxnorm.observers` protocol, so
    ``fit`` can run it too) records ‖W‖_F of every kernel every ``record_every`` steps;
    the report shows ‖W‖ and η/‖W‖² of the pre-BN layers per λ, against the pure-decay
    curve (1 − ηλ)^t ‖W₀‖.
@@ -86,8 +86,8 @@ from jaxnorm.data import epoch_permutation, load, steps_per_epoch
 from jaxnorm.layers import NORMS
 from jaxnorm.models import get_model
 from jaxnorm.train import TrainState, create_state, layout_eval, make_evaluate, make_train_step
-from jaxnorm.train.loss import is_weight
-from jaxnorm.train.results import RunDir, read_jsonl, rewrite_jsonl, write_json
+from jaxnorm.objective import is_weight
+from jaxnorm.results import RunDir, read_jsonl, rewrite_jsonl, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +203,7 @@ def scale_invariant_layers(params) -> list[str]:
 
 
 class WeightNorms:
-    """An observer (:mod:`jaxnorm.train.observers`): ‖W‖_F of every weight kernel every
+    """An observer (:mod:`jaxnorm.observers`): ‖W‖_F of every weight kernel every
     ``every`` steps, as ``metrics.jsonl`` lines ``{"kind": "weight_norms", "step",
     "<layer>": norm, ..., "scale_invariant": [...]}`` (the annotation names the layers
     whose effective learning rate is η/‖W‖²; see :func:`scale_invariant_layers`)."""

@@ -18,7 +18,7 @@ there while the loss keeps falling non-monotonically -- with and without BN.
     python -m experiments.sharpness --steps 4000 --step-sizes 0.02 0.05 --loss ce
     python -m experiments.sharpness cifar10_5k      # Cohen et al.'s fc-tanh on 5k CIFAR-10 images (a GPU; CIFAR-10 prepared)
 
-In training, the :class:`jaxnorm.diagnostics.Sharpness` observer records the same
+In training, the :class:`jaxnorm.observers.Sharpness` observer records the same
 quantity every k steps of any ``fit`` run (minibatch SGD) on a fixed probe set.
 
 Results in ``<results>/sharpness/<config>/``: ``<norm>_lr<η>/`` with ``config.json`` and
@@ -50,8 +50,8 @@ from jaxnorm.data import load
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import lanczos, outlier_ratio, spectral_density, top_eigenpairs
 from jaxnorm.models import get_model
-from jaxnorm.train.loss import cross_entropy
-from jaxnorm.train.results import RunDir, rewrite_jsonl, write_json, write_npz
+from jaxnorm.objective import cross_entropy
+from jaxnorm.results import RunDir, rewrite_jsonl, write_json, write_npz
 
 LOSSES: dict[str, Callable] = {
     "mse": lambda logits, y: 0.5 * jnp.sum(jnp.square(logits - jax.nn.one_hot(y, logits.shape[-1])), axis=-1),
@@ -261,7 +261,7 @@ def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> Non
 def _plot_densities(plt, root: pathlib.Path, cfg: SharpnessConfig) -> None:
     """``plots/density.png``: the Hessian's spectral density at initialization and at the
     end, a panel per norm, for the middle step size (Ghorbani et al. 2019, Fig. 1 style)."""
-    from jaxnorm.train.results import read_npz
+    from jaxnorm.results import read_npz
 
     lr = cfg.step_sizes[len(cfg.step_sizes) // 2]
     fig, axes = plt.subplots(1, len(cfg.norms), figsize=(6 * len(cfg.norms), 3.6), squeeze=False)

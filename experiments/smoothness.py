@@ -74,8 +74,8 @@ from jaxnorm.data import epoch_permutation, load, steps_per_epoch
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.layers import Norm
 from jaxnorm.models import get_model
-from jaxnorm.train.loss import accuracy, cross_entropy
-from jaxnorm.train.results import RunDir, read_jsonl, rewrite_jsonl, write_json
+from jaxnorm.objective import accuracy, cross_entropy
+from jaxnorm.results import RunDir, read_jsonl, rewrite_jsonl, write_json
 
 
 @dataclasses.dataclass(frozen=True)

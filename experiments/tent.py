@@ -71,7 +71,7 @@ from jaxnorm.data.augmentation import normalize
 from jaxnorm.data.corrupt import CORRUPTIONS, corrupt_jit, psnr
 from jaxnorm.data.loading import CORRUPTIONS as TFDS_CORRUPTIONS
 from jaxnorm.train import TrainConfig, build_model, fit
-from jaxnorm.train.results import RunDir, read_json, read_jsonl, rewrite_jsonl, write_json, write_npz
+from jaxnorm.results import RunDir, read_json, read_jsonl, rewrite_jsonl, write_json, write_npz
 
 OPTIMIZERS = {
     "adam": lambda lr, momentum: optax.adam(lr),  # Wang et al., CIFAR-10/100-C: Adam, lr 1e-3
@@ -329,7 +329,7 @@ def paired(correct: dict, a: str, b: str, cfg: TentConfig) -> dict:
 
 def write_report(root: pathlib.Path, cfg: TentConfig, records: list[dict]) -> None:
     """The three plots and ``plots/summary.md`` from the stored records and arrays."""
-    from jaxnorm.train.results import read_npz
+    from jaxnorm.results import read_npz
 
     plt = _pyplot()
     plots = root / "plots"

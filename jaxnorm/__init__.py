@@ -12,9 +12,27 @@ The public API, in one place:
 * :mod:`jaxnorm.inits` -- named initializers (Glorot, He, orthogonal, N(0, c/n), looks-linear).
 * :mod:`jaxnorm.models` -- ``get_model(name, **kwargs)``: ``3c3d``, ``allcnnc``, ``mlp``,
   ``deep_fc``, ``convnet``.
+* :mod:`jaxnorm.data` -- ``load(name, split)`` (tfds CIFAR/MNIST, offline digits),
+  on-device batching and augmentation, CIFAR-10-C corruptions.
+* :mod:`jaxnorm.objective` -- the training losses by name (``'ce'``, ``'mse'``) and
+  the L2 term on weights.
+* :mod:`jaxnorm.results` -- a run folder's files (``config.json``, ``metrics.jsonl``, ...)
+  with atomic writes, and their readers.
+* :mod:`jaxnorm.diagnostics` -- per-example gradients under BatchNorm, gradient
+  conditioning and dissonance metrics, Hessian-vector products, Lanczos, SLQ.
+* :mod:`jaxnorm.observers` -- measurements taken during training (γ/β, sparsity,
+  conditioning, sharpness, probes).
+* :mod:`jaxnorm.train` -- ``TrainConfig`` -> ``fit`` / ``fit_many``: the one training
+  engine every study runs on (optimizers, schedules, checkpoints, devices).
+* :mod:`jaxnorm.analysis` -- reads stored runs: tables, statistics, plots.
+* :mod:`jaxnorm.adapt` -- test-time BatchNorm adaptation (test-batch statistics, TENT).
+
+Layering (each imports only those before it): norms <- layers <- models; data;
+objective, results; diagnostics; observers; train. ``analysis`` reads stored files and
+never imports ``train``.
 """
 
-from jaxnorm import inits, layers, models, norms
+from jaxnorm import adapt, analysis, data, diagnostics, inits, layers, models, norms, objective, observers, results, train
 from jaxnorm.inits import get_init
 from jaxnorm.layers import ABLATION_VARIANTS, NORMS, Norm, crelu, make_norm
 from jaxnorm.models import get_model, model_names
@@ -36,6 +54,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABLATION_VARIANTS",
+    "adapt",
+    "analysis",
+    "data",
+    "diagnostics",
+    "objective",
+    "observers",
+    "results",
+    "train",
     "BatchStats",
     "NORMS",
     "Norm",

@@ -78,7 +78,7 @@ def _path(path) -> str:
 def is_norm_affine(path: str) -> bool:
     """Whether a params path (``'norm3/scale'``, ``'block/norm1/bias'``) is a norm layer's
     γ or β: its last key is ``scale``/``bias`` and the one before starts with ``norm`` (how
-    :mod:`jaxnorm.models` names norm layers, as :func:`jaxnorm.train.observers.norm_layers`)."""
+    :mod:`jaxnorm.models` names norm layers, as :func:`jaxnorm.observers.norm_layers`)."""
     keys = path.split("/")
     return len(keys) >= 2 and keys[-2].startswith("norm") and keys[-1] in ("scale", "bias")
 

@@ -3,7 +3,7 @@
 Reads only what the runs wrote (``experiments/conditioning.py``; never trains):
 
 * ``metrics.jsonl`` lines of kind ``conditioning`` (the
-  :class:`~jaxnorm.diagnostics.GradientConditioning` metrics), ``step_conditioning``
+  :class:`~jaxnorm.observers.GradientConditioning` metrics), ``step_conditioning``
   (``kappa_sgd``, ``cosine_sgd``: the in-training κ_W estimate) and ``train`` (the mean
   training loss over each ``log_every_steps`` window);
 * ``config.json`` (architecture = the run's ``tag``, ``norm``, depth =
@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from jaxnorm.analysis.runs import Run, find_runs  # noqa: E402
-from jaxnorm.train.results import read_json  # noqa: E402
+from jaxnorm.results import read_json  # noqa: E402
 
 __all__ = [
     "ARCHITECTURE_STYLE",

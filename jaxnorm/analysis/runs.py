@@ -1,7 +1,7 @@
 """Discovering finished (or diverged) runs on disk and grouping them.
 
 A run is any folder below a root that holds a ``config.json`` and a non-empty
-``metrics.jsonl`` (see :mod:`jaxnorm.train.results` for the layout). Nothing here
+``metrics.jsonl`` (see :mod:`jaxnorm.results` for the layout). Nothing here
 depends on how a study names its folders: a run's variant, learning rate and seed are
 read from its ``config.json`` (``norm``, ``learning_rate``, ``seed``).
 """
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from jaxnorm.train.results import read_json, read_jsonl, read_npz
+from jaxnorm.results import read_json, read_jsonl, read_npz
 
 #: Ablation variants in plotting/table order.
 VARIANTS = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")

@@ -16,9 +16,9 @@ step-consistency and batch-dissonance metrics of source document 002.
 * :mod:`~jaxnorm.diagnostics.hessian` -- ``hvp`` (forward-over-reverse), ``power_iteration``,
   ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``spectral_density`` (SLQ),
   ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN train or eval mode).
-* :mod:`~jaxnorm.diagnostics.observer` -- ``GradientConditioning``: any subset of the
+* :mod:`~jaxnorm.observers.conditioning` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
-* :mod:`~jaxnorm.diagnostics.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every
+* :mod:`~jaxnorm.observers.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every
   k steps during ``fit``, warm-started from the previous eigenvector.
 """
 
@@ -53,7 +53,6 @@ from jaxnorm.diagnostics.hessian import (
 )
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
-from jaxnorm.diagnostics.observer import METRICS, GradientConditioning
 from jaxnorm.diagnostics.per_example import (
     MODES,
     batch_loss_fn,
@@ -73,8 +72,7 @@ from jaxnorm.diagnostics.step_consistency import (
     weight_perturbations,
     weight_space_metrics,
 )
-from jaxnorm.diagnostics.sharpness import Sharpness
-from jaxnorm.diagnostics.step_tracker import StepConditioning, find_step_conditioning, track_step_conditioning
+from jaxnorm.diagnostics.step_tracker import find_step_conditioning, track_step_conditioning
 
 __all__ = [
     "top_eigenpairs",
@@ -87,13 +85,9 @@ __all__ = [
     "hessian_loss_fn",
     "flat_hvp",
     "block_loss_fn",
-    "GradientConditioning",
-    "Sharpness",
     "GradientMask",
-    "METRICS",
     "MODES",
     "PERTURBATIONS",
-    "StepConditioning",
     "batch_loss_fn",
     "coherence_from_gram",
     "coherence_from_norms",

@@ -40,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.per_example import batch_loss_fn
-from jaxnorm.train.optim import param_paths
+from jaxnorm._tree import param_paths
 
 __all__ = [
     "BN_MODES",
@@ -329,7 +329,7 @@ def spectral_density(
 
 def block_loss_fn(loss_fn: Loss, params: Any, block: str) -> tuple[Loss, Any]:
     """The loss as a function of the parameters whose path (``'norm3/scale'``,
-    ``'conv1/kernel'``; see :func:`jaxnorm.train.optim.param_paths`) matches the regex
+    ``'conv1/kernel'``; see :func:`jaxnorm._tree.param_paths`) matches the regex
     ``block`` (``re.search``), the others held at ``params``.
 
     Returns ``(block_loss, block_params)``: any function of this module applied to them

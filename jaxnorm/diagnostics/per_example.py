@@ -54,7 +54,7 @@ from jaxnorm import norms
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.masking import GradientMask, flatten
 from jaxnorm.layers import Norm
-from jaxnorm.train.loss import cross_entropy, is_weight, l2_penalty
+from jaxnorm.objective import cross_entropy, is_weight, l2_penalty
 
 __all__ = [
     "MODES",

@@ -15,7 +15,7 @@ updates through unchanged and keeps, in its state, the previous gradient and wei
 consecutive gradients and the gradient norm. It must come first in the chain (it needs
 the raw gradients); :func:`jaxnorm.train.optim.make_optimizer` puts it there with
 ``track_step_conditioning=True`` (``TrainConfig.track_step_conditioning``).
-:class:`StepConditioning` is the observer that reads the values out of a
+:class:`jaxnorm.observers.StepConditioning` is the observer that reads the values out of a
 ``TrainState`` every k steps.
 """
 
@@ -100,22 +100,3 @@ def find_step_conditioning(opt_state) -> StepConditioningState:
             "make_optimizer(..., track_step_conditioning=True) (TrainConfig.track_step_conditioning=True)."
         )
     return found[0]
-
-
-class StepConditioning:
-    """Observer: the in-training κ_W estimate every ``every`` steps, into ``metrics.jsonl``
-    lines ``{"kind": "step_conditioning", "step", "kappa_sgd", "cosine_sgd", "grad_norm"}``.
-
-    Costs a few scalar reads (the tracker does the work inside the train step)."""
-
-    name = "step_conditioning"
-    sink = "metrics"
-
-    def __init__(self, every: int = 1):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}.")
-        self.every = every
-
-    def __call__(self, state) -> dict[str, jax.Array]:
-        s = find_step_conditioning(state.opt_state)
-        return {"kappa_sgd": s.kappa, "cosine_sgd": s.cosine, "grad_norm": s.grad_norm}

@@ -4,10 +4,10 @@ observers, checkpoints, data parallelism and many runs at once."""
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.loop import FitResult, RunExistsError, build_model, fit, fit_many
-from jaxnorm.train.loss import accuracy, cross_entropy, l2_penalty
-from jaxnorm.train.observers import GammaBetaRecorder, Observer, ReluSparsity, norm_layers
+from jaxnorm.objective import accuracy, cross_entropy, l2_penalty
+from jaxnorm.observers import GammaBetaRecorder, Observer, ReluSparsity, norm_layers
 from jaxnorm.train.optim import SCHEDULES, make_optimizer
-from jaxnorm.train.results import RunDir, read_jsonl, read_npz
+from jaxnorm.results import RunDir, read_jsonl, read_npz
 from jaxnorm.train.state import TrainState, create_state
 from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
 

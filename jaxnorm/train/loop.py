@@ -1,7 +1,7 @@
 """``fit(config)``: the training loop every study runs on.
 
 One call trains one run described by a :class:`~jaxnorm.train.config.TrainConfig` and
-writes ``results/<study>/<run>/`` (see :mod:`jaxnorm.train.results`). The loop:
+writes ``results/<study>/<run>/`` (see :mod:`jaxnorm.results`). The loop:
 
 * loads the dataset once and keeps it on the device; each epoch's order is
   ``epoch_permutation(seed, epoch)`` and each step's randomness
@@ -45,9 +45,9 @@ from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
-from jaxnorm.train.observers import GammaBetaRecorder, Observer, is_stateful
+from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
 from jaxnorm.train.optim import make_optimizer
-from jaxnorm.train.results import (
+from jaxnorm.results import (
     RunDir,
     append_jsonl,
     read_json,
@@ -318,7 +318,7 @@ def fit_many(
         laid = layout_eval(ev_images, ev_labels, min(cfg.eval_batch_size, len(ev_labels)), drop_remainder=cfg.eval_mode == "batch")
         eval_data[split] = place(tuple(jnp.asarray(a) for a in laid))
     # Observers copy out of the state: the next step donates (invalidates) its buffers.
-    # A stateful observer's carry (see jaxnorm.train.observers) stays on the device too.
+    # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
     observe = {
         o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num))
         for o in observers

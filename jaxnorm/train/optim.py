@@ -28,6 +28,7 @@ import optax
 from optax import contrib
 
 from jaxnorm._registry import lookup
+from jaxnorm._tree import param_paths
 
 
 def _constant(lr: float, steps_per_epoch: int) -> tuple[optax.ScalarOrSchedule, list]:
@@ -62,19 +63,6 @@ def _plateau(
 
 
 SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "plateau": _plateau}
-
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def param_paths(params) -> list[str]:
-    """The '/'-joined path of every leaf of ``params`` (e.g. ``'norm3/scale'``), in leaf order."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return ["/".join(_key_name(k) for k in path) for path, _ in flat]
 
 
 def freeze_labels(frozen: str, params):

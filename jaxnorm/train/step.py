@@ -18,7 +18,7 @@ import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
 from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
-from jaxnorm.train.loss import accuracy, cross_entropy, l2_penalty
+from jaxnorm.objective import accuracy, cross_entropy, l2_penalty
 from jaxnorm.train.state import TrainState
 
 Metrics = dict[str, jax.Array]

@@ -1,10 +1,10 @@
-"""Synthetic run folders written with the real writers of jaxnorm.train.results."""
+"""Synthetic run folders written with the real writers of jaxnorm.results."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from jaxnorm.train.results import append_jsonl, write_json, write_npz
+from jaxnorm.results import append_jsonl, write_json, write_npz
 
 VARIANTS = ("vanilla", "bn", "bn_gamma", "bn_beta", "bn_gamma_beta")
 # Seed-0 test accuracy per epoch; seed s adds 0.02*s except where TEST_BY_SEED says otherwise.

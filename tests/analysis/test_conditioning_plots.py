@@ -17,7 +17,7 @@ from jaxnorm.analysis.conditioning import (
     metric_at_key_points,
     write_conditioning_report,
 )
-from jaxnorm.train.results import append_jsonl, write_json
+from jaxnorm.results import append_jsonl, write_json
 
 STEPS = np.arange(2, 122, 2)  # 60 train records, every 2 steps
 
@@ -141,6 +141,6 @@ def test_empty_or_unrecorded_studies_do_not_crash(tmp_path):
 
 
 def test_every_metric_has_a_label():
-    from jaxnorm.diagnostics import METRICS
+    from jaxnorm.observers import METRICS
 
     assert set(METRICS) | {"kappa_sgd", "cosine_sgd"} <= set(CONDITIONING_METRICS)

@@ -1,7 +1,7 @@
 import pytest
 
 from jaxnorm.analysis import find_runs, group_runs
-from jaxnorm.train.results import write_json
+from jaxnorm.results import write_json
 
 from .synthetic import VARIANTS, write_run, write_study
 

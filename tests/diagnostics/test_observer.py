@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.data import load
-from jaxnorm.diagnostics import METRICS, GradientConditioning, StepConditioning
+from jaxnorm.observers import METRICS, GradientConditioning, StepConditioning
 from jaxnorm.train import TrainConfig, build_model, create_state, fit, make_optimizer
 
 DIGITS = load("digits", "train")

@@ -33,7 +33,7 @@ from jaxnorm.diagnostics import (
     per_example_sq_norms,
     random_mask,
 )
-from jaxnorm.train.loss import is_weight
+from jaxnorm.objective import is_weight
 from tests.diagnostics.helpers import (
     B,
     MODELS,

@@ -16,7 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm.data import load
 from jaxnorm.data.augmentation import normalize
-from jaxnorm.diagnostics import Sharpness, hessian_loss_fn
+from jaxnorm.diagnostics import hessian_loss_fn
+from jaxnorm.observers import Sharpness
 from jaxnorm.train import build_model, create_state, fit, make_optimizer, read_jsonl
 from tests.train.helpers import tiny_config
 from tests.train.test_resume import _fit_killed_at

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnorm.diagnostics import StepConditioning, find_step_conditioning, track_step_conditioning
+from jaxnorm.diagnostics import find_step_conditioning, track_step_conditioning
+from jaxnorm.observers import StepConditioning
 from jaxnorm.train.optim import make_optimizer
 
 RTOL = 1e-5

@@ -72,7 +72,7 @@ def _args(*argv):
 
 
 def test_configs_and_command_line_changes():
-    from jaxnorm.diagnostics import METRICS
+    from jaxnorm.observers import METRICS
 
     digits = conditioning.get_study("digits")
     jobs = digits.jobs("res")

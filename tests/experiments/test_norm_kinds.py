@@ -15,7 +15,7 @@ import pytest
 
 from experiments import norm_kinds as nk
 from jaxnorm.models import get_model
-from jaxnorm.train.results import RunDir
+from jaxnorm.results import RunDir
 
 
 def f64(a):

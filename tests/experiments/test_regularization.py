@@ -19,7 +19,7 @@ import pytest
 from experiments import regularization as reg
 from jaxnorm.models import get_model
 from jaxnorm.train import create_state, make_optimizer, make_train_step
-from jaxnorm.train.loss import cross_entropy
+from jaxnorm.objective import cross_entropy
 
 
 def _init(module, tx, x):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.train import RunExistsError, TrainConfig, fit, read_jsonl, read_npz
-from jaxnorm.train.results import append_jsonl
+from jaxnorm.results import append_jsonl
 from tests.train.helpers import tiny_config
 
 

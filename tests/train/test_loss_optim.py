@@ -8,7 +8,7 @@ import pytest
 
 from jaxnorm.models import get_model
 from jaxnorm.train import cross_entropy, l2_penalty, make_optimizer
-from jaxnorm.train.loss import is_weight
+from jaxnorm.objective import is_weight
 
 
 def _params():

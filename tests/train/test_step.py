@@ -10,7 +10,7 @@ import pytest
 from jaxnorm.data import batch_indices, epoch_permutation, load
 from jaxnorm.models import get_model
 from jaxnorm.train import create_state, layout_eval, make_evaluate, make_optimizer, make_train_step
-from jaxnorm.train.loss import l2_penalty
+from jaxnorm.objective import l2_penalty
 
 BATCH = 16
 

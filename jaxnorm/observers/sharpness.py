@@ -10,7 +10,7 @@ and writes ``metrics.jsonl`` lines
      "bn_mode": "train", "method": "lanczos"}
 
 Each measurement starts from the previous one's eigenvector (the observer's *carry*,
-see :mod:`jaxnorm.train.observers`): between two measurements the top eigenvector turns
+see :mod:`jaxnorm.observers.protocol`): between two measurements the top eigenvector turns
 little, so a warm start needs a fraction of the iterations of a cold one. The carry is
 saved with every checkpoint, so a resumed run measures exactly what an uninterrupted
 one does.

@@ -1,0 +1,43 @@
+"""The observer protocol: measurements taken every k steps during :func:`jaxnorm.train.fit`.
+
+An observer is called with the current :class:`jaxnorm.train.TrainState` (or anything with its ``step``, ``params``, ``batch_stats``, ``opt_state`` and ``variables``) every
+``every`` steps (and once before the first step) and returns a pytree of device arrays.
+:func:`fit` keeps the returned arrays on the device and pulls them to the host only at
+its sync points, so observing adds no host sync to the hot loop.
+
+Where the records go is the observer's ``sink``:
+
+* ``'metrics'``: each record (a dict of scalars) becomes a ``metrics.jsonl`` line with
+  ``kind`` = the observer's name and its ``step``;
+* ``'trajectories'``: records (dicts of arrays) are stacked over time into
+  ``trajectories.npz`` as ``<name>/<key>``, with ``<name>/steps``.
+
+An observer may add constant ``annotations`` (a dict of JSON values, e.g. the BN mode a
+measurement used) to each of its ``metrics.jsonl`` lines.
+
+Stateful observers carry device arrays from one call to the next (e.g. the previous
+top eigenvector, to warm-start the next eigenvalue solve): they define
+``init_carry(state) -> carry`` and are called as ``observer(state, carry) -> (record,
+carry)``. :func:`~jaxnorm.train.fit` keeps the carry on the device, saves it with each
+checkpoint (``<run>/observer_state/<step>.npz``) and restores it on resume, so a resumed
+run observes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+
+
+class Observer(Protocol):
+    name: str
+    every: int
+    sink: str  # 'metrics' or 'trajectories'
+
+    def __call__(self, state) -> Any: ...
+
+
+def is_stateful(observer) -> bool:
+    """Whether ``observer`` carries state between calls (defines ``init_carry``)."""
+    return callable(getattr(observer, "init_carry", None))
