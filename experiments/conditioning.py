@@ -316,7 +316,7 @@ def measure_costs(study: ConditioningStudy, config: TrainConfig, state) -> dict:
     record("kappa_sgd", jax.jit(tracker.update), state.params, tracker.init(state.params), state.params)
     x = normalize(obs.images[: obs.batch_size], obs.mean, obs.std)
     y = obs.labels[: obs.batch_size]
-    grad = jax.jit(lambda v: jax.grad(batch_loss_fn(obs.module, v, x, y, mode="coupled", weight_decay=config.weight_decay))(v["params"]))
+    grad = jax.jit(lambda v: jax.grad(batch_loss_fn(obs.module, v, x, y, bn_mode="batch", weight_decay=config.weight_decay))(v["params"]))
     record("batch_gradient", grad, state.variables)
     return out
 

@@ -26,13 +26,14 @@ ALLOWED = {
     "layers": BASE | {"norms"},
     "models": BASE | {"norms", "layers", "inits"},
     "data": BASE,
+    "modes": BASE,
     "objective": BASE,
     "results": BASE,
-    "adapt": BASE | {"norms", "layers", "objective", "data"},
-    "diagnostics": BASE | {"norms", "layers", "models", "data", "objective"},
+    "adapt": BASE | {"modes", "norms", "layers", "objective", "data"},
+    "diagnostics": BASE | {"modes", "norms", "layers", "models", "data", "objective"},
     "analysis": BASE | {"results"},
-    "observers": BASE | {"norms", "layers", "models", "data", "objective", "diagnostics"},
-    "train": BASE | {"norms", "layers", "models", "inits", "data", "objective", "results", "diagnostics", "observers"},
+    "observers": BASE | {"modes", "norms", "layers", "models", "data", "objective", "diagnostics"},
+    "train": BASE | {"modes", "norms", "layers", "models", "inits", "data", "objective", "results", "diagnostics", "observers"},
 }
 
 

@@ -73,7 +73,7 @@ def _setup(batch):
 
 def run_hvp_lanczos(cfg: Settings, log) -> dict:
     module, v, x, y = _setup(cfg.batch)
-    loss = hessian_loss_fn(module, v, x, y, bn_mode="train")
+    loss = hessian_loss_fn(module, v, x, y, bn_mode="batch")
     params = v["params"]
     ones = jax.tree.map(jnp.ones_like, params)
     grad = jax.jit(jax.grad(loss))
@@ -110,7 +110,7 @@ def _torch_power(tmodel, torch, xt, yt, iters: int):
 
 def run_power(cfg: Settings, log) -> dict:
     module, v, x, y = _setup(cfg.batch)
-    loss = hessian_loss_fn(module, v, x, y, bn_mode="train")
+    loss = hessian_loss_fn(module, v, x, y, bn_mode="batch")
     power = jax.jit(lambda p: power_iteration(loss, p, num_iters=POWER_ITERS, tol=0.0).eigenvalue)
     fns = {"jaxnorm power_iteration": lambda: power(v["params"])}
     torch = _torch()

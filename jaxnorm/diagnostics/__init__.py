@@ -2,7 +2,7 @@
 step-consistency and batch-dissonance metrics of source document 002.
 
 * :mod:`~jaxnorm.diagnostics.per_example` -- ``per_example_grads(module, variables, x, y,
-  mode=...)`` with BatchNorm ``'running'``, ``'frozen'`` or ``'coupled'``; chunking,
+  bn_mode=...)`` with BatchNorm ``'running'``, ``'frozen'`` or ``'batch'`` (coupled); chunking,
   masks, input gradients; ``per_example_gram``/``per_example_sq_norms`` (metrics
   without materializing every gradient); ``batch_loss_fn``/``mean_gradient``.
 * :mod:`~jaxnorm.diagnostics.masking` -- ``random_mask`` (§1.6), ``flatten``.
@@ -15,7 +15,7 @@ step-consistency and batch-dissonance metrics of source document 002.
   transformation, and its observer ``StepConditioning``.
 * :mod:`~jaxnorm.diagnostics.hessian` -- ``hvp`` (forward-over-reverse), ``power_iteration``,
   ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``spectral_density`` (SLQ),
-  ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN train or eval mode).
+  ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN ``'batch'`` or ``'running'``, any loss of :mod:`jaxnorm.objective`).
 * :mod:`~jaxnorm.observers.conditioning` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
 * :mod:`~jaxnorm.observers.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every

@@ -41,6 +41,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.per_example import batch_loss_fn
 from jaxnorm._tree import param_paths
+from jaxnorm.modes import check_bn_mode
 
 __all__ = [
     "BN_MODES",
@@ -58,7 +59,7 @@ __all__ = [
     "LanczosResult",
 ]
 
-BN_MODES = {"train": "coupled", "eval": "running"}
+BN_MODES = ("batch", "running")  # jaxnorm.modes: batch statistics (train mode) or running ones (eval)
 Loss = Callable[[Any], jax.Array]
 
 
@@ -81,32 +82,36 @@ def flat_hvp(loss_fn: Loss, params: Any) -> tuple[Callable[[jax.Array], jax.Arra
     return matvec, flat
 
 
-def hessian_loss_fn(module, variables, x: jax.Array, y: jax.Array, *, bn_mode: str = "train", weight_decay: float = 0.0) -> Loss:
+def hessian_loss_fn(
+    module, variables, x: jax.Array, y: jax.Array, *, bn_mode: str = "batch", weight_decay: float = 0.0, loss="ce"
+) -> Loss:
     """The mean loss of one batch ``x (b, ...)``, or the average over several batches
     ``x (n, b, ...)`` / ``y (n, b)`` (the HVP of the average is the average HVP), as a
     function of the weights.
 
     Args:
-      bn_mode: ``'train'`` (batch statistics, differentiated through; default) or
-        ``'eval'`` (running statistics, PyHessian's choice).
+      bn_mode: ``'batch'`` (batch statistics, differentiated through: the training
+        objective's Hessian, init2winit's choice; default) or ``'running'`` (running
+        statistics, PyHessian's choice); see :mod:`jaxnorm.modes`.
+      weight_decay: λ of the L2 term ``0.5 λ Σ ||W||²`` included in the loss.
+      loss: a name from :data:`jaxnorm.objective.LOSSES` (``'ce'``, ``'mse'``) or a
+        per-example callable ``(logits, labels) -> (b,)``.
 
     Raises:
       ValueError: unknown ``bn_mode``; the errors of
         :func:`~jaxnorm.diagnostics.per_example.batch_loss_fn`.
     """
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {sorted(BN_MODES)}, got {bn_mode!r}.")
-    mode = BN_MODES[bn_mode]
+    check_bn_mode(bn_mode, BN_MODES)
     if y.ndim == 1:
-        return batch_loss_fn(module, variables, x, y, mode=mode, weight_decay=weight_decay)
+        return batch_loss_fn(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, loss=loss)
     if y.ndim != 2 or x.shape[:2] != y.shape:
         raise ValueError(f"expected x (b, ...)/y (b,) or x (n, b, ...)/y (n, b); got {x.shape} and {y.shape}.")
 
-    def loss(params):
-        per = map_chunks(lambda xy: batch_loss_fn(module, variables, xy[0], xy[1], mode=mode, weight_decay=weight_decay)(params), (x, y))
+    def mean_loss(params):
+        per = map_chunks(lambda xy: batch_loss_fn(module, variables, xy[0], xy[1], bn_mode=bn_mode, weight_decay=weight_decay, loss=loss)(params), (x, y))
         return jnp.mean(per)
 
-    return loss
+    return mean_loss
 
 
 def _normalize(v):

@@ -12,7 +12,7 @@ input gradients, ζ uniform in {−1, +1}, η = 0.001. ``x`` is the network inpu
 normalization); ``h_W`` the per-example weight gradient of
 :mod:`jaxnorm.diagnostics.per_example` in ``'running'`` or ``'frozen'`` mode -- in
 ``'frozen'`` mode the batch statistics stay those of the unperturbed batch, so each
-example's perturbation changes only its own gradient. (``'coupled'`` is not offered:
+example's perturbation changes only its own gradient. (``'batch'``, the coupled definition, is not offered:
 moving one input would move every example's statistics, which the definition does
 not describe.)
 """
@@ -58,7 +58,7 @@ def input_condition_number(
     y: jax.Array,
     *,
     key: jax.Array,
-    mode: str = "frozen",
+    bn_mode: str = "frozen",
     n: int = 8,
     m: Optional[int] = None,
     eta: float = DEFAULT_ETA,
@@ -73,7 +73,7 @@ def input_condition_number(
     Args:
       module, variables, x, y: as :func:`~jaxnorm.diagnostics.per_example.per_example_grads`.
       key: draws the targeted perturbations (unused if ``perturbations`` is given).
-      mode: ``'running'`` or ``'frozen'``.
+      bn_mode: ``'running'`` or ``'frozen'`` (:mod:`jaxnorm.modes`).
       n: number of perturbations in Γ_n (<= b).
       m: examples averaged over (default: the whole batch).
       eta: perturbation scale η.
@@ -87,17 +87,17 @@ def input_condition_number(
       the mean κ_X (float32 scalar), or ``(mean, per_example_values)``.
 
     Raises:
-      ValueError: mode ``'coupled'`` or unknown; m outside [1, b]; a perturbation
+      ValueError: bn_mode ``'batch'`` or unknown; m outside [1, b]; a perturbation
         array of the wrong shape; and the errors of :func:`input_perturbations`.
     """
-    _check(variables, x, y, mode, "both", chunk_size)
-    if mode == "coupled":
-        raise ValueError("κ_X is defined per example: use mode='frozen' (training statistics held fixed) or 'running'.")
+    _check(variables, x, y, bn_mode, "both", chunk_size)
+    if bn_mode == "batch":
+        raise ValueError("κ_X is defined per example: use bn_mode='frozen' (training statistics held fixed) or 'running'.")
     b = x.shape[0]
     m = b if m is None else m
     if not 1 <= m <= b:
         raise ValueError(f"m must lie in [1, {b}], got {m}.")
-    rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=None)
+    rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=None)
     idx = _chunks(m, chunk_size)
 
     def grads_at(xs=None):

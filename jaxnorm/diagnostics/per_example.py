@@ -4,7 +4,7 @@ With BatchNorm in training mode an example's loss depends on the whole batch thr
 the batch statistics, so "the gradient of one example" is not defined until one says
 what happens to the statistics (Opacus refuses BatchNorm, BackPACK warns that its
 individual gradients are meaningless). jaxnorm offers three definitions, chosen by
-``mode``; for a network without BatchNorm they coincide.
+``bn_mode`` (the vocabulary of :mod:`jaxnorm.modes`); for a network without BatchNorm they coincide.
 
 ``'running'``
     BN normalizes with its running statistics (eval mode). ``g_i = ∇_θ ℓ(f_θ(x_i), t_i)``
@@ -16,7 +16,7 @@ individual gradients are meaningless). jaxnorm offers three definitions, chosen 
     forward pass of every example is exactly the training-mode forward pass (with
     dropout off); only the gradient paths through the statistics are cut. Cost: one
     extra batch forward pass.
-``'coupled'``
+``'batch'`` (the *coupled* definition)
     The exact contribution of example i's loss term with the statistics depending on the
     whole batch: ``g_i = ∂ℓ_i(θ; X)/∂θ`` where ``ℓ_i`` is the i-th entry of the
     training-mode per-example loss vector. Their mean is exactly the batch gradient of
@@ -24,16 +24,18 @@ individual gradients are meaningless). jaxnorm offers three definitions, chosen 
     passes, vectorized), so this costs about b/2 to b times the other modes.
 
 Dropout: ``running`` and ``frozen`` are deterministic (dropout off, also in the pass
-that takes the frozen statistics); ``coupled`` is the training-mode pass, dropout
+that takes the frozen statistics); ``batch`` is the training-mode pass, dropout
 included, with the key ``rng``.
 
 The input gradient ``h_X(x_i) = ∂ℓ_i/∂x_i`` (Balduzzi et al. 2017; source document
-002, Def. 1.3) follows the same semantics; in ``coupled`` mode it is the diagonal
+002, Def. 1.3) follows the same semantics; in ``batch`` mode it is the diagonal
 block: how example i's loss term changes with its own input, statistics included.
 
-Loss: softmax cross-entropy per example (the training objective's data term); with
+Loss: ``loss=`` names a per-example loss of :data:`jaxnorm.objective.LOSSES` (default
+``'ce'``, softmax cross-entropy; ``'mse'`` against one-hot targets) or is a callable
+``(logits, labels) -> (b,)``; with
 ``weight_decay=λ`` every example's gradient gains ``λ·W`` on the weight kernels, so the
-mean equals the gradient of the training objective ``mean CE + ½λΣ‖W‖²``.
+mean equals the gradient of the training objective ``mean loss + ½λΣ‖W‖²``.
 
 Memory: per-example gradients are computed in chunks of ``chunk_size`` examples
 (:func:`~jaxnorm.diagnostics._mapping.map_chunks`: ``jax.lax.map``, unrolled on a CPU); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
@@ -54,7 +56,8 @@ from jaxnorm import norms
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.masking import GradientMask, flatten
 from jaxnorm.layers import Norm
-from jaxnorm.objective import cross_entropy, is_weight, l2_penalty
+from jaxnorm.modes import check_bn_mode
+from jaxnorm.objective import get_loss, is_weight, l2_penalty
 
 __all__ = [
     "MODES",
@@ -67,15 +70,14 @@ __all__ = [
     "frozen_batch_stats",
 ]
 
-MODES = ("running", "frozen", "coupled")
+MODES = ("running", "frozen", "batch")  # the BN modes of jaxnorm.modes that per-example gradients take
 WRT = ("params", "inputs", "both")
 
 _DROPOUT_KEY = jax.random.PRNGKey(0)
 
 
-def _check(variables, x, y, mode: str, wrt: str = "params", chunk_size: Optional[int] = None) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown per-example mode {mode!r}; known: {list(MODES)}.")
+def _check(variables, x, y, bn_mode: str, wrt: str = "params", chunk_size: Optional[int] = None) -> None:
+    check_bn_mode(bn_mode, MODES)
     if wrt not in WRT:
         raise ValueError(f"wrt must be one of {list(WRT)}, got {wrt!r}.")
     if "params" not in variables:
@@ -160,7 +162,7 @@ class _Rows(NamedTuple):
     batch: int
 
 
-def _make_rows(module, variables, x, y, *, mode: str, weight_decay: float, rng) -> _Rows:
+def _make_rows(module, variables, x, y, *, bn_mode: str, weight_decay: float, rng, loss="ce") -> _Rows:
     """The gradient rows of one batch: the single place where the three modes differ.
 
     ``rows.fn(idx, xs=None)``; ``xs`` (frozen/running only) evaluates the rows at these
@@ -170,13 +172,14 @@ def _make_rows(module, variables, x, y, *, mode: str, weight_decay: float, rng) 
     params = variables["params"]
     b = x.shape[0]
     rng = rng if rng is not None else _DROPOUT_KEY
+    per_example_loss = get_loss(loss)
     decay = _weight_decay_grad(params, weight_decay) if weight_decay else None
-    if mode == "coupled":
+    if bn_mode == "batch":
         other = {k: v for k, v in variables.items() if k != "params"}
 
         def losses(p, xx):
             logits, _ = module.apply({"params": p, **other}, xx, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-            return cross_entropy(logits, y)
+            return per_example_loss(logits, y)
 
         _, vjp = jax.vjp(losses, params, x)
 
@@ -186,19 +189,19 @@ def _make_rows(module, variables, x, y, *, mode: str, weight_decay: float, rng) 
 
         def coupled_rows(idx, xs=None):
             if xs is not None:
-                raise ValueError("input perturbations are defined for the 'running' and 'frozen' modes only.")
+                raise ValueError("input perturbations are defined for bn_mode 'running' and 'frozen' only.")
             return jax.vmap(one)(idx)
 
         return _Rows(coupled_rows, b)
 
-    stats = frozen_batch_stats(module, variables, x, rng=rng) if mode == "frozen" else None
+    stats = frozen_batch_stats(module, variables, x, rng=rng) if bn_mode == "frozen" else None
     other = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
 
     def single(p, xi, yi, bs):
         v = {"params": p, **other, **({"batch_stats": bs} if bs else {})}
         logits = module.apply(v, xi[None], train=False)
-        loss = cross_entropy(logits, yi[None])[0]
-        return loss + weight_decay * l2_penalty(p) if weight_decay else loss
+        value = per_example_loss(logits, yi[None])[0]
+        return value + weight_decay * l2_penalty(p) if weight_decay else value
 
     grad = jax.grad(single, argnums=(0, 1))
     running_stats = variables.get("batch_stats", {})
@@ -232,7 +235,8 @@ def per_example_grads(
     x: jax.Array,
     y: jax.Array,
     *,
-    mode: str = "frozen",
+    bn_mode: str = "frozen",
+    loss="ce",
     wrt: str = "params",
     chunk_size: Optional[int] = None,
     mask: Optional[GradientMask] = None,
@@ -247,7 +251,8 @@ def per_example_grads(
       variables: ``{'params': ..., 'batch_stats': ...}`` (e.g. ``state.variables``).
       x: ``(b, ...)`` network inputs (already normalized).
       y: ``(b,)`` integer labels.
-      mode: ``'running'``, ``'frozen'`` or ``'coupled'`` (module docstring).
+      bn_mode: ``'running'``, ``'frozen'`` or ``'batch'`` (module docstring).
+      loss: a name from :data:`jaxnorm.objective.LOSSES` or ``(logits, labels) -> (b,)``.
       wrt: ``'params'``, ``'inputs'`` or ``'both'``.
       chunk_size: examples per vectorized chunk (None: the whole batch at once).
       mask: keep only these coordinates of each parameter gradient (§1.6).
@@ -265,8 +270,8 @@ def per_example_grads(
         errors (e.g. a dense BN layer on a batch of one).
       TypeError: non-float inputs or non-integer labels.
     """
-    _check(variables, x, y, mode, wrt, chunk_size)
-    rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=rng)
+    _check(variables, x, y, bn_mode, wrt, chunk_size)
+    rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     return _map_rows(rows, chunk_size, wrt, mask)
 
 
@@ -294,7 +299,8 @@ def per_example_gram(
     x: jax.Array,
     y: jax.Array,
     *,
-    mode: str = "frozen",
+    bn_mode: str = "frozen",
+    loss="ce",
     chunk_size: Optional[int] = None,
     mask: Optional[GradientMask] = None,
     weight_decay: float = 0.0,
@@ -311,8 +317,8 @@ def per_example_gram(
 
     Arguments and errors as :func:`per_example_grads`.
     """
-    _check(variables, x, y, mode, "params", chunk_size)
-    rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=rng)
+    _check(variables, x, y, bn_mode, "params", chunk_size)
+    rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     b = x.shape[0]
     flat = lambda idx: flatten(rows.fn(idx)[0], 1, mask)
     idx = _chunks(b, chunk_size)
@@ -330,7 +336,8 @@ def per_example_sq_norms(
     x: jax.Array,
     y: jax.Array,
     *,
-    mode: str = "frozen",
+    bn_mode: str = "frozen",
+    loss="ce",
     chunk_size: Optional[int] = None,
     mask: Optional[GradientMask] = None,
     weight_decay: float = 0.0,
@@ -338,8 +345,8 @@ def per_example_sq_norms(
 ) -> jax.Array:
     """``(b,)`` squared norms ``‖g_i‖²`` of the per-example weight gradients, one chunk of
     gradients in memory at a time. Arguments and errors as :func:`per_example_grads`."""
-    _check(variables, x, y, mode, "params", chunk_size)
-    rows = _make_rows(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=rng)
+    _check(variables, x, y, bn_mode, "params", chunk_size)
+    rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     sq = lambda idx: jnp.sum(jnp.square(flatten(rows.fn(idx)[0], 1, mask)), axis=-1)
     idx = _chunks(x.shape[0], chunk_size)
     return sq(idx[0]) if idx.shape[0] == 1 else map_chunks(sq, idx).reshape(-1)[: x.shape[0]]
@@ -351,29 +358,31 @@ def batch_loss_fn(
     x: jax.Array,
     y: jax.Array,
     *,
-    mode: str = "coupled",
+    bn_mode: str = "batch",
+    loss="ce",
     weight_decay: float = 0.0,
     rng: Optional[jax.Array] = None,
 ) -> Callable[[Any], jax.Array]:
-    """``loss(params) -> scalar``: the batch's mean loss under ``mode``, as a function of
+    """``loss(params) -> scalar``: the batch's mean loss under ``bn_mode``, as a function of
     the weights (the matrix-free boundary of the weight-space metrics).
 
-    ``'coupled'`` is training's objective (BN with the statistics of the batch at the
+    ``'batch'`` is training's objective (BN with the statistics of the batch at the
     given weights, differentiated through); ``'frozen'`` recomputes the batch statistics
     at the given weights and does not differentiate through them (its gradient is the
     mean of the ``frozen`` per-example gradients); ``'running'`` uses the running
     statistics. Running statistics are never updated.
     """
-    _check(variables, x, y, mode)
+    _check(variables, x, y, bn_mode)
     rng = rng if rng is not None else _DROPOUT_KEY
     other = {k: v for k, v in variables.items() if k != "params"}
     penalty = (lambda p: weight_decay * l2_penalty(p)) if weight_decay else (lambda p: 0.0)
+    per_example_loss = get_loss(loss)
 
-    def loss(params):
+    def batch_loss(params):
         v = {"params": params, **other}
-        if mode == "running":
+        if bn_mode == "running":
             logits = module.apply(v, x, train=False)
-        elif mode == "coupled":
+        elif bn_mode == "batch":
             logits, _ = module.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
         else:
             stats = frozen_batch_stats(module, v, x, rng=rng)
@@ -383,9 +392,9 @@ def batch_loss_fn(
             else:  # ghost groups: each example has its group's statistics
                 single = lambda xi, s: module.apply({**v, "batch_stats": s}, xi[None], train=False)[0]
                 logits = jax.vmap(single)(x, stats)
-        return jnp.mean(cross_entropy(logits, y)) + penalty(params)
+        return jnp.mean(per_example_loss(logits, y)) + penalty(params)
 
-    return loss
+    return batch_loss
 
 
 def _varies(module, variables, x) -> bool:
@@ -393,8 +402,8 @@ def _varies(module, variables, x) -> bool:
     return any(g is not None and g < x.shape[0] for g in _batch_norm_paths(module, variables, x).values())
 
 
-def mean_gradient(module, variables, x, y, *, mode: str = "coupled", weight_decay: float = 0.0, rng=None):
-    """``ḡ = ∇_θ`` of :func:`batch_loss_fn` (a params-shaped pytree). In ``coupled`` mode it
+def mean_gradient(module, variables, x, y, *, bn_mode: str = "batch", weight_decay: float = 0.0, rng=None, loss="ce"):
+    """``ḡ = ∇_θ`` of :func:`batch_loss_fn` (a params-shaped pytree). In ``batch`` mode it
     is the training step's gradient; in every mode it equals the mean of the
     corresponding per-example gradients."""
-    return jax.grad(batch_loss_fn(module, variables, x, y, mode=mode, weight_decay=weight_decay, rng=rng))(variables["params"])
+    return jax.grad(batch_loss_fn(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss))(variables["params"])

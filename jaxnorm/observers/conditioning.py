@@ -25,8 +25,8 @@ Metrics (source document 002; definitions in the modules named):
 =============================  ==========================================================
 
 Batch gradients (κ_W, Def. 4.1, confusion, diversity) are training's gradients
-(``'coupled'``: BatchNorm with the batch's statistics, differentiated through);
-per-example quantities use ``mode`` (default ``'frozen'``; see
+(``bn_mode='batch'``: BatchNorm with the batch's statistics, differentiated through);
+per-example quantities use ``bn_mode`` (default ``'frozen'``; see
 :mod:`~jaxnorm.diagnostics.per_example`).
 """
 
@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm.data.augmentation import normalize
+from jaxnorm.modes import check_bn_mode
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.dissonance import confusion_from_gram, gradient_coherence, gradient_diversity
 from jaxnorm.diagnostics.effective_rank import relative_gradient_rank
@@ -64,8 +65,8 @@ class GradientConditioning:
       mean, std: the dataset's normalization constants.
       metrics: names from :data:`METRICS` (default: all).
       every: interval in steps (the thesis samples about twice per epoch).
-      mode: per-example BatchNorm semantics, ``'frozen'`` (default) or ``'running'``
-        (``'coupled'`` per-example gradients are available from
+      bn_mode: per-example BatchNorm semantics, ``'frozen'`` (default) or ``'running'``
+        (``'batch'`` (coupled) per-example gradients are available from
         :func:`~jaxnorm.diagnostics.per_example.per_example_grads` but cost b backward
         passes and do not define κ_X).
       batch_size: examples per batch (the thesis: the training batch size, 64).
@@ -101,7 +102,7 @@ class GradientConditioning:
         std,
         metrics: Sequence[str] = METRICS,
         every: int = 50,
-        mode: str = "frozen",
+        bn_mode: str = "frozen",
         batch_size: int = 64,
         num_batches: int = 4,
         weight_perturbation: str = "limited_targeted",
@@ -118,8 +119,7 @@ class GradientConditioning:
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown or not metrics:
             raise ValueError(f"unknown conditioning metric(s) {unknown or metrics}; known: {list(METRICS)}.")
-        if mode not in ("frozen", "running"):
-            raise ValueError(f"observer mode must be 'frozen' or 'running' (of {list(MODES)}), got {mode!r}.")
+        check_bn_mode(bn_mode, ("frozen", "running"))
         if weight_perturbation not in PERTURBATIONS:
             raise ValueError(f"unknown weight perturbation {weight_perturbation!r}; known: {sorted(PERTURBATIONS)}.")
         if every < 1 or batch_size < 2 or num_batches < 1:
@@ -141,7 +141,7 @@ class GradientConditioning:
         need = num_batches * batch_size
         if len(labels) < need:
             raise ValueError(f"the pool holds {len(labels)} examples; num_batches * batch_size = {need} are drawn per call.")
-        self.module, self.metrics, self.every, self.mode = module, metrics, every, mode
+        self.module, self.metrics, self.every, self.bn_mode = module, metrics, every, bn_mode
         self.images, self.labels = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
         self.mean, self.std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
         self.batch_size, self.num_batches = batch_size, num_batches
@@ -171,7 +171,7 @@ class GradientConditioning:
 
         need_per_example = wanted & set(PER_EXAMPLE) or (wanted & set(WEIGHT_SPACE) and self.weight_perturbation == "targeted")
         if need_per_example:
-            gp, gx = per_example_grads(self.module, variables, x, y, mode=self.mode, wrt="both", **common)
+            gp, gx = per_example_grads(self.module, variables, x, y, bn_mode=self.bn_mode, wrt="both", **common)
             g = flatten(gp, 1, self.mask)
             for m, fn in {
                 "weight_rank": lambda: relative_gradient_rank(g),
@@ -182,7 +182,7 @@ class GradientConditioning:
                 if m in wanted:
                     out[m] = fn()
         if wanted & set(WEIGHT_SPACE):
-            loss = batch_loss_fn(self.module, variables, x, y, mode="coupled", weight_decay=self.weight_decay)
+            loss = batch_loss_fn(self.module, variables, x, y, bn_mode="batch", weight_decay=self.weight_decay)
             omegas = weight_perturbations(
                 self.weight_perturbation,
                 k_w,
@@ -196,10 +196,10 @@ class GradientConditioning:
             out.update({m: ws[m] for m in WEIGHT_SPACE if m in wanted})
         if "kappa_x" in wanted:
             out["kappa_x"] = input_condition_number(
-                self.module, variables, x, y, key=k_x, mode=self.mode, n=self.n_x, m=self.m_x, eta=self.eta, mask=self.mask, **common
+                self.module, variables, x, y, key=k_x, bn_mode=self.bn_mode, n=self.n_x, m=self.m_x, eta=self.eta, mask=self.mask, **common
             )
         if wanted & set(BATCHES):
-            grad_of = lambda xb, yb: jax.grad(batch_loss_fn(self.module, variables, xb, yb, mode="coupled", weight_decay=self.weight_decay))(params)
+            grad_of = lambda xb, yb: jax.grad(batch_loss_fn(self.module, variables, xb, yb, bn_mode="batch", weight_decay=self.weight_decay))(params)
             gb = flatten(map_chunks(lambda b: grad_of(*b), (xs, ys)), 1, self.mask)
             if "confusion" in wanted:
                 out["confusion"] = confusion_from_gram(gb @ gb.T)

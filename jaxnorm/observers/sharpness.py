@@ -7,7 +7,7 @@ examples every time, so the curve over training reflects the weights, not the sa
 and writes ``metrics.jsonl`` lines
 
     {"kind": "sharpness", "step": s, "sharpness": λ, "loss": L, "iterations": n,
-     "bn_mode": "train", "method": "lanczos"}
+     "bn_mode": "batch", "method": "lanczos"}
 
 Each measurement starts from the previous one's eigenvector (the observer's *carry*,
 see :mod:`jaxnorm.observers.protocol`): between two measurements the top eigenvector turns
@@ -24,7 +24,7 @@ Methods (a registry, :data:`METHODS`):
   tolerance ``tol`` (``iterations`` records how many ran); the eigenvalue of largest
   magnitude, which is the sharpness only once the positive end dominates.
 
-BatchNorm: ``bn_mode='train'`` (default; batch statistics of each probe batch,
+BatchNorm: ``bn_mode='batch'`` (default; batch statistics of each probe batch,
 differentiated through: the Hessian of the objective training descends) or ``'eval'``
 (running statistics, PyHessian's choice); every line records it. The probe set is split
 into ``len(labels) // batch_size`` batches (use the training batch size: in train mode
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxnorm.data.augmentation import normalize
+from jaxnorm.modes import check_bn_mode
 from jaxnorm.diagnostics.hessian import BN_MODES, hessian_loss_fn, lanczos, power_iteration, top_eigenpairs
 
 __all__ = ["METHODS", "Sharpness"]
@@ -77,7 +78,9 @@ class Sharpness:
       method: ``'lanczos'`` (default) or ``'power_iteration'``.
       num_iters: Lanczos steps, or the power-iteration cap (HVPs per measurement).
       tol: power iteration's relative tolerance (unused by Lanczos).
-      bn_mode: ``'train'`` (default) or ``'eval'``.
+      bn_mode: ``'batch'`` (default) or ``'running'`` (:mod:`jaxnorm.modes`).
+      loss: the loss whose Hessian is measured: a name from
+        :data:`jaxnorm.objective.LOSSES` (default ``'ce'``) or a per-example callable.
       weight_decay: λ of the training loss's ``0.5·λ·Σ‖W‖²`` (kernels), to measure the
         Hessian of exactly what is trained.
       seed: the key of the first (cold) start vector.
@@ -103,14 +106,14 @@ class Sharpness:
         method: str = "lanczos",
         num_iters: int = 20,
         tol: float = 1e-3,
-        bn_mode: str = "train",
+        bn_mode: str = "batch",
+        loss="ce",
         weight_decay: float = 0.0,
         seed: int = 0,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown sharpness method {method!r}; known: {sorted(METHODS)}.")
-        if bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode must be one of {sorted(BN_MODES)}, got {bn_mode!r}.")
+        check_bn_mode(bn_mode, BN_MODES)
         if every < 1 or num_iters < 1:
             raise ValueError(f"need every >= 1 and num_iters >= 1; got {every} and {num_iters}.")
         n = len(labels)
@@ -123,8 +126,8 @@ class Sharpness:
         self.x = x.reshape((k, batch_size) + x.shape[1:])
         self.y = y.reshape(k, batch_size)
         self.module, self.every, self.method, self.num_iters, self.tol = module, every, method, num_iters, tol
-        self.bn_mode, self.weight_decay, self.seed = bn_mode, weight_decay, seed
-        self.annotations = {"bn_mode": bn_mode, "method": method}
+        self.bn_mode, self.weight_decay, self.seed, self.loss = bn_mode, weight_decay, seed, loss
+        self.annotations = {"bn_mode": bn_mode, "method": method, **({"loss": loss} if isinstance(loss, str) else {})}
 
     def init_carry(self, state) -> Any:
         """The first start vector: a unit Gaussian direction, params-shaped."""
@@ -135,6 +138,6 @@ class Sharpness:
         return jax.tree.unflatten(treedef, [a / norm for a in v])
 
     def __call__(self, state, carry) -> tuple[dict[str, jax.Array], Any]:
-        loss = hessian_loss_fn(self.module, state.variables, self.x, self.y, bn_mode=self.bn_mode, weight_decay=self.weight_decay)
+        loss = hessian_loss_fn(self.module, state.variables, self.x, self.y, bn_mode=self.bn_mode, weight_decay=self.weight_decay, loss=self.loss)
         value, vector, used = METHODS[self.method](loss, state.params, carry, self.num_iters, self.tol)
         return {"sharpness": value, "loss": loss(state.params), "iterations": used}, vector

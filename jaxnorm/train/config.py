@@ -13,9 +13,13 @@ import json
 import re
 from typing import Any, Mapping, Optional
 
+from jaxnorm._registry import lookup
 from jaxnorm.data.augmentation import AugmentConfig
+from jaxnorm.modes import check_bn_mode
+from jaxnorm.objective import LOSSES
+from jaxnorm.train.optim import OPTIMIZERS
 
-EVAL_MODES = ("running", "batch")
+EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +34,20 @@ class TrainConfig:
       norm: a name from :data:`jaxnorm.layers.NORMS`.
 
     How:
+      loss: the per-example loss, a name from :data:`jaxnorm.objective.LOSSES`
+        (``'ce'``: cross-entropy; ``'mse'``: squared error against one-hot targets).
       batch_size, epochs: as usual; ``max_steps`` caps the total (quick runs).
-      learning_rate, momentum, nesterov, schedule, schedule_kwargs: see
-        :func:`jaxnorm.train.optim.make_optimizer`.
-      weight_decay: λ of the L2 term ``0.5 λ Σ ||W||²`` added to the loss (weights only).
+      full_batch: full-batch gradient descent: every step uses the whole training
+        subset in its stored order (no shuffling, ``batch_size`` ignored), so an epoch
+        is one step (Cohen et al.'s edge-of-stability setting).
+      optimizer: ``'sgd'``, ``'adam'`` or ``'adamw'``; optimizer_kwargs: Adam's
+        ``b1``/``b2``/``eps``.
+      learning_rate, momentum, nesterov, schedule, schedule_kwargs, warmup_steps: see
+        :func:`jaxnorm.train.optim.make_optimizer`. The learning rate, momentum and
+        weight decay are data (in the optimizer state): runs that differ only in them
+        train as one program in :func:`~jaxnorm.train.fit_many`.
+      weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||W||²`` added to the
+        loss (weights only); for ``adamw`` decoupled decay of the weights.
       augment: :class:`jaxnorm.data.AugmentConfig` for training batches, or None for
         normalization only.
       train_split, eval_splits: dataset splits; evaluation runs on each eval split.
@@ -58,8 +72,13 @@ class TrainConfig:
 
     Bookkeeping:
       eval_every_epochs: evaluate every k epochs (and after the last).
-      eval_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
-        (BN uses each eval batch's statistics, as TENT's baseline does).
+      eval_bn_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
+        (BN uses each eval batch's statistics, as TENT's baseline does); the
+        vocabulary of :mod:`jaxnorm.modes`.
+      divergence_factor: a run has also diverged once its training loss exceeds this
+        multiple of its first step's loss (None: only a non-finite loss is divergence).
+        Gradient descent past the edge of stability can climb for many steps with a
+        finite loss.
       eval_batch_size: batch size of evaluation.
       log_every_steps: how often training metrics are pulled to the host (the only
         host sync of the hot loop) and written to ``metrics.jsonl``.
@@ -77,14 +96,19 @@ class TrainConfig:
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     norm: str = "bn_gamma_beta"
 
+    loss: str = "ce"
     batch_size: int = 128
     epochs: int = 1
     max_steps: Optional[int] = None
+    full_batch: bool = False
+    optimizer: str = "sgd"
+    optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     learning_rate: float = 0.01
     momentum: float = 0.0
     nesterov: bool = False
     schedule: str = "constant"
     schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     augment: Optional[AugmentConfig] = None
     train_split: str = "train"
@@ -98,7 +122,8 @@ class TrainConfig:
     tag: str = ""
 
     eval_every_epochs: int = 1
-    eval_mode: str = "running"
+    eval_bn_mode: str = "running"
+    divergence_factor: Optional[float] = None
     eval_batch_size: int = 500
     log_every_steps: int = 50
     record_every_steps: int = 5
@@ -117,10 +142,19 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f} must be >= 1, got {getattr(self, f)}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}.")
-        if self.eval_mode not in EVAL_MODES:
-            raise ValueError(f"TrainConfig.eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}.")
+        check_bn_mode(self.eval_bn_mode, EVAL_BN_MODES, where="TrainConfig.eval_bn_mode")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+        if self.momentum < 0:
+            raise ValueError(f"TrainConfig.momentum must be >= 0, got {self.momentum}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"TrainConfig.divergence_factor must be > 1 or None, got {self.divergence_factor}.")
+        lookup(LOSSES, self.loss, "TrainConfig.loss")
+        lookup({k: k for k in OPTIMIZERS}, self.optimizer, "TrainConfig.optimizer")
         if self.frozen is not None:
             try:
                 re.compile(self.frozen)
@@ -149,6 +183,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["model_kwargs"] = dict(self.model_kwargs)
         d["schedule_kwargs"] = dict(self.schedule_kwargs)
+        d["optimizer_kwargs"] = dict(self.optimizer_kwargs)
         d["eval_splits"] = list(self.eval_splits)
         return json.loads(json.dumps(d, default=str))
 
@@ -156,6 +191,8 @@ class TrainConfig:
     def from_dict(cls, d: Mapping) -> "TrainConfig":
         """Inverse of :meth:`to_dict` (e.g. from a run's ``config.json``)."""
         d = dict(d)
+        if "eval_mode" in d:  # the field's name before the one BN-mode vocabulary
+            d["eval_bn_mode"] = d.pop("eval_mode")
         if d.get("augment") is not None:
             d["augment"] = AugmentConfig(**d["augment"])
         d["eval_splits"] = tuple(d.get("eval_splits", ()))

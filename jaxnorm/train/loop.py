@@ -46,7 +46,7 @@ from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
-from jaxnorm.train.optim import make_optimizer
+from jaxnorm.train.optim import make_optimizer, momentum_structure
 from jaxnorm.results import (
     RunDir,
     append_jsonl,
@@ -156,7 +156,9 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunD
     return run
 
 
-_PER_RUN_FIELDS = ("seed", "name")
+#: Fields in which runs trained as one program may differ: bookkeeping, and the
+#: hyperparameters that live in the optimizer state (data, not structure).
+_PER_RUN_FIELDS = ("seed", "name", "tag", "learning_rate", "weight_decay", "momentum")
 
 
 def _check_compatible(configs: Sequence[TrainConfig]) -> bool:
@@ -180,10 +182,168 @@ def _check_compatible(configs: Sequence[TrainConfig]) -> bool:
                 f"runs trained together may differ only in {per_run} (norm: among the ablation "
                 f"variants); {c.name!r} also differs in {diff}."
             )
+    if len({momentum_structure(c.momentum) for c in configs}) > 1:
+        raise ValueError("runs trained together must all use momentum (> 0) or all none: the momentum buffer is structure.")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be unique, got {names}.")
     return mixed
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What every run of a program shares: data, shapes and step counts."""
+
+    config: TrainConfig
+    images: np.ndarray
+    labels: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    num_classes: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    last_epoch: int
+    shuffle: bool
+
+
+def _plan(cfg: TrainConfig) -> _Plan:
+    """Loads the training split and derives the batch size and step counts (full batch:
+    the whole subset every step, in its stored order)."""
+    train = load(cfg.dataset, cfg.train_split)
+    images, labels = train.images, train.labels
+    if cfg.train_subset is not None:
+        images, labels = images[: cfg.train_subset], labels[: cfg.train_subset]
+    n = len(labels)
+    batch_size = n if cfg.full_batch else cfg.batch_size
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} exceeds the {n} training examples.")
+    spe = steps_per_epoch(n, batch_size)
+    total = spe * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, spe * cfg.epochs)
+    return _Plan(cfg, images, labels, train.mean, train.std, train.num_classes, batch_size, spe, total, math.ceil(total / spe) - 1, not cfg.full_batch)
+
+
+def _optimizer(c: TrainConfig, plan: _Plan):
+    return make_optimizer(
+        c.learning_rate,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+        weight_decay=c.weight_decay,
+        schedule=c.schedule,
+        schedule_kwargs=c.schedule_kwargs,
+        warmup_steps=c.warmup_steps,
+        total_steps=plan.total_steps,
+        steps_per_epoch=plan.steps_per_epoch,
+        optimizer_kwargs=c.optimizer_kwargs,
+        frozen=c.frozen,
+        track_step_conditioning=c.track_step_conditioning,
+    )
+
+
+class _Program:
+    """The compiled functions of N stacked runs, with their placement on the devices.
+
+    Built once per ``fit_many``: ``train_step``, ``evaluate``, one function per observer
+    and the epoch permutation, each traced once (``traced.counts``)."""
+
+    def __init__(self, plan: _Plan, configs: Sequence[TrainConfig], module, observers, strategy: str):
+        cfg, num = plan.config, len(configs)
+        self.num, self.observers = num, list(observers)
+        n_dev = cfg.num_devices or 1
+        mesh = parallel.make_mesh(n_dev)
+        parallel.check_batch_divisible(plan.batch_size, mesh)
+        # One device: default placement. Several: everything replicated, each batch sharded;
+        # outputs pinned to the same placement so no call ever sees new shardings (no retrace).
+        rep = parallel.replicated(mesh) if n_dev > 1 else None
+        self.place = (lambda t: parallel.put_replicated(t, mesh)) if n_dev > 1 else jax.device_put
+        jit = lambda f, **kw: jax.jit(f, **({"out_shardings": rep} if rep is not None else {}), **kw)
+        self.traced = _TraceCounter()
+        txs = [_optimizer(c, plan) for c in configs]  # one per run: each state holds its own hyperparameters
+        step_fn = make_train_step(
+            module,
+            txs[0],  # the update reads the hyperparameters from each run's state
+            batch_size=plan.batch_size,
+            mean=plan.mean,
+            std=plan.std,
+            loss=cfg.loss,
+            augment_config=cfg.augment,
+            batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
+        )
+        self.train_step = jit(self.traced("train_step", map_over_runs(step_fn, strategy, (0, None, 0, 0, None, None), num)), donate_argnums=(0,))
+        evaluate = make_evaluate(module, mean=plan.mean, std=plan.std, bn_mode=cfg.eval_bn_mode, loss=cfg.loss)
+        self.evaluate = jit(self.traced("evaluate", map_over_runs(evaluate, strategy, (0, None, None, None), num)))
+        # Observers copy out of the state: the next step donates (invalidates) its buffers.
+        # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
+        self._observe = {
+            o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num)) for o in self.observers
+        }
+        self._init_carry = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num)) for o in self.observers if is_stateful(o)}
+        if plan.shuffle:
+            self.permute = jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
+        else:  # full batch: the stored order every step
+            self.permute = lambda seeds, epoch, n: jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (len(seeds), n))
+        sample = jnp.asarray(plan.images[:1])
+        self.states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c, tx in zip(configs, txs)]
+        self.carries: dict = {}
+
+    def start_carries(self, state) -> None:
+        self.carries = {name: init(state) for name, init in self._init_carry.items()}
+
+    def observe(self, o, state):
+        if not is_stateful(o):
+            return self._observe[o.name](state)
+        record, self.carries[o.name] = self._observe[o.name](state, self.carries[o.name])
+        return record
+
+
+def _eval_data(plan: _Plan, place) -> dict:
+    cfg = plan.config
+    out = {}
+    for split in cfg.eval_splits:
+        ds = load(cfg.dataset, split)
+        images, labels = ds.images[: cfg.eval_subset], ds.labels[: cfg.eval_subset]
+        laid = layout_eval(images, labels, min(cfg.eval_batch_size, len(labels)), drop_remainder=cfg.eval_bn_mode == "batch")
+        out[split] = place(tuple(jnp.asarray(a) for a in laid))
+    return out
+
+
+def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool):
+    """Resumes every run from its latest checkpoint (all runs together, or none).
+
+    Returns ``(state, step, start_epoch, initial_losses)``; a fresh start records the
+    observers' view of the initial state first."""
+    num = program.num
+    latest = [c.latest_step() if (c is not None and resume) else None for c in ckpts]
+    if not any(s is not None for s in latest):
+        program.start_carries(state)
+        initial = jax.device_get({o.name: program.observe(o, state) for o in program.observers})
+        for i, (r, t) in enumerate(zip(runs, traj)):
+            lines: list[dict] = []
+            for o in program.observers:  # the state before the first step
+                _record(o, _run_slice(initial[o.name], i), 0, t, lines)
+            rewrite_jsonl(r.metrics, lines)
+        return state, 0, 0, [None] * num
+    if len(set(latest)) != 1:
+        found = {c.name: s for c, s in zip(configs, latest)}
+        raise CheckpointError(
+            f"runs trained together resume together, from one step; their latest checkpoints are {found}. "
+            "Train them under new names, or delete the runs that are ahead or behind."
+        )
+    template = unstack(state, num)[0]
+    restored = [c.restore(template) for c in ckpts]
+    state = program.place(stack([r[0] for r in restored]))
+    meta = restored[0][1]
+    step, start_epoch = int(meta["step"]), int(meta["next_epoch"])
+    for r, t in zip(runs, traj):
+        rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
+        _load_trajectories(r, t, step)
+    program.start_carries(state)
+    program.carries = {
+        name: program.place(stack([_load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
+        for name, carry in program.carries.items()
+    }
+    return state, step, start_epoch, [m[1].get("initial_loss") for m in restored]
 
 
 def fit(
@@ -222,9 +382,11 @@ def fit_many(
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[FitResult]:
-    """Trains N runs that differ only in ``seed``, ``name`` and the ablation variant
-    (``norm`` among ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta``, ``bn_gamma_beta``) in
-    one compiled program.
+    """Trains N runs as one compiled program. They may differ in ``seed``, ``name``,
+    ``tag``, the hyperparameters held in the optimizer state (``learning_rate``,
+    ``weight_decay``, ``momentum`` -- all with momentum or all without) and the ablation
+    variant (``norm`` among ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta``,
+    ``bn_gamma_beta``).
 
     Each run writes its own folder exactly as :func:`fit` would. Runs of one norm equal
     the same run trained alone (bit-for-bit with ``strategy='loop'`` and ``'map'``; up to
@@ -239,8 +401,8 @@ def fit_many(
     loop on CPU).
 
     Raises:
-      ValueError: the configs differ in more than seed/name, or names repeat; and the
-        errors of :func:`fit`.
+      ValueError: the configs differ in more than the per-run fields above, mix runs
+        with and without momentum, or names repeat; and the errors of :func:`fit`.
     """
     configs = list(configs)
     superset = _check_compatible(configs)
@@ -253,160 +415,39 @@ def fit_many(
     if len(set(names)) != len(names):
         raise ValueError(f"observer names must be unique, got {names}.")
 
-    train = load(cfg.dataset, cfg.train_split)
-    images, labels = train.images, train.labels
-    if cfg.train_subset is not None:
-        images, labels = images[: cfg.train_subset], labels[: cfg.train_subset]
-    n = len(labels)
-    if cfg.batch_size > n:
-        raise ValueError(f"batch size {cfg.batch_size} exceeds the {n} training examples.")
-    spe = steps_per_epoch(n, cfg.batch_size)
-    total_steps = spe * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, spe * cfg.epochs)
-    last_epoch = math.ceil(total_steps / spe) - 1
-
-    n_dev = cfg.num_devices or 1
-    mesh = parallel.make_mesh(n_dev)
-    parallel.check_batch_divisible(cfg.batch_size, mesh)
-    module = build_model(cfg, train.num_classes, norm="bn_ablation" if superset else None)
-    tx = make_optimizer(
-        cfg.learning_rate,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        schedule=cfg.schedule,
-        schedule_kwargs=cfg.schedule_kwargs,
-        steps_per_epoch=spe,
-        frozen=cfg.frozen,
-        track_step_conditioning=cfg.track_step_conditioning,
-    )
-    sample = jnp.asarray(images[:1])
-    states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c in configs]
+    plan = _plan(cfg)
+    module = build_model(cfg, plan.num_classes, norm="bn_ablation" if superset else None)
+    program = _Program(plan, configs, module, observers, strategy)
+    states = program.states
     if superset:
         states = [st.replace(batch_stats=set_ablation_variant(st.batch_stats, c.norm)) for st, c in zip(states, configs)]
-    state = stack(states)
-    # One device: default placement. Several: everything replicated, each batch sharded;
-    # outputs pinned to the same placement so no call ever sees new shardings (no retrace).
-    rep = parallel.replicated(mesh) if n_dev > 1 else None
-    place = (lambda t: parallel.put_replicated(t, mesh)) if n_dev > 1 else jax.device_put
-    jit = lambda f, **kw: jax.jit(f, **({"out_shardings": rep} if rep is not None else {}), **kw)
-    state = place(state)
-    data = place((jnp.asarray(images), jnp.asarray(labels)))
-    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    state = program.place(stack(states))
+    data = program.place((jnp.asarray(plan.images), jnp.asarray(plan.labels)))
+    eval_data = _eval_data(plan, program.place)
 
-    step_fn = make_train_step(
-        module,
-        tx,
-        batch_size=cfg.batch_size,
-        mean=train.mean,
-        std=train.std,
-        weight_decay=cfg.weight_decay,
-        augment_config=cfg.augment,
-        batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
-    )
-    multi_step = map_over_runs(step_fn, strategy, (0, None, 0, 0, None, None), num)
-    traced = _TraceCounter()
-    train_step = jit(traced("train_step", multi_step), donate_argnums=(0,))
-    evaluate = jit(
-        traced(
-            "evaluate",
-            map_over_runs(make_evaluate(module, mean=train.mean, std=train.std, mode=cfg.eval_mode), strategy, (0, None, None, None), num),
-        )
-    )
-    eval_data = {}
-    for split in cfg.eval_splits:
-        ds = load(cfg.dataset, split)
-        ev_images, ev_labels = ds.images[: cfg.eval_subset], ds.labels[: cfg.eval_subset]
-        laid = layout_eval(ev_images, ev_labels, min(cfg.eval_batch_size, len(ev_labels)), drop_remainder=cfg.eval_mode == "batch")
-        eval_data[split] = place(tuple(jnp.asarray(a) for a in laid))
-    # Observers copy out of the state: the next step donates (invalidates) its buffers.
-    # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
-    observe = {
-        o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num))
-        for o in observers
-    }
-    carries = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num))(state) for o in observers if is_stateful(o)}
-
-    def observed(o, st):
-        if not is_stateful(o):
-            return observe[o.name](st)
-        record, carries[o.name] = observe[o.name](st, carries[o.name])
-        return record
-    permute = jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
-
-    # ---- resume (all runs together, or none)
     ckpts = [Checkpointer(r.checkpoints) if cfg.checkpoint_every_epochs > 0 else None for r in runs]
     traj = [{o.name: {"steps": [], "records": []} for o in observers if o.sink == "trajectories"} for _ in runs]
-    step, start_epoch = 0, 0
-    latest = [c.latest_step() if (c is not None and resume) else None for c in ckpts]
-    if any(s is not None for s in latest):
-        if len(set(latest)) != 1:
-            found = {c.name: s for c, s in zip(configs, latest)}
-            raise CheckpointError(
-                f"runs trained together resume together, from one step; their latest checkpoints are {found}. "
-                "Train them under new names, or delete the runs that are ahead or behind."
-            )
-        template = unstack(state, num)[0]
-        restored = [c.restore(template) for c in ckpts]
-        state = place(stack([r[0] for r in restored]))
-        step, start_epoch = int(restored[0][1]["step"]), int(restored[0][1]["next_epoch"])
-        for r, t in zip(runs, traj):
-            rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
-            _load_trajectories(r, t, step)
-        carries = {
-            name: place(stack([_load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
-            for name, carry in carries.items()
-        }
-    else:
-        initial = jax.device_get({o.name: observed(o, state) for o in observers})
-        for i, (r, t) in enumerate(zip(runs, traj)):
-            lines: list[dict] = []
-            for o in observers:  # the state before the first step
-                _record(o, _run_slice(initial[o.name], i), 0, t, lines)
-            rewrite_jsonl(r.metrics, lines)
+    state, step, start_epoch, initial_losses = _restore(program, configs, runs, ckpts, traj, state, resume)
     for r in runs:
         write_json(r.status, {"status": "running", "step": step})
 
     # In the superset every run has γ and β; record only those its variant learns.
     keep = [_learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
-    program = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
-    pending, pending_obs = [], []
-    divergence: list[Optional[dict]] = [None] * num
+    info = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
+    loop = _Loop(plan, program, runs, traj, initial_losses)
     desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=desc, leave=False)
+    bar = tqdm(total=plan.total_steps, initial=step, disable=not progress, desc=desc, leave=False)
+    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     try:
-        for epoch in range(start_epoch, last_epoch + 1):
-            perm = permute(seeds, epoch, n)
-            for s in range(spe):
-                if step >= total_steps:
-                    break
-                state, m = train_step(state, data, perm, seeds, jnp.int32(epoch), jnp.int32(s))
-                pending.append(m)
-                step += 1
-                for o in observers:
-                    if step % o.every == 0:
-                        pending_obs.append((o, step, observed(o, state)))
-                if step % cfg.log_every_steps == 0 or s == spe - 1 or step == total_steps:
-                    _sync(runs, pending, pending_obs, traj, divergence, step, epoch)
-                    bar.update(len(pending))
-                    pending, pending_obs = [], []
-                    if all(divergence):
-                        break
-            if all(divergence):
+        for epoch in range(start_epoch, plan.last_epoch + 1):
+            state, step = loop.epoch(state, data, seeds, epoch, step, bar)
+            if all(loop.divergence):
                 break
-            finished_epoch = epoch == last_epoch
-            if (epoch + 1) % cfg.eval_every_epochs == 0 or finished_epoch:
-                totals = jax.device_get({split: evaluate(state, *arrays) for split, arrays in eval_data.items()})
-                for i, r in enumerate(runs):
-                    if not divergence[i]:
-                        append_jsonl(r.metrics, _eval_lines(_run_slice(totals, i), epoch, step))
-            if (epoch + 1) % max(cfg.checkpoint_every_epochs, 1) == 0 or finished_epoch:
-                one_state = unstack(state, num)
-                one_carry = {name: unstack(jax.device_get(c), num) for name, c in carries.items()}
-                for i, (r, c) in enumerate(zip(runs, ckpts)):
-                    if c is not None and not divergence[i]:
-                        _write_trajectories(r, traj[i], keep[i])
-                        _save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
-                        c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1})
-                        _prune_carries(r, c.steps())
+            finished = epoch == plan.last_epoch
+            if (epoch + 1) % cfg.eval_every_epochs == 0 or finished:
+                loop.evaluate(state, eval_data, epoch, step)
+            if (epoch + 1) % max(cfg.checkpoint_every_epochs, 1) == 0 or finished:
+                loop.checkpoint(state, ckpts, keep, epoch, step)
         for r, t, k in zip(runs, traj, keep):
             _write_trajectories(r, t, k)
     except BaseException as e:
@@ -421,12 +462,99 @@ def fit_many(
 
     results = []
     for i, (r, st) in enumerate(zip(runs, unstack(state, num))):
-        d = divergence[i]
+        d = loop.divergence[i]
         status = "diverged" if d else "finished"
         last = d["step"] if d else step
-        write_json(r.status, {"status": status, "step": last, "program": program, **({"divergence": d} if d else {})})
-        results.append(FitResult(st, status, last, r.root, d, read_jsonl(r.metrics), dict(traced.counts)))
+        write_json(r.status, {"status": status, "step": last, "program": info, **({"divergence": d} if d else {})})
+        results.append(FitResult(st, status, last, r.root, d, read_jsonl(r.metrics), dict(program.traced.counts)))
     return results
+
+
+class _Loop:
+    """The hot loop of one program: dispatches steps and observers, syncs with the host
+    every ``log_every_steps`` steps (the only host syncs), evaluates and checkpoints;
+    keeps each run's divergence record."""
+
+    def __init__(self, plan: _Plan, program: _Program, runs, traj, initial_losses):
+        self.plan, self.program, self.runs, self.traj = plan, program, runs, traj
+        self.divergence: list[Optional[dict]] = [None] * program.num
+        self.initial_losses = list(initial_losses)
+        self.pending, self.pending_obs = [], []
+
+    def epoch(self, state, data, seeds, epoch: int, step: int, bar):
+        plan, program, cfg = self.plan, self.program, self.plan.config
+        perm = program.permute(seeds, epoch, len(plan.labels))
+        for s in range(plan.steps_per_epoch):
+            if step >= plan.total_steps:
+                break
+            state, m = program.train_step(state, data, perm, seeds, jnp.int32(epoch), jnp.int32(s))
+            self.pending.append(m)
+            step += 1
+            for o in program.observers:
+                if step % o.every == 0:
+                    self.pending_obs.append((o, step, program.observe(o, state)))
+            if step % cfg.log_every_steps == 0 or s == plan.steps_per_epoch - 1 or step == plan.total_steps:
+                bar.update(self.sync(step, epoch))
+                if all(self.divergence):
+                    break
+        return state, step
+
+    def sync(self, step: int, epoch: int) -> int:
+        """Pulls buffered metrics/observations of every run, checks each run's losses for
+        divergence, and writes each run's lines (divergence recorded once). Returns the
+        number of steps synced."""
+        host, obs_values = jax.device_get((self.pending, [v for _, _, v in self.pending_obs]))
+        first_step = step - len(host) + 1
+        factor = self.plan.config.divergence_factor
+        for i, r in enumerate(self.runs):
+            if self.divergence[i]:
+                continue
+            rows = [_run_slice(m, i) for m in host]
+            losses = np.array([m["loss"] for m in rows], np.float64)
+            if self.initial_losses[i] is None and len(losses) and np.isfinite(losses[0]):
+                self.initial_losses[i] = float(losses[0])
+            bad = _divergent(losses, self.initial_losses[i], factor)
+            lines: list[dict] = []
+            if not bad.size:
+                mean = lambda k: float(np.mean([m[k] for m in rows]))
+                lines.append({"kind": "train", "step": step, "epoch": epoch, "loss": mean("loss"), "ce": mean("ce"), "acc": mean("acc"), "steps": len(rows)})
+            for (o, s, _), v in zip(self.pending_obs, obs_values):
+                if not bad.size or s < first_step + bad[0]:
+                    _record(o, _run_slice(v, i), s, self.traj[i], lines)
+            if bad.size:
+                at, value = int(first_step + bad[0]), losses[bad[0]]
+                what = "non-finite loss" if not np.isfinite(value) else f"loss above {factor:g} x its first step's {self.initial_losses[i]:.4g}"
+                self.divergence[i] = {"step": at, "reason": f"{what} ({value}) at step {at}"}
+                lines.append({"kind": "divergence", "epoch": epoch, **self.divergence[i]})
+            append_jsonl(r.metrics, lines)
+        self.pending, self.pending_obs = [], []
+        return len(host)
+
+    def evaluate(self, state, eval_data, epoch: int, step: int) -> None:
+        totals = jax.device_get({split: self.program.evaluate(state, *arrays) for split, arrays in eval_data.items()})
+        for i, r in enumerate(self.runs):
+            if not self.divergence[i]:
+                append_jsonl(r.metrics, _eval_lines(_run_slice(totals, i), epoch, step))
+
+    def checkpoint(self, state, ckpts, keep, epoch: int, step: int) -> None:
+        num = self.program.num
+        one_state = unstack(state, num)
+        one_carry = {name: unstack(jax.device_get(c), num) for name, c in self.program.carries.items()}
+        for i, (r, c) in enumerate(zip(self.runs, ckpts)):
+            if c is not None and not self.divergence[i]:
+                _write_trajectories(r, self.traj[i], keep[i])
+                _save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
+                c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1, "initial_loss": self.initial_losses[i]})
+                _prune_carries(r, c.steps())
+
+
+def _divergent(losses: np.ndarray, initial: Optional[float], factor: Optional[float]) -> np.ndarray:
+    """Indices of the steps whose loss counts as divergence: non-finite, or (with a
+    factor) above ``factor`` times the run's first loss."""
+    bad = ~np.isfinite(losses)
+    if factor is not None and initial is not None:
+        bad |= losses > factor * initial
+    return np.flatnonzero(bad)
 
 
 def _run_slice(tree, i: int):
@@ -478,31 +606,6 @@ def _load_carry(run: RunDir, name: str, step: int, template):
     if not all(f"{name}/{i}" in stored for i in range(len(leaves))):
         return template
     return jax.tree.unflatten(treedef, [jnp.asarray(stored[f"{name}/{i}"], l.dtype) for i, l in enumerate(leaves)])
-
-
-def _sync(runs, pending, pending_obs, traj, divergence, step, epoch) -> None:
-    """The host sync: pulls buffered metrics/observations of every run, checks each run's
-    losses for non-finite values, and writes each run's lines (divergence recorded once)."""
-    host, obs_values = jax.device_get((pending, [v for _, _, v in pending_obs]))
-    first_step = step - len(host) + 1
-    for i, r in enumerate(runs):
-        if divergence[i]:
-            continue
-        rows = [_run_slice(m, i) for m in host]
-        losses = np.array([m["loss"] for m in rows], np.float64)
-        bad = np.flatnonzero(~np.isfinite(losses))
-        lines: list[dict] = []
-        if not bad.size:
-            mean = lambda k: float(np.mean([m[k] for m in rows]))
-            lines.append({"kind": "train", "step": step, "epoch": epoch, "loss": mean("loss"), "ce": mean("ce"), "acc": mean("acc"), "steps": len(rows)})
-        for (o, s, _), v in zip(pending_obs, obs_values):
-            if not bad.size or s < first_step + bad[0]:
-                _record(o, _run_slice(v, i), s, traj[i], lines)
-        if bad.size:
-            at = int(first_step + bad[0])
-            divergence[i] = {"step": at, "reason": f"non-finite loss ({losses[bad[0]]}) at step {at}"}
-            lines.append({"kind": "divergence", "epoch": epoch, **divergence[i]})
-        append_jsonl(r.metrics, lines)
 
 
 def _eval_lines(totals, epoch, step) -> list[dict]:

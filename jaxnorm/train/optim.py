@@ -1,7 +1,24 @@
-"""Optimizers and learning-rate schedules of the studies, as optax transformations.
+"""Optimizers and learning-rate schedules, as optax transformations whose
+hyperparameters are data.
 
-SGD with optional (Nesterov) momentum, and three schedules, chosen by name from a
-registry:
+Optimizers (:data:`OPTIMIZERS`):
+
+* ``sgd`` -- SGD with optional (Nesterov) heavy-ball momentum (the studies' default);
+* ``adam`` -- Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization"); weight
+  decay, like SGD's, is the L2 term of the objective (coupled);
+* ``adamw`` -- Adam with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight
+  Decay Regularization"): ``update = -lr·(adam + λ·W)`` on the weight kernels only; the
+  objective then has no L2 term. Equals ``optax.adamw(schedule, weight_decay=λ,
+  mask=kernels)``.
+
+Hyperparameters as data: the learning rate, momentum and weight decay live in the
+optimizer state (``optax.inject_hyperparams``; read them with :func:`hyperparams`), so
+runs that differ only in them share one compiled step (:func:`jaxnorm.train.fit_many`
+stacks their states). For ``sgd``/``adam`` the train step reads λ from there for the
+objective's L2 term ``0.5 λ Σ ||W||²``.
+
+Schedules (:data:`SCHEDULES`) are multipliers of the base learning rate (1 at the
+start), so the base rate stays data:
 
 * ``constant`` -- the ablation study's setting (Table 3.1 of source document 001);
 * ``step`` -- multiply by ``factor`` at the given epochs (DeepOBS All-CNN-C reference:
@@ -10,12 +27,19 @@ registry:
   epoch, has not improved by ``rtol`` for ``patience`` epochs (source document 002:
   CIFAR-10, batch 64, "learning rate decreased on plateau"). Its update needs the loss:
   ``tx.update(grads, state, params, value=loss)``; :func:`make_optimizer` always
-  returns a transformation that accepts ``value`` (others ignore it).
+  returns a transformation that accepts ``value`` (others ignore it);
+* ``cosine`` -- half a cosine from 1 to ``alpha`` (default 0) over the steps after the
+  warmup (Loshchilov & Hutter, "SGDR");
+* ``linear`` -- linearly from 1 to ``end`` (default 0) over the steps after the warmup.
+
+``warmup_steps=k`` (any schedule but ``plateau``) ramps the multiplier linearly from 0
+at step 0 to 1 at step k first (optax's ``warmup_cosine_decay_schedule`` convention), then
+runs the schedule on the remaining steps.
 
 Freezing: ``make_optimizer(..., frozen=regex)`` zeroes the update of every parameter
-whose path (``'norm3/scale'``, ``'conv1/kernel'``; see :func:`param_paths`) matches the
-regex, so it keeps its initial value bit for bit (BN-only training, γ/β learned in
-chosen layers only).
+whose path (``'norm3/scale'``, ``'conv1/kernel'``; see :func:`jaxnorm._tree.param_paths`)
+matches the regex, so it keeps its initial value bit for bit (BN-only training, γ/β
+learned in chosen layers only).
 """
 
 from __future__ import annotations
@@ -24,25 +48,28 @@ import re
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 from optax import contrib
 
 from jaxnorm._registry import lookup
 from jaxnorm._tree import param_paths
+from jaxnorm.diagnostics.step_tracker import track_step_conditioning as _step_tracker
+from jaxnorm.objective import is_weight
 
 
-def _constant(lr: float, steps_per_epoch: int) -> tuple[optax.ScalarOrSchedule, list]:
-    return lr, []
+def _constant(steps_per_epoch: int, decay_steps: int):
+    return None, []
 
 
-def _step(lr: float, steps_per_epoch: int, *, epochs: Sequence[int] = (), factor: float = 0.1):
+def _step(steps_per_epoch: int, decay_steps: int, *, epochs: Sequence[int] = (), factor: float = 0.1):
     boundaries = {int(e) * steps_per_epoch: factor for e in epochs}
-    return optax.piecewise_constant_schedule(lr, boundaries), []
+    return optax.piecewise_constant_schedule(1.0, boundaries), []
 
 
 def _plateau(
-    lr: float,
     steps_per_epoch: int,
+    decay_steps: int,
     *,
     factor: float = 0.1,
     patience: int = 5,
@@ -59,10 +86,60 @@ def _plateau(
         accumulation_size=steps_per_epoch,
         min_scale=min_scale,
     )
-    return lr, [tail]
+    return None, [tail]
 
 
-SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "plateau": _plateau}
+def _cosine(steps_per_epoch: int, decay_steps: int, *, alpha: float = 0.0):
+    return optax.cosine_decay_schedule(1.0, max(decay_steps, 1), alpha=alpha), []
+
+
+def _linear(steps_per_epoch: int, decay_steps: int, *, end: float = 0.0):
+    return optax.linear_schedule(1.0, end, max(decay_steps, 1)), []
+
+
+SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "plateau": _plateau, "cosine": _cosine, "linear": _linear}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Optimizers whose weight decay is the objective's L2 term (the others decouple it).
+COUPLED_DECAY = ("sgd", "adam")
+
+
+def _kernel_mask(params):
+    return jax.tree_util.tree_map_with_path(lambda p, _: is_weight(p), params)
+
+
+def _inner(learning_rate, momentum, weight_decay, l2, *, optimizer: str, use_momentum: bool, nesterov: bool, b1, b2, eps, multiplier):
+    """The optimizer proper; ``learning_rate``, ``momentum``, ``weight_decay`` and ``l2``
+    arrive as arrays from the optimizer state (``optax.inject_hyperparams``). ``l2`` is
+    not used here: it is the objective's L2 coefficient, which the train step reads
+    (λ for the coupled optimizers, 0 for ``adamw``)."""
+    parts = []
+    if optimizer == "sgd":
+        if use_momentum:
+            parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+    else:
+        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+        if optimizer == "adamw":
+            parts.append(optax.add_decayed_weights(weight_decay, mask=_kernel_mask))
+    if multiplier is not None:
+        parts.append(optax.scale_by_schedule(multiplier))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)
+
+
+def hyperparams(opt_state) -> dict:
+    """The injected hyperparameters (``learning_rate``, ``momentum``, ``weight_decay`` and
+    ``l2``, the objective's L2 coefficient: λ for sgd/adam, 0 for adamw) of
+    an optimizer state made by :func:`make_optimizer` (arrays; stacked over runs in
+    :func:`~jaxnorm.train.fit_many`).
+
+    Raises:
+      ValueError: the state holds no injected hyperparameters.
+    """
+    is_inject = lambda x: isinstance(x, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_inject) if is_inject(x)]
+    if not found:
+        raise ValueError("this optimizer state has no injected hyperparameters; build the optimizer with make_optimizer.")
+    return dict(found[0].hyperparams)
 
 
 def freeze_labels(frozen: str, params):
@@ -88,24 +165,36 @@ def freeze_labels(frozen: str, params):
 def make_optimizer(
     learning_rate: float,
     *,
+    optimizer: str = "sgd",
     momentum: float = 0.0,
     nesterov: bool = False,
+    weight_decay: float = 0.0,
     schedule: str = "constant",
     schedule_kwargs: Mapping | None = None,
+    warmup_steps: int = 0,
+    total_steps: Optional[int] = None,
     steps_per_epoch: int = 1,
+    optimizer_kwargs: Mapping | None = None,
     frozen: Optional[str] = None,
     track_step_conditioning: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """SGD (``momentum=0``: plain SGD) with a named schedule.
+    """The optimizer of a run (module docstring).
 
     Args:
-      learning_rate: base step size.
-      momentum: heavy-ball coefficient (0 disables it).
-      nesterov: Nesterov momentum.
-      schedule: ``'constant'``, ``'step'`` or ``'plateau'``.
-      schedule_kwargs: the schedule's options (``epochs``/``factor`` for step;
-        ``factor``/``patience``/``rtol``/``cooldown``/``min_scale`` for plateau).
+      learning_rate: base step size (data: in the optimizer state).
+      optimizer: ``'sgd'``, ``'adam'`` or ``'adamw'``.
+      momentum: SGD's heavy-ball coefficient (0: plain SGD, no momentum buffer; data,
+        but whether there is a buffer is structure).
+      nesterov: Nesterov momentum (SGD).
+      weight_decay: λ (data). ``sgd``/``adam``: the objective's L2 term, applied by the
+        train step (:data:`COUPLED_DECAY`); ``adamw``: decoupled decay of the kernels.
+      schedule: a name from :data:`SCHEDULES`; schedule_kwargs: its options
+        (``epochs``/``factor`` for step; ``factor``/``patience``/``rtol``/``cooldown``/
+        ``min_scale`` for plateau; ``alpha`` for cosine; ``end`` for linear).
+      warmup_steps: linear warmup from 0 over this many steps (not with ``plateau``).
+      total_steps: the run's length; needed by ``cosine`` and ``linear``.
       steps_per_epoch: converts epoch-based options to steps.
+      optimizer_kwargs: Adam's ``b1``, ``b2``, ``eps`` (defaults 0.9, 0.999, 1e-8).
       frozen: a regex, or None. Parameters whose path (:func:`param_paths`) it matches
         (``re.search``) get an exactly zero update: they keep their initial values
         (gradients, e.g. of an L2 term, are still computed, and momentum still tracks
@@ -115,22 +204,53 @@ def make_optimizer(
         params-sized buffers in the optimizer state; updates unchanged).
 
     Raises:
-      ValueError: unknown schedule, non-positive learning rate, negative momentum or an
-        invalid ``frozen`` regex; at ``init``, a ``frozen`` regex that matches no
-        parameter (the message lists the parameter paths).
+      ValueError: unknown optimizer or schedule, non-positive learning rate, negative
+        momentum or weight decay, momentum with Adam, a negative warmup, warmup with
+        ``plateau``, ``cosine``/``linear`` without ``total_steps``, unknown optimizer
+        options, or an invalid ``frozen`` regex; at ``init``, a ``frozen`` regex that
+        matches no parameter (the message lists the parameter paths).
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
     if momentum < 0:
         raise ValueError(f"momentum must be >= 0, got {momentum}.")
-    lr, tail = lookup(SCHEDULES, schedule, "schedule")(learning_rate, steps_per_epoch, **dict(schedule_kwargs or {}))
-    sgd = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
-    parts = [sgd, *tail]
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {list(OPTIMIZERS)}")
+    if optimizer != "sgd" and (momentum or nesterov):
+        raise ValueError(f"momentum/nesterov are SGD options; {optimizer} has b1 (optimizer_kwargs) instead.")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+    if schedule in ("cosine", "linear") and not total_steps:
+        raise ValueError(f"schedule {schedule!r} needs total_steps (the run's length).")
+    if schedule == "plateau" and warmup_steps:
+        raise ValueError("warmup_steps cannot be combined with the 'plateau' schedule.")
+    adam = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    unknown = sorted(set(optimizer_kwargs or {}) - set(adam))
+    if unknown or (optimizer == "sgd" and optimizer_kwargs):
+        raise ValueError(f"unknown optimizer options {unknown or sorted(optimizer_kwargs)} for {optimizer!r}; Adam takes {sorted(adam)}.")
+    adam.update(optimizer_kwargs or {})
+    decay_steps = max((total_steps or 0) - warmup_steps, 1)
+    multiplier, tail = lookup(SCHEDULES, schedule, "schedule")(steps_per_epoch, decay_steps, **dict(schedule_kwargs or {}))
+    if warmup_steps:
+        after = multiplier if multiplier is not None else optax.constant_schedule(1.0)
+        multiplier = optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup_steps), after], [warmup_steps])
+    # Structure from the Python float (inside, momentum is a traced array).
+    use_momentum = momentum_structure(momentum)
+    core = optax.inject_hyperparams(
+        lambda learning_rate, momentum, weight_decay, l2: _inner(
+            learning_rate, momentum, weight_decay, l2, optimizer=optimizer, use_momentum=use_momentum, nesterov=nesterov, multiplier=multiplier, **adam
+        )
+    )(
+        learning_rate=float(learning_rate),
+        momentum=float(momentum),
+        weight_decay=float(weight_decay),
+        l2=float(weight_decay) if optimizer in COUPLED_DECAY else 0.0,
+    )
+    parts = [core, *tail]
     if track_step_conditioning:
-        # Imported here: jaxnorm.diagnostics imports jaxnorm.train (no import cycle at load).
-        from jaxnorm.diagnostics.step_tracker import track_step_conditioning as tracker
-
-        parts.insert(0, tracker())  # first: it needs the raw gradients
+        parts.insert(0, _step_tracker())  # first: it needs the raw gradients
     if frozen is not None:
         try:
             re.compile(frozen)
@@ -143,3 +263,9 @@ def make_optimizer(
         )
         parts.append(freeze)
     return optax.with_extra_args_support(optax.chain(*parts))
+
+
+def momentum_structure(momentum: float) -> bool:
+    """Whether an SGD optimizer with this momentum keeps a momentum buffer (structure,
+    not data: runs trained as one program must agree on it)."""
+    return float(momentum) > 0

@@ -18,7 +18,9 @@ import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
 from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
-from jaxnorm.objective import accuracy, cross_entropy, l2_penalty
+from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
+from jaxnorm.objective import accuracy, get_loss, l2_penalty
+from jaxnorm.train.optim import hyperparams
 from jaxnorm.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -31,7 +33,8 @@ def make_train_step(
     batch_size: int,
     mean,
     std,
-    weight_decay: float = 0.0,
+    loss="ce",
+    weight_decay: Optional[float] = None,
     augment_config: Optional[AugmentConfig] = None,
     batch_sharding=None,
 ) -> Callable:
@@ -42,15 +45,23 @@ def make_train_step(
       tx: the optimizer (called with ``value=loss`` for plateau schedules).
       batch_size: examples per step.
       mean, std: per-channel normalization constants of the dataset.
-      weight_decay: λ of ``0.5 λ Σ ||W||²`` (weights only).
+      loss: the per-example loss: a name from :data:`jaxnorm.objective.LOSSES` or a
+        callable ``(logits, labels) -> (b,)``.
+      weight_decay: λ of the objective's ``0.5 λ Σ ||W||²`` (weights only). None (the
+        default): the optimizer state's ``l2`` hyperparameter
+        (:func:`jaxnorm.train.optim.hyperparams`; 0 if it has none) -- data, so runs
+        with different λ share the step (``adamw`` decays the weights itself: its
+        ``l2`` is 0).
       augment_config: training augmentation; None: normalization only.
       batch_sharding: if given, the batch is constrained to it (data parallelism).
 
     The returned function's arguments: ``data = (images, labels)`` device arrays of the
     whole training set (float32 in [0, 1], int32); ``perm`` the epoch's permutation;
     ``seed``, ``epoch``, ``step_in_epoch`` int scalars (traced: no recompiles). Metrics:
-    ``loss`` (objective incl. L2), ``ce`` (cross-entropy), ``acc`` (batch accuracy).
+    ``loss`` (objective incl. L2), ``ce`` (the mean data term, whatever ``loss`` is:
+    the key is historical), ``acc`` (batch accuracy).
     """
+    per_example_loss = get_loss(loss)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
@@ -67,36 +78,53 @@ def make_train_step(
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
             y = jax.lax.with_sharding_constraint(y, batch_sharding)
 
+        decay = _l2_coefficient(state.opt_state) if weight_decay is None else weight_decay
+
         def loss_fn(params):
             variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
             logits, updates = module.apply(
                 variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
             )
-            ce = jnp.mean(cross_entropy(logits, y))
-            loss = ce + weight_decay * l2_penalty(params) if weight_decay else ce
-            return loss, (ce, jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
+            data_term = jnp.mean(per_example_loss(logits, y))
+            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params)
+            return objective, (data_term, jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
 
-        (loss, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+        (objective, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=objective)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        return new_state, {"loss": loss, "ce": ce, "acc": acc}
+        return new_state, {"loss": objective, "ce": ce, "acc": acc}
 
     return train_step
 
 
-def make_evaluate(module, *, mean, std, mode: str = "running") -> Callable:
+def _l2_coefficient(opt_state):
+    """λ of the objective's L2 term from the optimizer state (0.0 if it holds none)."""
+    try:
+        return hyperparams(opt_state)["l2"]
+    except (ValueError, KeyError):
+        return 0.0
+
+
+def _is_zero(decay) -> bool:
+    """A Python 0 (no L2 term is traced at all); an array λ is data, even when 0."""
+    return isinstance(decay, (int, float)) and decay == 0
+
+
+def make_evaluate(module, *, mean, std, bn_mode: str = "running", loss="ce") -> Callable:
     """Builds ``evaluate(state, images, labels, mask) -> {'loss_sum', 'correct', 'count'}``.
 
     ``images``/``labels``/``mask`` are a split laid out as ``(num_batches, batch, ...)``
     (see :func:`layout_eval`); the batches run in one ``lax.scan``, so a whole split is
     one compiled call.
 
-    Modes:
+    ``loss_sum`` sums the per-example ``loss`` (a name from
+    :data:`jaxnorm.objective.LOSSES` or a callable). BN modes (:mod:`jaxnorm.modes`):
+
       * ``'running'``: ``train=False`` -- BN uses its running statistics (the default).
       * ``'batch'``: BN normalizes each eval batch by its own statistics (TENT's
         baseline); running statistics are not changed. Dropout layers are also in
@@ -104,21 +132,16 @@ def make_evaluate(module, *, mean, std, mode: str = "running") -> Callable:
         Padded batches would bias the statistics, so :func:`layout_eval` drops the
         incomplete last batch in this mode.
     """
-    if mode not in ("running", "batch"):
-        raise ValueError(f"eval mode must be 'running' or 'batch', got {mode!r}.")
+    check_bn_mode(bn_mode, ("running", "batch"))
+    per_example_loss = get_loss(loss)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
     def one_batch(state, x, y, m):
         x = normalize(x, mean, std)
-        if mode == "running":
-            logits = module.apply(state.variables, x, train=False)
-        else:
-            logits, _ = module.apply(
-                state.variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)}
-            )
+        logits = apply_in_mode(module, state.variables, x, bn_mode=bn_mode)
         return {
-            "loss_sum": jnp.sum(cross_entropy(logits, y) * m),
+            "loss_sum": jnp.sum(per_example_loss(logits, y) * m),
             "correct": jnp.sum(accuracy(logits, y) * m),
             "count": jnp.sum(m),
         }

@@ -50,7 +50,7 @@ def tiny_bn():
     v = module.init(jax.random.PRNGKey(0), x, train=False)
     v = {"params": v["params"], "batch_stats": jax.tree.map(lambda a: a + 0.3, v["batch_stats"])}
     out = {}
-    for mode in ("train", "eval"):
+    for mode in ("batch", "running"):
         loss = hessian_loss_fn(module, v, x, y, bn_mode=mode)
         flat, unravel = ravel_pytree(v["params"])
         dense = jax.hessian(lambda f: loss(unravel(f)))(flat)
@@ -58,7 +58,7 @@ def tiny_bn():
     return v["params"], out
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("mode", ["batch", "running"])
 def test_hvp_equals_dense_hessian_times_v(tiny_bn, mode):
     params, out = tiny_bn
     loss, dense = out[mode]
@@ -74,7 +74,7 @@ def test_hvp_equals_dense_hessian_times_v(tiny_bn, mode):
 def test_train_and_eval_mode_hessians_differ(tiny_bn):
     """The BN mode is not a no-op: batch statistics (differentiated through) vs running."""
     _, out = tiny_bn
-    assert float(jnp.abs(out["train"][1] - out["eval"][1]).max()) > 1e-3
+    assert float(jnp.abs(out["batch"][1] - out["running"][1]).max()) > 1e-3
 
 
 def test_lanczos_full_order_recovers_eigh_of_a_matrix():
@@ -89,7 +89,7 @@ def test_lanczos_full_order_recovers_eigh_of_a_matrix():
 
 def test_lanczos_full_order_recovers_a_networks_exact_hessian(tiny_bn):
     params, out = tiny_bn
-    loss, dense = out["train"]
+    loss, dense = out["batch"]
     n = dense.shape[0]
     res = jax.jit(lambda p: lanczos(loss, p, n, key=jax.random.PRNGKey(2)))(params)
     want = np.linalg.eigvalsh(np.asarray(dense, np.float64))
@@ -193,7 +193,7 @@ def test_documented_errors():
     x = jnp.zeros((4, 5))
     v = module.init(jax.random.PRNGKey(0), x, train=False)
     with pytest.raises(ValueError, match="bn_mode"):
-        hessian_loss_fn(module, v, x, jnp.zeros(4, jnp.int32), bn_mode="running")
+        hessian_loss_fn(module, v, x, jnp.zeros(4, jnp.int32), bn_mode="frozen")
     with pytest.raises(ValueError, match="expected x"):
         hessian_loss_fn(module, v, x[None], jnp.zeros((2, 4), jnp.int32))
     with pytest.raises(ValueError, match="order"):

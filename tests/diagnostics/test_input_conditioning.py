@@ -61,7 +61,7 @@ def library(name, mode):
     module, v = model(name)
     run = jax.jit(
         lambda v: input_condition_number(
-            module, v, X, Y, key=jax.random.PRNGKey(5), mode=mode, m=M, perturbations=DELTAS, per_example=True
+            module, v, X, Y, key=jax.random.PRNGKey(5), bn_mode=mode, m=M, perturbations=DELTAS, per_example=True
         )
     )
     return jax.device_get(run(v))
@@ -97,15 +97,15 @@ def test_errors():
     module, v = model("mlp_vanilla")
     k = jax.random.PRNGKey(0)
     call = lambda **kw: jax.eval_shape(lambda v: input_condition_number(module, v, X, Y, key=k, **kw), v)
-    with pytest.raises(ValueError, match="use mode='frozen'"):
-        call(mode="coupled")
-    with pytest.raises(ValueError, match="unknown per-example mode"):
-        call(mode="exact")
+    with pytest.raises(ValueError, match="use bn_mode='frozen'"):
+        call(bn_mode="batch")
+    with pytest.raises(ValueError, match="must be one of"):
+        call(bn_mode="exact")
     for m in (0, B + 1):
         with pytest.raises(ValueError, match=r"m must lie in \[1, 8\]"):
-            call(mode="running", m=m)
+            call(bn_mode="running", m=m)
     with pytest.raises(ValueError, match="perturbations must be"):
-        call(mode="running", perturbations=DELTAS[:, :, :, 0])
+        call(bn_mode="running", perturbations=DELTAS[:, :, :, 0])
     hx = jnp.ones((B,) + SHAPE)
     for n in (0, B + 1):
         with pytest.raises(ValueError, match="1 <= n <= b"):

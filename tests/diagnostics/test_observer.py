@@ -96,7 +96,7 @@ def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
     [
         (dict(metrics=("kappa_w", "sharpness")), r"unknown conditioning metric\(s\) \['sharpness'\]"),
         (dict(metrics=()), "unknown conditioning metric"),
-        (dict(mode="coupled"), "observer mode must be 'frozen' or 'running'"),
+        (dict(bn_mode="batch"), "must be one of \\['frozen', 'running'\\]"),
         (dict(weight_perturbation="gaussian"), "unknown weight perturbation 'gaussian'"),
         (dict(every=0), "every >= 1"),
         (dict(batch_size=1), "batch_size >= 2"),

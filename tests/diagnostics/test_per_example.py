@@ -67,9 +67,9 @@ def modes(name: str):
     module, v = model(name)
 
     def run(v):
-        out = {m: per_example_grads(module, v, X, Y, mode=m, wrt="both") for m in ROW_MODES.get(name, MODES)}
+        out = {m: per_example_grads(module, v, X, Y, bn_mode=m, wrt="both") for m in ROW_MODES.get(name, MODES)}
         if name in MEAN_GRADIENT_MODES:
-            out.update({f"mean/{m}": mean_gradient(module, v, X, Y, mode=m) for m in MEAN_GRADIENT_MODES[name]})
+            out.update({f"mean/{m}": mean_gradient(module, v, X, Y, bn_mode=m) for m in MEAN_GRADIENT_MODES[name]})
         return out
 
     return jax.device_get(jax.jit(run)(v))
@@ -84,13 +84,13 @@ def extras():
     def run(v):
         pe = functools.partial(per_example_grads, module, v, X, Y)
         out = {
-            "coupled/3": pe(mode="coupled", wrt="both", chunk_size=3),
-            "masked": pe(mode="frozen", mask=mask, chunk_size=3),
-            "decay/running": pe(mode="running", weight_decay=DECAY),
-            "decay/coupled": pe(mode="coupled", weight_decay=DECAY),
+            "batch/3": pe(bn_mode="batch", wrt="both", chunk_size=3),
+            "masked": pe(bn_mode="frozen", mask=mask, chunk_size=3),
+            "decay/running": pe(bn_mode="running", weight_decay=DECAY),
+            "decay/batch": pe(bn_mode="batch", weight_decay=DECAY),
         }
         for c, masked in GRAM_CASES:
-            kw = dict(mode="frozen", chunk_size=c, mask=mask if masked else None)
+            kw = dict(bn_mode="frozen", chunk_size=c, mask=mask if masked else None)
             out[f"gram/{c}/{masked}"] = per_example_gram(module, v, X, Y, **kw)
             out[f"sq/{c}/{masked}"] = per_example_sq_norms(module, v, X, Y, **kw)
         return out
@@ -105,7 +105,7 @@ GRAM_CASES = [(None, False), (5, True)]
 # running: batch_loss_fn's eval-mode branch; coupled: training's gradient; frozen with
 # ghost groups: the vmapped branch.
 MEAN_GRADIENT_MODES = {"conv_bn": MODES, "mlp_ghost": ("frozen",)}
-ROW_MODES = {"mlp_ghost": ("frozen", "coupled")}  # default: all three
+ROW_MODES = {"mlp_ghost": ("frozen", "batch")}  # default: all three
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,7 +201,7 @@ def test_coupled_rows_average_to_the_training_batch_gradient(name):
     module, v = model(name)
     losses = train_loss_vector(module, v)
     mean_ref = jax.jit(jax.grad(lambda p: jnp.mean(losses(p, X))))(v["params"])
-    rows = lib(name, "coupled")[0]
+    rows = lib(name, "batch")[0]
     assert_tree_close(jax.tree.map(lambda a: a.mean(0), rows), mean_ref, RTOL, "coupled mean", scale=rows)
 
 
@@ -213,7 +213,7 @@ def test_coupled_rows_are_the_rows_of_the_training_loss_jacobian():
     losses = train_loss_vector(module, v)
     row = jax.jit(jax.grad(lambda p, i: losses(p, X)[i]))
     diag = jax.jit(jax.grad(lambda xi, i: losses(v["params"], X.at[i].set(xi))[i]))
-    gp, gx = lib("conv_bn", "coupled")
+    gp, gx = lib("conv_bn", "batch")
     assert_tree_close(gp, stack([row(v["params"], i) for i in range(B)]), RTOL, "coupled params")
     assert_tree_close(gx, np.stack([diag(X[i], i) for i in range(B)]), RTOL, "coupled inputs")
 
@@ -222,7 +222,7 @@ def test_modes_differ_under_batchnorm():
     """Guards the equality tests against vacuity: with BN the three definitions give
     different gradients (relative differences far above the tolerance)."""
     g = {m: flat64(lib("conv_bn", m)[0], 1) for m in MODES}
-    for a, b in [("running", "frozen"), ("frozen", "coupled")]:
+    for a, b in [("running", "frozen"), ("frozen", "batch")]:
         assert np.abs(g[a] - g[b]).max() > 1e-2 * np.abs(g[b]).max()
 
 
@@ -253,7 +253,7 @@ def test_frozen_forward_reproduces_training_logits(name):
     """Documented (module docstring, ``'frozen'``): "The forward pass of every example is
     exactly the training-mode forward pass (with dropout off)". ``frozen_batch_stats``
     row i, fed to an eval-mode pass of x_i alone, gives the training-mode logits of x_i
-    of the same network without dropout, and ``batch_loss_fn(mode='frozen')`` equals the
+    of the same network without dropout, and ``batch_loss_fn(bn_bn_mode='frozen')`` equals the
     training-mode mean loss. Same float32 arithmetic in a different order: 1e-5."""
     module, v = model(name)
     rng = jax.random.PRNGKey(7)
@@ -265,7 +265,7 @@ def test_frozen_forward_reproduces_training_logits(name):
         stats = frozen_batch_stats(module, v, X, rng=rng)
         one = lambda s, xi: module.apply({"params": v["params"], "batch_stats": s}, xi[None], train=False)[0]
         rows = jax.vmap(one)(stats, X)  # example i alone, with row i of the statistics
-        loss = batch_loss_fn(module, v, X, Y, mode="frozen", rng=rng)(v["params"])
+        loss = batch_loss_fn(module, v, X, Y, bn_mode="frozen", rng=rng)(v["params"])
         return train_logits, stats, rows, loss
 
     train_logits, stats, rows, loss = run(v)
@@ -295,7 +295,7 @@ def test_chunking_that_does_not_divide_the_batch_changes_nothing():
     example): the same rows, params and inputs, as one vectorized pass (only the vmap
     width differs: 1e-6). ``coupled`` (the vjp rows); ``frozen`` chunks are checked with a
     mask below."""
-    assert_tree_close(lib("conv_bn", "coupled", 3), lib("conv_bn", "coupled"), 1e-6, "chunked coupled")
+    assert_tree_close(lib("conv_bn", "batch", 3), lib("conv_bn", "batch"), 1e-6, "chunked coupled")
 
 
 def masked_reference(grads, mask) -> np.ndarray:
@@ -329,7 +329,7 @@ def test_gram_and_squared_norms_equal_the_explicit_products(chunk_size, masked):
     np.testing.assert_allclose(sq, (g**2).sum(1), rtol=RTOL)
 
 
-@pytest.mark.parametrize("mode", ["running", "coupled"])
+@pytest.mark.parametrize("mode", ["running", "batch"])
 def test_weight_decay_adds_lambda_w_to_kernels_only(mode):
     """With weight_decay=λ every row gains λW on the kernels and nothing on biases, γ, β
     (two implementations: the L2 term in the single-example loss for running/frozen, an
@@ -355,7 +355,8 @@ def test_weight_decay_adds_lambda_w_to_kernels_only(mode):
 def bad_calls():
     other_mask = random_mask(jax.random.PRNGKey(0), {"w": jnp.zeros((3, 2))}, 0.5)
     return [
-        (dict(mode="batch"), ValueError, "unknown per-example mode 'batch'"),
+        (dict(bn_mode="exact"), ValueError, "must be one of"),
+        (dict(bn_mode="coupled"), ValueError, "'coupled' is now called 'batch'"),
         (dict(wrt="weights"), ValueError, "wrt must be one of"),
         (dict(y=Y[:3]), ValueError, r"expected x \(batch, ...\) and integer labels"),
         (dict(x=X[0]), ValueError, r"expected x \(batch, ...\)"),
@@ -365,7 +366,7 @@ def bad_calls():
         (dict(mask=other_mask), ValueError, "does not match the mask"),
         # A dense BN layer in training mode sees one value per feature on a batch of one:
         # the variance is undefined, and batch_norm's error reaches the caller.
-        (dict(mode="coupled", x=X[:1], y=Y[:1]), ValueError, "at least 2 values per feature"),
+        (dict(bn_mode="batch", x=X[:1], y=Y[:1]), ValueError, "at least 2 values per feature"),
     ]
 
 
@@ -374,7 +375,7 @@ def test_documented_errors(change, error, match):
     """Each documented misuse raises the documented exception with a message saying what
     is wrong."""
     module, v = model("mlp_bn")
-    kwargs = dict(x=X[:4], y=Y[:4], mode="frozen")
+    kwargs = dict(x=X[:4], y=Y[:4], bn_mode="frozen")
     kwargs.update(change)
     x, y = kwargs.pop("x"), kwargs.pop("y")
     with pytest.raises(error, match=match):
@@ -387,8 +388,8 @@ def test_other_argument_errors():
     with pytest.raises(ValueError, match="variables must hold 'params'"):
         per_example_grads(module, {"batch_stats": v["batch_stats"]}, X, Y)
     for fn in (per_example_gram, per_example_sq_norms):
-        with pytest.raises(ValueError, match="unknown per-example mode"):
-            fn(module, v, X, Y, mode="exact")
+        with pytest.raises(ValueError, match="must be one of"):
+            fn(module, v, X, Y, bn_mode="exact")
         with pytest.raises(ValueError, match="chunk_size"):
             fn(module, v, X, Y, chunk_size=0)
 

@@ -41,7 +41,7 @@ def dense_eigenvalues(module, state, bn_mode):
     return np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat), np.float64))
 
 
-@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+@pytest.mark.parametrize("bn_mode", ["batch", "running"])
 def test_lanczos_sharpness_is_the_dense_top_eigenvalue(tiny, bn_mode):
     """Full-order Lanczos (order = number of parameters) under jit: the largest Ritz value
     is the top algebraic eigenvalue of the dense Hessian (float64) to 1e-3 relative; the
@@ -52,7 +52,7 @@ def test_lanczos_sharpness_is_the_dense_top_eigenvalue(tiny, bn_mode):
     record, v = jax.jit(obs)(state, obs.init_carry(state))
     top = dense_eigenvalues(module, state, bn_mode)[-1]
     assert float(record["sharpness"]) == pytest.approx(top, rel=1e-3)
-    assert int(record["iterations"]) == n and obs.annotations == {"bn_mode": bn_mode, "method": "lanczos"}
+    assert int(record["iterations"]) == n and obs.annotations == {"bn_mode": bn_mode, "method": "lanczos", "loss": "ce"}
     flat_v = ravel_pytree(v)[0]
     assert float(jnp.linalg.norm(flat_v)) == pytest.approx(1.0, abs=1e-5)
 
@@ -66,7 +66,7 @@ def test_power_iteration_warm_start_converges_at_once(tiny):
     run = jax.jit(obs)
     cold, v = run(state, obs.init_carry(state))
     warm, _ = run(state, v)
-    eig = dense_eigenvalues(module, state, "train")
+    eig = dense_eigenvalues(module, state, "batch")
     largest = eig[np.argmax(np.abs(eig))]
     assert int(cold["iterations"]) > 3 and int(warm["iterations"]) <= 3
     assert float(warm["sharpness"]) == pytest.approx(largest, rel=1e-3)
@@ -117,7 +117,7 @@ def test_fit_records_sharpness_and_resumes_it_exactly(tmp_path, monkeypatch):
     whole = fit(cfg.replace(name="whole"), observers=make(), progress=False)
     lines = [m for m in whole.metrics if m["kind"] == "sharpness"]
     assert [m["step"] for m in lines] == list(range(0, 17, 4))
-    assert all(m["bn_mode"] == "train" and m["method"] == "lanczos" and m["sharpness"] > 0 for m in lines)
+    assert all(m["bn_mode"] == "batch" and m["method"] == "lanczos" and m["sharpness"] > 0 for m in lines)
 
     killed = cfg.replace(name="killed")
     _fit_killed_at(killed, kill_step=12, monkeypatch=monkeypatch, observers=make())

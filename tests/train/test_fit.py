@@ -134,7 +134,7 @@ def test_reader_ignores_a_cut_short_last_line(tmp_path):
     "changes, match",
     [
         ({"batch_size": 0}, "batch_size"),
-        ({"eval_mode": "population"}, "eval_mode"),
+        ({"eval_bn_mode": "population"}, "eval_bn_mode"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"max_steps": 0}, "max_steps"),
     ],

@@ -91,7 +91,15 @@ def test_momentum_matches_optax_reference():
     [
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"learning_rate": 0.1, "momentum": -0.1}, "momentum"),
-        ({"learning_rate": 0.1, "schedule": "cosine"}, "unknown schedule"),
+        ({"learning_rate": 0.1, "schedule": "exponential"}, "unknown schedule"),
+        ({"learning_rate": 0.1, "schedule": "cosine"}, "needs total_steps"),
+        ({"learning_rate": 0.1, "optimizer": "lion"}, "unknown optimizer"),
+        ({"learning_rate": 0.1, "optimizer": "adam", "momentum": 0.9}, "SGD options"),
+        ({"learning_rate": 0.1, "weight_decay": -1.0}, "weight_decay"),
+        ({"learning_rate": 0.1, "warmup_steps": -1}, "warmup_steps"),
+        ({"learning_rate": 0.1, "schedule": "plateau", "warmup_steps": 3}, "plateau"),
+        ({"learning_rate": 0.1, "optimizer": "adam", "optimizer_kwargs": {"beta": 0.5}}, "unknown optimizer options"),
+        ({"learning_rate": 0.1, "optimizer_kwargs": {"b1": 0.5}}, "unknown optimizer options"),
     ],
 )
 def test_optimizer_errors(kwargs, match):

@@ -35,8 +35,8 @@ def test_each_run_equals_its_single_run(tmp_path, singles, strategy):
 
 
 def test_runs_must_differ_only_in_seed_and_name(tmp_path):
-    with pytest.raises(ValueError, match=r"also differs in \['learning_rate'\]"):
-        fit_many([tiny_config(tmp_path, name="a"), tiny_config(tmp_path, name="b", learning_rate=0.5)])
+    with pytest.raises(ValueError, match=r"also differs in \['nesterov'\]"):
+        fit_many([tiny_config(tmp_path, name="a"), tiny_config(tmp_path, name="b", nesterov=True)])
     with pytest.raises(ValueError, match="unique"):
         fit_many([tiny_config(tmp_path, seed=0), tiny_config(tmp_path, seed=1)])
     with pytest.raises(ValueError, match="at least one"):

@@ -15,15 +15,16 @@ class Killed(KeyboardInterrupt):
 
 
 def _fit_killed_at(cfg, kill_step, monkeypatch, **fit_kwargs):
-    real_sync = fit_module._sync
+    real_sync = fit_module._Loop.sync
 
-    def dying_sync(runs, pending, pending_obs, traj, divergence, step, epoch):
-        real_sync(runs, pending, pending_obs, traj, divergence, step, epoch)
+    def dying_sync(self, step, epoch):
+        synced = real_sync(self, step, epoch)
         if step >= kill_step:
             raise Killed(f"killed at step {step}")
+        return synced
 
     with monkeypatch.context() as m:
-        m.setattr(fit_module, "_sync", dying_sync)
+        m.setattr(fit_module._Loop, "sync", dying_sync)
         with pytest.raises(Killed):
             fit(cfg, progress=False, **fit_kwargs)
 

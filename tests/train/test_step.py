@@ -102,7 +102,7 @@ def test_evaluate_running_mode_equals_per_example_reference(setup):
 def test_evaluate_batch_mode_uses_each_batch_statistics(setup):
     ds, images, labels, model, tx, state = setup
     laid = layout_eval(np.asarray(images[:48]), np.asarray(labels[:48]), 16, drop_remainder=True)
-    totals = jax.jit(make_evaluate(model, mean=ds.mean, std=ds.std, mode="batch"))(state, *laid)
+    totals = jax.jit(make_evaluate(model, mean=ds.mean, std=ds.std, bn_mode="batch"))(state, *laid)
     x = (np.asarray(images[:48]) - np.asarray(ds.mean)) / np.asarray(ds.std)
     ref = 0.0
     for b in range(3):
@@ -115,5 +115,5 @@ def test_evaluate_batch_mode_uses_each_batch_statistics(setup):
 
 def test_evaluate_rejects_unknown_mode(setup):
     ds, *_ , model, tx, state = setup
-    with pytest.raises(ValueError, match="eval mode"):
-        make_evaluate(model, mean=ds.mean, std=ds.std, mode="population")
+    with pytest.raises(ValueError, match="bn_mode must be one of"):
+        make_evaluate(model, mean=ds.mean, std=ds.std, bn_mode="population")
