@@ -36,5 +36,11 @@ def max_abs_diff(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a), leaves(b)))
 
 
+def max_rel_diff(a, b) -> float:
+    """Leafwise ``max|a - b| / max|b|``, the worst leaf: rounding differences scale with
+    each leaf's magnitude (parameters, running variances and momentum traces differ)."""
+    return max(float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)) for x, y in zip(leaves(a), leaves(b)))
+
+
 def bitwise_equal(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))

@@ -5,7 +5,7 @@ import pytest
 
 from jaxnorm.train import fit, fit_many, read_npz
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy
-from tests.train.helpers import bitwise_equal, max_abs_diff, tiny_config
+from tests.train.helpers import max_abs_diff, max_rel_diff, tiny_config
 
 SEEDS = (0, 1, 2)
 
@@ -20,10 +20,17 @@ def singles(tmp_path_factory):
 def test_each_run_equals_its_single_run(tmp_path, singles, strategy):
     runs = fit_many([tiny_config(tmp_path, name=f"m{s}", seed=s) for s in SEEDS], strategy=strategy, progress=False)
     for single, many in zip(singles, runs):
-        if strategy == "vmap":
-            assert max_abs_diff(single.state, many.state) < 1e-5  # batched kernels reassociate sums
-        else:
-            assert bitwise_equal(single.state, many.state)
+        # Every strategy compiles the step into another program than the single run's
+        # (batched kernels for vmap, a while-loop body for map, three inlined copies for
+        # loop), so XLA may tile and vectorize its sums differently (per instruction set
+        # too): equal up to float32 reassociation, not bitwise. One step's sums have at
+        # most 64 terms (the 8x8 inputs of dense1; batches of 32), worst case 64·u ≈ 4e-6
+        # of their scale, typically √64·u ≈ 5e-7; over 16 momentum-SGD steps the
+        # perturbation stays at that level (measured 3e-7 of a leaf's scale for vmap, 0
+        # for map/loop, on an AVX-512 Xeon). 1e-5 of each leaf's scale is 30x that, while
+        # a wrong seed, data order or run slice moves a state by far more (two seeds:
+        # > 1e-3 absolute on leaves of scale ~1, asserted below).
+        assert max_rel_diff(many.state, single.state) < 1e-5
         a, b = read_npz(single.run_dir / "trajectories.npz"), read_npz(many.run_dir / "trajectories.npz")
         assert a.keys() == b.keys()
         np.testing.assert_allclose(a["gamma_beta/norm1/gamma"], b["gamma_beta/norm1/gamma"], atol=1e-5)
