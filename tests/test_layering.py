@@ -33,6 +33,7 @@ ALLOWED = {
     "diagnostics": BASE | {"modes", "norms", "layers", "models", "data", "objective"},
     "analysis": BASE | {"results"},
     "observers": BASE | {"modes", "norms", "layers", "models", "data", "objective", "diagnostics"},
+    "study": BASE | {"results", "train"},
     "train": BASE | {"modes", "norms", "layers", "models", "inits", "data", "objective", "results", "diagnostics", "observers"},
 }
 

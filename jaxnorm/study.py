@@ -1,0 +1,193 @@
+"""One shape for every study: named setups -> groups of runs -> an analysis of the stored
+files, behind one command line.
+
+A study is an object with (the :class:`Study` protocol):
+
+* ``name`` -- its results live in ``<results>/<name>/<setup.name>/``;
+* ``setups`` -- named setups (frozen dataclasses with a ``name`` field and a
+  ``quick()`` method that shrinks them for a laptop or a test), and ``default`` the name
+  used when none is given;
+* ``add_arguments(parser)`` -- the study's own flags; every flag whose ``dest`` is a
+  field of the setup overrides that field (flags left out have default ``None``);
+* ``groups(setup, seeds, root)`` -- the runs, as :class:`RunGroup` s: each group is one
+  :func:`jaxnorm.train.fit_many` program (configs that differ only in seed, name or
+  optimizer-state hyperparameters) with its observers, and an optional ``after`` step
+  that measures the trained runs (it writes into their folders and must skip work that
+  is already there, so that a rerun is cheap);
+* ``analyze(setup, root)`` -- reads the stored runs only (never retrains), writes
+  ``root/plots/`` (PNGs and ``summary.md``) and returns a one-line verdict. Analyses
+  live in :mod:`jaxnorm.analysis` (one module per study), the study files in
+  ``experiments/`` hold setups, groups and observers only.
+
+:func:`run_study` trains every group (finished runs are skipped and interrupted ones
+resumed by ``fit_many`` itself) and :func:`main` is the command line every study shares::
+
+    python -m experiments.<study> [--config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
+        [--results DIR] [--plot-only] [--overwrite] [--no-progress] [study flags]
+
+``--quick`` shrinks the setup first and explicit study flags apply after it, so a flag
+given on the command line is never overridden by ``--quick``. Errors a user can fix (an
+unknown config, a bad ``--shard``, a run folder that holds another run) are printed as
+one line, not a traceback, and the command exits with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+from tqdm.auto import tqdm
+
+from jaxnorm.results import write_json
+from jaxnorm.train import CheckpointError, FitResult, RunExistsError, TrainConfig, fit_many
+
+
+@dataclasses.dataclass(frozen=True)
+class RunGroup:
+    """Runs trained as one program.
+
+    Attributes:
+      configs: the runs (see :func:`jaxnorm.train.fit_many` for what may differ).
+      observers: a factory of the group's observers (called once per training); None:
+        the engine's default (the γ/β recorder).
+      after: called with the group's :class:`~jaxnorm.train.FitResult` s after training
+        (post-hoc measurements of the trained runs), or None.
+      strategy: ``fit_many``'s multi-run strategy.
+    """
+
+    configs: tuple[TrainConfig, ...]
+    observers: Optional[Callable[[], list]] = None
+    after: Optional[Callable[[list[FitResult]], None]] = None
+    strategy: str = "auto"
+
+
+class Study(Protocol):
+    name: str
+    setups: Mapping[str, Any]
+    default: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def groups(self, setup: Any, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]: ...
+
+    def analyze(self, setup: Any, root: pathlib.Path) -> str: ...
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``'i/n'`` (1-based) -> ``(i, n)``; ValueError for anything else."""
+    try:
+        i, n = (int(p) for p in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 2/3), got {shard!r}.") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {shard}: need 1 <= i <= n.")
+    return i, n
+
+
+def shard_of(items: Sequence, shard: str) -> list:
+    """The items of shard ``i/n``: every n-th, starting at the i-th."""
+    i, n = parse_shard(shard)
+    return list(items)[i - 1 :: n]
+
+
+def setup_with(base: Any, overrides: Mapping[str, Any], *, quick: bool) -> Any:
+    """``base`` shrunk by ``quick()`` when asked, then every override that is not None
+    (explicit flags win over ``--quick``)."""
+    cfg = base.quick() if quick else base
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None and k in fields})
+
+
+def study_root(study: Study, setup: Any, results: str) -> pathlib.Path:
+    return pathlib.Path(results) / study.name / setup.name
+
+
+def run_study(
+    study: Study,
+    setup: Any,
+    *,
+    seeds: Sequence[int],
+    results: str = "results",
+    shard: str = "1/1",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[FitResult]:
+    """Trains the setup's groups of this shard (skipping finished runs, resuming
+    interrupted ones) and runs each group's ``after`` step; writes ``study.json`` (the
+    setup and seeds, what the analysis describes) under the study's root first."""
+    root = study_root(study, setup, results)
+    groups = shard_of(study.groups(setup, list(seeds), root), shard)
+    write_json(root / "study.json", {"study": study.name, "setup": _jsonable(dataclasses.asdict(setup)), "seeds": list(seeds)})
+    out: list[FitResult] = []
+    bar = tqdm(groups, desc=f"{study.name}/{setup.name}", unit="group", disable=not progress)
+    for group in bar:
+        observers = group.observers() if group.observers is not None else None
+        results_ = fit_many(group.configs, strategy=group.strategy, observers=observers, overwrite=overwrite, progress=progress)
+        if group.after is not None:
+            group.after(results_)
+        out.extend(results_)
+    bar.close()
+    return out
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def build_parser(study: Study) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{study.name}", description=_first_line(study))
+    parser.add_argument("--config", default=study.default, choices=sorted(study.setups), help=f"the setup (default: {study.default})")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (laptops, tests)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the setup's)")
+    parser.add_argument("--shard", default="1/1", help="i/n: train every n-th group of runs starting at the i-th")
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--plot-only", action="store_true", help="only plots and summary.md, from the stored files")
+    parser.add_argument("--overwrite", action="store_true", help="delete and retrain runs that already exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_arguments(parser)
+    return parser
+
+
+def _first_line(study) -> str:
+    doc = (sys.modules.get(type(study).__module__).__doc__ or "") if type(study).__module__ in sys.modules else ""
+    return doc.strip().splitlines()[0] if doc.strip() else study.name
+
+
+def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
+    """The shared command line (module docstring). Returns the exit status."""
+    parser = build_parser(study)
+    args = parser.parse_args(argv)
+    try:
+        parse_shard(args.shard)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        overrides = {k: v for k, v in vars(args).items() if k not in _SHARED}
+        setup = setup_with(study.setups[args.config], overrides, quick=args.quick)
+        seeds = args.seeds if args.seeds is not None else list(getattr(setup, "seeds", (0,)))
+        root = study_root(study, setup, args.results)
+        t0 = time.time()
+        if not args.plot_only:
+            run_study(study, setup, seeds=seeds, results=args.results, shard=args.shard, overwrite=args.overwrite, progress=not args.no_progress)
+            if args.shard != "1/1":
+                print(f"shard {args.shard} trained in {time.time() - t0:.1f} s; analyze all shards with --plot-only")
+                return 0
+        verdict = study.analyze(setup, root)
+    except (ValueError, RunExistsError, CheckpointError, FileNotFoundError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    if verdict:
+        print(verdict)
+    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+    return 0
+
+
+_SHARED = {"config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress"}
