@@ -29,7 +29,7 @@ import optax
 
 from jaxnorm.diagnostics.step_consistency import _tree_norm, sgd_step_condition_number
 
-__all__ = ["StepConditioningState", "track_step_conditioning", "find_step_conditioning", "StepConditioning"]
+__all__ = ["StepConditioningState", "track_step_conditioning", "find_step_conditioning"]
 
 
 class StepConditioningState(NamedTuple):

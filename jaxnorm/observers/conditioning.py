@@ -44,7 +44,7 @@ from jaxnorm.diagnostics.dissonance import confusion_from_gram, gradient_coheren
 from jaxnorm.diagnostics.effective_rank import relative_gradient_rank
 from jaxnorm.diagnostics.input_conditioning import input_condition_number
 from jaxnorm.diagnostics.masking import flatten, random_mask
-from jaxnorm.diagnostics.per_example import MODES, batch_loss_fn, per_example_grads
+from jaxnorm.diagnostics.per_example import batch_loss_fn, per_example_grads
 from jaxnorm.diagnostics.step_consistency import PERTURBATIONS, weight_perturbations, weight_space_metrics
 
 __all__ = ["METRICS", "GradientConditioning"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import jax
 
 
 class Observer(Protocol):

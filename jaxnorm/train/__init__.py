@@ -3,7 +3,8 @@ observers, checkpoints, data parallelism and many runs at once."""
 
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.config import TrainConfig
-from jaxnorm.train.loop import FitResult, RunExistsError, build_model, fit, fit_many
+from jaxnorm.train.loop import FitResult, build_model, fit, fit_many
+from jaxnorm.train.run_folder import RunExistsError
 from jaxnorm.objective import accuracy, cross_entropy, l2_penalty
 from jaxnorm.observers import GammaBetaRecorder, Observer, ReluSparsity, norm_layers
 from jaxnorm.train.optim import SCHEDULES, make_optimizer

@@ -10,11 +10,20 @@ writes ``results/<study>/<run>/`` (see :mod:`jaxnorm.results`). The loop:
   counts the traces of every compiled function);
 * calls the observers every ``every`` steps, keeping their results on the device;
 * pulls metrics to the host only every ``log_every_steps`` steps and at epoch ends
-  (the loop's only host syncs), checking there for a non-finite loss;
+  (the loop's only host syncs), checking there for divergence;
 * evaluates every ``eval_every_epochs`` epochs on each eval split (one compiled call
   per split), checkpoints every ``checkpoint_every_epochs`` epochs.
 
-Divergence (NaN/inf loss) stops the run cleanly: the first bad step and the reason are
+The pieces: :func:`~jaxnorm.train.run_groups.check_compatible` decides whether the
+configs can share one program (:mod:`jaxnorm.train.run_groups`); ``_plan`` loads the data
+and counts steps (full batch: the whole subset each step, unshuffled); ``_Program``
+builds and places the compiled functions of the N stacked runs; ``_restore`` resumes
+them (or records the observers' view of the initial state); ``_Loop`` is the hot loop
+(steps, observers, host syncs, evaluation, checkpoints); the run folder's bookkeeping is
+:mod:`jaxnorm.train.run_folder`.
+
+Divergence (a non-finite loss, or with ``divergence_factor`` a loss above that multiple
+of the first step's) stops the run cleanly: the first bad step and the reason are
 written to ``metrics.jsonl`` and ``status.json``, and ``fit`` returns normally (a sweep
 goes on). Any other failure marks the run ``failed`` in ``status.json`` and re-raises;
 checkpoints and metrics written so far stay.
@@ -28,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-import shutil
 from typing import Optional, Sequence
 
 import functools
@@ -39,30 +47,28 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
-from jaxnorm.layers import ABLATION_VARIANTS, ablation_masks, set_ablation_variant
+from jaxnorm.layers import set_ablation_variant
 from jaxnorm.models import get_model
 from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
-from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
-from jaxnorm.train.optim import make_optimizer, momentum_structure
-from jaxnorm.results import (
-    RunDir,
-    append_jsonl,
-    read_json,
-    read_jsonl,
-    read_npz,
-    rewrite_jsonl,
-    write_json,
-    write_npz,
+from jaxnorm.train.run_groups import check_compatible, learned_filter
+from jaxnorm.train.run_folder import (
+    eval_lines,
+    load_carry,
+    load_trajectories,
+    prepare_run_dir,
+    prune_carries,
+    record,
+    save_carries,
+    write_trajectories,
 )
+from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
+from jaxnorm.train.optim import make_optimizer
+from jaxnorm.results import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 from jaxnorm.train.state import TrainState, create_state
 from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
-
-
-class RunExistsError(RuntimeError):
-    """The run folder already holds a different (or, without resume, any) run."""
 
 
 @dataclasses.dataclass
@@ -128,66 +134,6 @@ def build_model(config: TrainConfig, num_classes: int, norm: Optional[str] = Non
     if norm_options:
         kwargs["norm_options"] = norm_options
     return get_model(config.model, norm=norm or config.norm, **kwargs)
-
-
-def _stored_config(run: RunDir) -> Optional[dict]:
-    """A run folder's config, with fields newer than the file at their defaults (None if
-    it is not a readable TrainConfig)."""
-    try:
-        return TrainConfig.from_dict(read_json(run.config)).to_dict()
-    except (TypeError, ValueError):
-        return None
-
-
-def _prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunDir:
-    run = RunDir(pathlib.Path(config.results_dir) / config.study / config.name)
-    if run.root.exists() and any(run.root.iterdir()):
-        if overwrite:
-            shutil.rmtree(run.root)
-        elif not run.config.exists():
-            raise RunExistsError(f"{run.root} exists and is not a jaxnorm run; refusing to write into it.")
-        elif _stored_config(run) != config.to_dict():
-            raise RunExistsError(
-                f"{run.root} holds a run with a different config; choose another name or pass overwrite=True."
-            )
-        elif not resume:
-            raise RunExistsError(f"{run.root} already holds this run; pass resume=True or overwrite=True.")
-    write_json(run.config, config.to_dict())
-    return run
-
-
-#: Fields in which runs trained as one program may differ: bookkeeping, and the
-#: hyperparameters that live in the optimizer state (data, not structure).
-_PER_RUN_FIELDS = ("seed", "name", "tag", "learning_rate", "weight_decay", "momentum")
-
-
-def _check_compatible(configs: Sequence[TrainConfig]) -> bool:
-    """Validates that the runs can share one program; True if they mix ablation variants
-    (then they train as the ``bn_ablation`` superset with per-run switches)."""
-    if not configs:
-        raise ValueError("fit_many needs at least one config.")
-    mixed = len({c.norm for c in configs}) > 1
-    if mixed and not all(c.norm in ABLATION_VARIANTS for c in configs):
-        raise ValueError(
-            f"runs trained together may mix norms only among the ablation variants {ABLATION_VARIANTS}, "
-            f"got {sorted({c.norm for c in configs})}."
-        )
-    per_run = _PER_RUN_FIELDS + (("norm",) if mixed else ())
-    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in per_run}
-    base = strip(configs[0])
-    for c in configs[1:]:
-        diff = sorted(k for k, v in strip(c).items() if base[k] != v)
-        if diff:
-            raise ValueError(
-                f"runs trained together may differ only in {per_run} (norm: among the ablation "
-                f"variants); {c.name!r} also differs in {diff}."
-            )
-    if len({momentum_structure(c.momentum) for c in configs}) > 1:
-        raise ValueError("runs trained together must all use momentum (> 0) or all none: the momentum buffer is structure.")
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"run names must be unique, got {names}.")
-    return mixed
 
 
 @dataclasses.dataclass
@@ -321,7 +267,7 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
         for i, (r, t) in enumerate(zip(runs, traj)):
             lines: list[dict] = []
             for o in program.observers:  # the state before the first step
-                _record(o, _run_slice(initial[o.name], i), 0, t, lines)
+                record(o, _run_slice(initial[o.name], i), 0, t, lines)
             rewrite_jsonl(r.metrics, lines)
         return state, 0, 0, [None] * num
     if len(set(latest)) != 1:
@@ -337,10 +283,10 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
     step, start_epoch = int(meta["step"]), int(meta["next_epoch"])
     for r, t in zip(runs, traj):
         rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
-        _load_trajectories(r, t, step)
+        load_trajectories(r, t, step)
     program.start_carries(state)
     program.carries = {
-        name: program.place(stack([_load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
+        name: program.place(stack([load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
         for name, carry in program.carries.items()
     }
     return state, step, start_epoch, [m[1].get("initial_loss") for m in restored]
@@ -405,11 +351,11 @@ def fit_many(
         with and without momentum, or names repeat; and the errors of :func:`fit`.
     """
     configs = list(configs)
-    superset = _check_compatible(configs)
+    superset = check_compatible(configs)
     num = len(configs)
     strategy = resolve_strategy(strategy, num)
     cfg = configs[0]
-    runs = [_prepare_run_dir(c, resume, overwrite) for c in configs]
+    runs = [prepare_run_dir(c, resume, overwrite) for c in configs]
     observers = [GammaBetaRecorder(cfg.record_every_steps)] if observers is None else list(observers)
     names = [o.name for o in observers]
     if len(set(names)) != len(names):
@@ -432,7 +378,7 @@ def fit_many(
         write_json(r.status, {"status": "running", "step": step})
 
     # In the superset every run has γ and β; record only those its variant learns.
-    keep = [_learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
+    keep = [learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
     info = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
     loop = _Loop(plan, program, runs, traj, initial_losses)
     desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
@@ -449,7 +395,7 @@ def fit_many(
             if (epoch + 1) % max(cfg.checkpoint_every_epochs, 1) == 0 or finished:
                 loop.checkpoint(state, ckpts, keep, epoch, step)
         for r, t, k in zip(runs, traj, keep):
-            _write_trajectories(r, t, k)
+            write_trajectories(r, t, k)
     except BaseException as e:
         for r in runs:
             write_json(r.status, {"status": "failed", "step": step, "error": f"{type(e).__name__}: {e}"})
@@ -520,7 +466,7 @@ class _Loop:
                 lines.append({"kind": "train", "step": step, "epoch": epoch, "loss": mean("loss"), "ce": mean("ce"), "acc": mean("acc"), "steps": len(rows)})
             for (o, s, _), v in zip(self.pending_obs, obs_values):
                 if not bad.size or s < first_step + bad[0]:
-                    _record(o, _run_slice(v, i), s, self.traj[i], lines)
+                    record(o, _run_slice(v, i), s, self.traj[i], lines)
             if bad.size:
                 at, value = int(first_step + bad[0]), losses[bad[0]]
                 what = "non-finite loss" if not np.isfinite(value) else f"loss above {factor:g} x its first step's {self.initial_losses[i]:.4g}"
@@ -534,7 +480,7 @@ class _Loop:
         totals = jax.device_get({split: self.program.evaluate(state, *arrays) for split, arrays in eval_data.items()})
         for i, r in enumerate(self.runs):
             if not self.divergence[i]:
-                append_jsonl(r.metrics, _eval_lines(_run_slice(totals, i), epoch, step))
+                append_jsonl(r.metrics, eval_lines(_run_slice(totals, i), epoch, step))
 
     def checkpoint(self, state, ckpts, keep, epoch: int, step: int) -> None:
         num = self.program.num
@@ -542,10 +488,10 @@ class _Loop:
         one_carry = {name: unstack(jax.device_get(c), num) for name, c in self.program.carries.items()}
         for i, (r, c) in enumerate(zip(self.runs, ckpts)):
             if c is not None and not self.divergence[i]:
-                _write_trajectories(r, self.traj[i], keep[i])
-                _save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
+                write_trajectories(r, self.traj[i], keep[i])
+                save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
                 c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1, "initial_loss": self.initial_losses[i]})
-                _prune_carries(r, c.steps())
+                prune_carries(r, c.steps())
 
 
 def _divergent(losses: np.ndarray, initial: Optional[float], factor: Optional[float]) -> np.ndarray:
@@ -561,88 +507,8 @@ def _run_slice(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _record(obs, value, step, traj, metric_lines):
-    """Files one host-side observer record under its sink."""
-    if obs.sink == "trajectories":
-        traj[obs.name]["steps"].append(step)
-        traj[obs.name]["records"].append(value)
-    else:
-        annotations = getattr(obs, "annotations", {})
-        metric_lines.append({"kind": obs.name, "step": step, **annotations, **{k: float(v) for k, v in value.items()}})
-
-
 def _copying(obs):
     """The observer with its record copied out of the (soon donated) state buffers."""
     if is_stateful(obs):
         return lambda st, carry: (lambda rc: (jax.tree.map(jnp.copy, rc[0]), rc[1]))(obs(st, carry))
     return lambda st: jax.tree.map(jnp.copy, obs(st))
-
-
-def _carry_path(run: RunDir, step: int) -> pathlib.Path:
-    return run.root / "observer_state" / f"{int(step)}.npz"
-
-
-def _save_carries(run: RunDir, step: int, carries: dict) -> None:
-    """Writes the stateful observers' carries for the checkpoint at ``step`` (before the
-    checkpoint itself, so every checkpoint has its carries)."""
-    if carries:
-        arrays = {f"{name}/{i}": leaf for name, c in carries.items() for i, leaf in enumerate(jax.tree.leaves(c))}
-        write_npz(_carry_path(run, step), arrays)
-
-
-def _prune_carries(run: RunDir, kept_steps) -> None:
-    """Deletes carries of checkpoints the checkpointer no longer keeps."""
-    kept = {int(s) for s in kept_steps}
-    for path in (run.root / "observer_state").glob("*.npz"):
-        if path.stem.isdigit() and int(path.stem) not in kept:
-            path.unlink()
-
-
-def _load_carry(run: RunDir, name: str, step: int, template):
-    """The carry saved with the checkpoint at ``step``, or ``template`` (a fresh start)
-    when there is none (a run checkpointed before the observer was added)."""
-    stored = read_npz(_carry_path(run, step))
-    leaves, treedef = jax.tree.flatten(template)
-    if not all(f"{name}/{i}" in stored for i in range(len(leaves))):
-        return template
-    return jax.tree.unflatten(treedef, [jnp.asarray(stored[f"{name}/{i}"], l.dtype) for i, l in enumerate(leaves)])
-
-
-def _eval_lines(totals, epoch, step) -> list[dict]:
-    out = []
-    for split, t in totals.items():
-        count = float(t["count"])
-        out.append({"kind": "eval", "split": split, "epoch": epoch, "step": step, "loss": float(t["loss_sum"]) / count, "acc": float(t["correct"]) / count, "n": int(count)})
-    return out
-
-
-def _learned_filter(variant: str):
-    """Keeps the γ/β recorder keys (``.../gamma``, ``.../beta``) a variant learns."""
-    masks = ablation_masks(variant)
-    drop = {"gamma"} if not masks["use_scale"] else set()
-    drop |= {"beta"} if not masks["use_bias"] else set()
-    return lambda key: key.rsplit("/", 1)[-1] not in drop
-
-
-def _write_trajectories(run: RunDir, traj, keep=lambda key: True) -> None:
-    arrays = {}
-    for name, t in traj.items():
-        arrays[f"{name}/steps"] = np.asarray(t["steps"], np.int64)
-        if t["records"]:
-            for key in t["records"][0]:
-                if keep(key):
-                    arrays[f"{name}/{key}"] = np.stack([np.asarray(r[key]) for r in t["records"]])
-    if arrays:
-        write_npz(run.trajectories, arrays)
-
-
-def _load_trajectories(run: RunDir, traj, upto_step: int) -> None:
-    stored = read_npz(run.trajectories)
-    for name, t in traj.items():
-        steps = stored.get(f"{name}/steps")
-        if steps is None:
-            continue
-        keep = steps <= upto_step
-        keys = [k[len(name) + 1 :] for k in stored if k.startswith(name + "/") and k != f"{name}/steps"]
-        t["steps"] = [int(s) for s in steps[keep]]
-        t["records"] = [{k: stored[f"{name}/{k}"][i] for k in keys} for i in np.flatnonzero(keep)]

@@ -48,7 +48,6 @@ import re
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 from optax import contrib
 
