@@ -27,8 +27,8 @@ statistics); for ``noisy_bn`` the running averages saw noisy activations, so an
 the training set (:func:`jaxnorm.layers.population_batch_stats`), written to
 ``<run>/recalibrated_eval.json`` -- the accuracy the summary reports for it.
 
-    python -m experiments.smoothness                  # digits, 6-layer ConvNet, 400 SGD steps: ~2-3 min on 2 CPU cores
-    python -m experiments.smoothness --quick          # 20 steps, 256 examples, 3-layer MLP, 3 η (tests): ~15-25 s
+    python -m experiments.smoothness                  # digits, 6-layer ConvNet, 400 SGD steps: ~2-2.5 min on 2 idle CPU cores (~2 min CPU time)
+    python -m experiments.smoothness --quick          # 20 steps, 256 examples, 3-layer MLP, 3 η (tests): ~20-30 s
     python -m experiments.smoothness --config cifar10 # 3C3D on CIFAR-10 (GPU; tfds-prepared CIFAR-10)
     python -m experiments.smoothness --plot-only      # plots + summary.md from the stored files
 
