@@ -26,6 +26,14 @@ are learned (an ablated γ or β is not a parameter at all, so it cannot be trai
 decayed by accident); ``batch_stats/mean`` and ``batch_stats/var`` exist for the batch
 kind only.
 
+Noise injection (``noise_mean``, ``noise_var`` of :class:`Norm`, e.g. through a model's
+``norm_options``): in training mode the layer's output y becomes ``y · s + m`` with
+per-channel ``m ~ U(−noise_mean, noise_mean)`` and ``s = √v``, ``v ~ U(1, 1 + noise_var)``,
+drawn afresh at every call from the ``'dropout'`` RNG stream: the "non-stationary noise
+after BatchNorm" of Santurkar et al. (2018), "How does batch normalization help
+optimization?" (Sec. 2.1), which adds internal covariate shift on purpose; see
+:func:`norm_noise`.
+
 Weight re-parameterizations (:data:`WEIGHT_REPARAMS`, a model's ``weight_reparam=``)
 change how a dense/conv layer's kernel is computed from its parameters instead of adding
 a layer: ``'none'``, ``'weight_norm'`` (Salimans & Kingma 2016) and ``'weight_std'``
@@ -36,7 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping, Optional
+import math
+from typing import Callable, Iterable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -55,6 +64,8 @@ __all__ = [
     "ablation_masks",
     "set_ablation_variant",
     "norm_from_spec",
+    "norm_noise",
+    "population_batch_stats",
     "crelu",
     "ACTIVATIONS",
     "get_activation",
@@ -140,6 +151,16 @@ class Norm(nn.Module):
         :func:`jaxnorm.norms.batch_norm` (Flax/TF momentum convention).
       num_groups: for the group kind.
       scale_init, bias_init: initializers of γ and β (default 1 and 0).
+      noise_mean, noise_var: noise injection after the normalization (0 and 0: none,
+        the default): with ``train=True`` (and not during ``init``) the output y becomes
+        ``y · √v + m``, ``m ~ U(−noise_mean, noise_mean)``, ``v ~ U(1, 1 + noise_var)``,
+        one draw per channel shared by the batch (and by all positions of a conv
+        feature map), from ``self.make_rng('dropout')``: apply with ``rngs={'dropout':
+        key}`` -- :func:`jaxnorm.train.fit`'s step passes a key of (seed, epoch, step),
+        so the noise is redrawn every step and a resumed run draws the same noise. Each
+        layer gets its own draw (flax folds the layer's path into the key). With
+        ``train=False`` (running statistics, evaluation) there is no noise. See
+        :func:`norm_noise`.
       maskable: batch kind only: γ, β and the normalization itself are switched on or
         off by 0/1 scalars ``use_scale``, ``use_bias``, ``use_norm`` kept in
         ``batch_stats`` (constants: never updated), so one structure computes any of the
@@ -160,16 +181,19 @@ class Norm(nn.Module):
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
     maskable: bool = False
+    noise_mean: float = 0.0
+    noise_var: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.kind not in ("batch", "layer", "group", "instance"):
             raise ValueError(f"unknown norm kind {self.kind!r}; known: batch, layer, group, instance")
+        _check_noise(self.noise_mean, self.noise_var)
         features = x.shape[-1]
         scale = self.param("scale", self.scale_init, (features,), jnp.float32) if self.use_scale else None
         bias = self.param("bias", self.bias_init, (features,), jnp.float32) if self.use_bias else None
         if self.kind != "batch":
-            return _stateless(self.kind)(self, x, scale, bias)
+            return self._noisy(_stateless(self.kind)(self, x, scale, bias), train)
 
         mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
@@ -194,9 +218,51 @@ class Norm(nn.Module):
         )
         if train and not self.is_initializing():
             mean.value, var.value = new.mean, new.var
+        y = self._noisy(y, train)
         if self.maskable:
+            # After the noise: a switched-off norm (the vanilla network) gets none either.
             y = jnp.where(on["use_norm"] > 0, y, x)
         return y
+
+    def _noisy(self, y: jax.Array, train: bool) -> jax.Array:
+        """``y`` with the layer's noise (training mode only; see the class docstring)."""
+        if not (train and (self.noise_mean or self.noise_var)) or self.is_initializing():
+            return y
+        if not self.has_rng("dropout"):
+            raise ValueError(
+                f"Norm {'/'.join(self.path) or '(top)'} injects noise (noise_mean={self.noise_mean}, "
+                f"noise_var={self.noise_var}) in training mode and needs a 'dropout' RNG: apply with "
+                "rngs={'dropout': key}."
+            )
+        scale, shift = norm_noise(self.make_rng("dropout"), y.shape[-1], self.noise_mean, self.noise_var)
+        return y * scale.astype(y.dtype) + shift.astype(y.dtype)
+
+
+def _check_noise(noise_mean, noise_var) -> None:
+    for name, v in (("noise_mean", noise_mean), ("noise_var", noise_var)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"Norm.{name} must be a finite number >= 0, got {v!r}.")
+
+
+def norm_noise(key: jax.Array, features: int, noise_mean: float, noise_var: float) -> tuple[jax.Array, jax.Array]:
+    """``(scale, shift)``, each float32 ``(features,)``: one draw of :class:`Norm`'s noise.
+
+    ``shift ~ U(−noise_mean, noise_mean)`` and ``scale = √v``, ``v ~ U(1, 1 + noise_var)``,
+    independent per channel (Santurkar et al. 2018, "How does batch normalization help
+    optimization?", Sec. 2.1: noise with a non-zero mean and a non-unit variance, drawn
+    anew at each step; the paper draws per activation, here one draw per channel is
+    shared by the batch: a pure shift of the next layer's input distribution, not a
+    per-example regularizer). A pure function of ``key``; magnitudes 0 give exactly
+    scale 1 and shift 0.
+
+    Raises:
+      ValueError: a negative or non-finite magnitude.
+    """
+    _check_noise(noise_mean, noise_var)
+    k_shift, k_var = jax.random.split(key)
+    shift = jax.random.uniform(k_shift, (features,), jnp.float32, minval=-noise_mean, maxval=noise_mean)
+    var = jax.random.uniform(k_var, (features,), jnp.float32, minval=1.0, maxval=1.0 + noise_var)
+    return jnp.sqrt(var), shift
 
 
 _MASK_KEYS = ("use_scale", "use_bias", "use_norm")
@@ -237,6 +303,65 @@ def set_ablation_variant(batch_stats, variant: str):
         raise ValueError("no maskable norm layer found: build the model with norm='bn_ablation'.")
     return out
 
+
+def population_batch_stats(module: nn.Module, variables: Mapping, batches: Iterable[jax.Array], *, rngs: Optional[Mapping] = None) -> dict:
+    """``variables['batch_stats']`` with every batch-kind :class:`Norm`'s ``mean``/``var``
+    replaced by the population statistics of its input over ``batches``.
+
+    Each batch runs through ``module`` in training mode (``train=True``: every layer
+    normalizes by the batch's own statistics, as in training; the running statistics of
+    ``variables`` are neither used nor updated), and each batch-kind Norm's input is
+    accumulated by :func:`jaxnorm.norms.population_stats` (mean of the batch means,
+    Bessel-corrected pooled within-batch variance: Ioffe & Szegedy 2015, "Batch
+    normalization: accelerating deep network training by reducing internal covariate
+    shift", Alg. 1 step 10): exact inference statistics of the trained network instead
+    of the running averages, e.g. after training with noise (:class:`Norm`'s
+    ``noise_mean``/``noise_var``), whose running averages saw noisy activations: pass
+    the noise-free model (the same variables fit it). Pass batches of the training
+    batch size (ghost batches: of ``group_size``). Other entries of ``batch_stats``
+    (e.g. the ablation switches) are kept. Nothing mutates; one compiled forward per
+    batch shape.
+
+    Args:
+      module: the model; ``variables``: its variables (``params``, ``batch_stats``).
+      batches: model inputs, each ``(batch, ...)`` (normalized as in training).
+      rngs: the ``apply`` RNGs a training-mode forward needs (dropout, noise).
+
+    Raises:
+      ValueError: no batches, or no batch-kind Norm in the model.
+    """
+
+    def captured_inputs(variables, x):
+        seen: dict[tuple, list] = {}
+
+        def grab(next_fun, args, kwargs, ctx):
+            if isinstance(ctx.module, Norm) and ctx.method_name == "__call__" and ctx.module.kind == "batch":
+                seen.setdefault(tuple(ctx.module.path), []).append(args[0])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(grab):
+            module.apply(variables, x, train=True, mutable=["batch_stats"], **({"rngs": rngs} if rngs else {}))
+        return seen
+
+    forward = jax.jit(captured_inputs)
+    update = jax.jit(lambda acc, x: acc.update(x))
+    accs: dict[tuple, norms.PopulationAccumulator] = {}
+    for x in batches:
+        for path, inputs in forward(variables, x).items():
+            for v in inputs:
+                acc = accs.get(path) or norms.PopulationAccumulator.init(v.shape[-1])
+                accs[path] = update(acc, v)
+    if not accs:
+        raise ValueError("population_batch_stats needs at least one batch and a model with a batch-kind Norm.")
+
+    def replaced(tree, prefix=()):
+        out = {k: replaced(v, prefix + (k,)) if isinstance(v, Mapping) else v for k, v in tree.items()}
+        if prefix in accs:
+            stats = accs[prefix].result()
+            out["mean"], out["var"] = stats.mean, stats.var
+        return out
+
+    return replaced(variables["batch_stats"])
 
 def make_norm(name: str, **kwargs) -> Optional[Norm]:
     """A :class:`Norm` configured for the vocabulary name ``name``; ``None`` for ``'vanilla'``.

@@ -382,3 +382,151 @@ def test_set_ablation_variant_errors():
         set_ablation_variant(v["batch_stats"], "bn")
     with pytest.raises(ValueError, match="unknown ablation variant"):
         set_ablation_variant(v["batch_stats"], "layer")
+
+
+# --------------------------------------------------------------------------------------
+# Noise injection (Norm.noise_mean / noise_var; Santurkar et al. 2018's noisy BN) and
+# population statistics of a network's norm layers.
+
+NOISE = {"noise_mean": 1.0, "noise_var": 2.0}
+
+
+def _per_channel_affine(noisy, plain):
+    """``(s, m)`` with ``noisy = s·plain + m`` per channel (asserted for every row): the
+    noise is one draw per channel, shared by the batch."""
+    n, p = f64(noisy).reshape(-1, noisy.shape[-1]), f64(plain).reshape(-1, plain.shape[-1])
+    s = (n[0] - n[1]) / (p[0] - p[1])
+    m = n[0] - s * p[0]
+    close(n, s * p + m)
+    return s, m
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer"])
+def test_norm_noise_is_a_per_channel_affine_map_in_training_mode_only(rng, kind):
+    """Output y becomes y·s + m, one (s, m) per channel shared by the batch and every
+    position of a feature map, with s² in [1, 1 + noise_var] and |m| <= noise_mean; the
+    same key gives the same draw, another key another; eval mode has no noise; the
+    running statistics are those of the input, as without noise."""
+    x = jnp.asarray(rand_x(rng, (6, 3, 3, 8)))
+    plain, noisy = Norm(kind=kind), Norm(kind=kind, **NOISE)
+    v = plain.init(KEY, x, train=False)
+    apply = lambda mod, key: mod.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+    y0, s0 = apply(plain, KEY)
+    y1, s1 = apply(noisy, jax.random.PRNGKey(5))
+    s, m = _per_channel_affine(y1, y0)
+    assert np.all((s**2 >= 1 - 1e-5) & (s**2 <= 3 + 1e-5)) and np.all(np.abs(m) <= 1 + 1e-5)
+    assert np.ptp(s) > 0.01 and np.ptp(m) > 0.01  # really random per channel
+    jax.tree.map(np.testing.assert_array_equal, s1, s0)
+    np.testing.assert_array_equal(apply(noisy, jax.random.PRNGKey(5))[0], y1)
+    assert not np.allclose(apply(noisy, jax.random.PRNGKey(6))[0], y1)
+    np.testing.assert_array_equal(noisy.apply(v, x, train=False), plain.apply(v, x, train=False))
+
+
+def test_norm_noise_draws_per_layer_under_jit_and_zero_is_the_plain_network():
+    """In a 3-layer MLP each norm layer gets its own draw from the one 'dropout' key;
+    under jit the same as eagerly; magnitudes 0 need no key and give the plain network
+    bit for bit; init needs no key."""
+    from jaxnorm.models import get_model
+
+    x = jax.random.normal(KEY, (8, 4))
+    plain = get_model("mlp", norm="bn_gamma_beta", num_classes=3, depth=3, width=5)
+    noisy = get_model("mlp", norm="bn_gamma_beta", num_classes=3, depth=3, width=5, norm_options=NOISE)
+    v = noisy.init(jax.random.PRNGKey(1), x, train=False)
+    rngs = {"dropout": jax.random.PRNGKey(2)}
+
+    def outputs(module, **kw):
+        got = {}
+
+        def grab(next_fun, args, kwargs, ctx):
+            out = next_fun(*args, **kwargs)
+            if isinstance(ctx.module, Norm):
+                got["/".join(ctx.module.path)] = (args[0], out)
+            return out
+
+        with nn.intercept_methods(grab):
+            module.apply(v, x, train=True, mutable=["batch_stats"], **kw)
+        return got
+
+    clean, dirty = outputs(plain), outputs(noisy, rngs=rngs)
+    # norm1's input is noise-free; norm2's depends on norm1's noise, so compare each
+    # noisy norm's output with the plain norm of the same (noisy) input.
+    draws = []
+    for name in ("norm1", "norm2"):
+        ref, _ = Norm().apply({"params": v["params"][name], "batch_stats": v["batch_stats"][name]}, dirty[name][0], train=True, mutable=["batch_stats"])
+        draws.append(_per_channel_affine(dirty[name][1], ref))
+    assert not np.allclose(draws[0][0], draws[1][0]) and not np.allclose(draws[0][1], draws[1][1])
+    np.testing.assert_allclose(f64(dirty["norm1"][0]), f64(clean["norm1"][0]))
+    eager, _ = noisy.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs)
+    jitted, _ = jax.jit(lambda v, r: noisy.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": r}))(v, rngs["dropout"])
+    close(jitted, eager)
+    zero = get_model("mlp", norm="bn_gamma_beta", num_classes=3, depth=3, width=5, norm_options={"noise_mean": 0.0, "noise_var": 0.0})
+    np.testing.assert_array_equal(zero.apply(v, x, train=True, mutable=["batch_stats"])[0], plain.apply(v, x, train=True, mutable=["batch_stats"])[0])
+
+
+def test_norm_noise_skips_a_switched_off_maskable_norm():
+    """In the bn_ablation superset a vanilla run's norm is the identity: no noise either."""
+    from jaxnorm.layers import set_ablation_variant
+
+    x = jax.random.normal(KEY, (8, 3))
+    sup = make_norm("bn_ablation", **NOISE)
+    v = sup.init(KEY, x, train=False)
+    off = {"params": v["params"], "batch_stats": set_ablation_variant(v["batch_stats"], "vanilla")}
+    y, _ = sup.apply(off, x, train=True, mutable=["batch_stats"], rngs={"dropout": KEY})
+    np.testing.assert_array_equal(y, x)
+
+
+def test_norm_noise_function_and_errors():
+    from jaxnorm.layers import norm_noise
+
+    scale, shift = norm_noise(KEY, 16, 1.0, 2.0)
+    assert scale.shape == shift.shape == (16,)
+    np.testing.assert_array_equal(jax.jit(lambda k: norm_noise(k, 16, 1.0, 2.0))(KEY)[0], scale)
+    zero = norm_noise(KEY, 4, 0.0, 0.0)
+    np.testing.assert_array_equal(zero[0], np.ones(4))
+    np.testing.assert_array_equal(zero[1], np.zeros(4))
+    # 10k draws: the ranges and the means of U(-1, 1) and U(1, 3) (±5 standard errors).
+    s, m = norm_noise(KEY, 10_000, 1.0, 2.0)
+    v = f64(s) ** 2
+    assert v.min() >= 1 - 1e-6 and v.max() <= 3 + 1e-6 and abs(v.mean() - 2) < 5 * (2 / math.sqrt(12)) / 100
+    assert np.abs(f64(m)).max() <= 1 and abs(f64(m).mean()) < 5 * (2 / math.sqrt(12)) / 100
+    for bad in ({"noise_mean": -1.0}, {"noise_var": float("nan")}, {"noise_var": True}):
+        with pytest.raises(ValueError, match="noise_"):
+            Norm(**bad).init(KEY, jnp.ones((4, 2)), train=False)
+    with pytest.raises(ValueError, match="noise_mean"):
+        norm_noise(KEY, 3, -0.5, 0.0)
+    noisy = Norm(**NOISE)
+    v = noisy.init(KEY, jnp.ones((4, 2)), train=True)  # init: no noise, no key needed
+    with pytest.raises(ValueError, match="needs a 'dropout' RNG"):
+        noisy.apply(v, jnp.ones((4, 2)), train=True, mutable=["batch_stats"])
+
+
+def test_population_batch_stats_of_a_network_by_hand(rng):
+    """2-layer BN MLP: norm1's input is x·W1 (batch mean of means, pooled m/(m−1)
+    variance, float64 here); norm2's input is dense2(relu(BN_batch(x·W1))) with each
+    batch normalized by its own statistics. Nothing else in batch_stats changes."""
+    from jaxnorm.layers import population_batch_stats
+    from jaxnorm.models import get_model
+
+    module = get_model("mlp", norm="bn_gamma_beta", num_classes=3, depth=3, width=5)
+    x = jnp.asarray(rng.standard_normal((24, 4)).astype(np.float32))
+    v = module.init(KEY, x, train=False)
+    p = jax.tree.map(f64, v["params"])
+    batches = [x[:8], x[8:16], x[16:]]
+    got = population_batch_stats(module, v, batches)
+
+    def pooled(hs):
+        m = hs[0].shape[0]
+        return np.mean([h.mean(0) for h in hs], 0), np.mean([h.var(0) for h in hs], 0) * m / (m - 1)
+
+    h1 = [f64(b) @ p["dense1"]["kernel"] for b in batches]
+    bn = lambda h, q: (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) * q["scale"] + q["bias"]
+    h2 = [np.maximum(bn(h, p["norm1"]), 0) @ p["dense2"]["kernel"] for h in h1]
+    for name, hs in (("norm1", h1), ("norm2", h2)):
+        mean, var = pooled(hs)
+        close(got[name]["mean"], mean)
+        close(got[name]["var"], var)
+    with pytest.raises(ValueError, match="at least one batch"):
+        population_batch_stats(module, v, [])
+    vanilla = get_model("mlp", norm="vanilla", num_classes=3, depth=3, width=5)
+    with pytest.raises(ValueError, match="batch-kind Norm"):
+        population_batch_stats(vanilla, vanilla.init(KEY, x, train=False), batches)
