@@ -31,8 +31,8 @@ together):
    and each test batch's own statistics at ``eval_batch_sizes`` (part 2: at the
    training batch size).
 
-    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 41 runs: ~100 s on 2 idle CPU cores
-    python -m experiments.norm_kinds --quick          # a 3-layer BN MLP, 2 epochs on 256 examples, 2 runs (tests): ~10 s
+    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 41 runs: 231 s of CPU (2 cores; the forked loop took 168 s)
+    python -m experiments.norm_kinds --quick          # a 3-layer BN MLP, 2 epochs on 256 examples, 2 runs (tests): 20 s of CPU
     python -m experiments.norm_kinds --seeds 0 1 2    # three seeds of everything (about 3x the time)
     python -m experiments.norm_kinds --config cifar10 # 3C3D + MLP on CIFAR-10 (GPU; tfds-prepared CIFAR-10)
     python -m experiments.norm_kinds --plot-only      # plots + summary.md from the stored files
