@@ -1,6 +1,8 @@
-"""The normalization-kinds study (``experiments/norm_kinds.py``): the quick study end to
-end, BatchNorm's population statistics and evaluation modes against NumPy, the summary
-from synthetic records, divergence, bad input."""
+"""The normalization-kinds study (``experiments/norm_kinds.py`` on the engine, analysis
+in ``jaxnorm.analysis.norm_kinds``): the quick study end to end (fit's run folders, the
+observers' records, plots, summary, --plot-only, a rerun that trains nothing), the
+analysis from synthetic stored runs (several seeds, divergence), the rows-vs-columns
+check against its invariants, the configs, bad input."""
 
 from __future__ import annotations
 
@@ -14,188 +16,148 @@ import numpy as np
 import pytest
 
 from experiments import norm_kinds as nk
-from jaxnorm.models import get_model
-from jaxnorm.results import RunDir
+from jaxnorm.analysis import norm_kinds as an
+from jaxnorm.results import read_jsonl, write_json
+from jaxnorm.train import build_model
 
 
-def f64(a):
-    return np.asarray(a, np.float64)
-
-
-def lines(path):
-    return [json.loads(l) for l in path.read_text().splitlines()]
-
-
-def test_quick_study_writes_records_plots_and_summary(tmp_path):
-    nk.main(["--quick", "--results", str(tmp_path)])
-    cfg = nk.NormKindsConfig().quick()
+def test_quick_study_writes_runs_records_plots_and_summary(tmp_path, capsys):
+    assert nk.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
+    setup = nk.SETUPS["digits"].quick()
     root = tmp_path / "norm_kinds" / "digits-quick"
-    for variant in cfg.variants:
-        run = root / "curves" / "mlp" / variant
-        config = json.loads((run / "config.json").read_text())
-        assert (config["variant"], config["batch_size"], config["norm"]) == (variant, cfg.batch_size, nk.VARIANTS[variant].norm)
-        recs = lines(run / "metrics.jsonl")
-        train = [r for r in recs if r["kind"] == "train"]
-        evals = [r for r in recs if r["kind"] == "eval" and r["split"] == "test"]
-        train_evals = [r for r in recs if r["kind"] == "eval" and r["split"] == "train"]
-        assert [r["epoch"] for r in train] == [r["epoch"] for r in evals] == [r["epoch"] for r in train_evals] == list(range(1, cfg.epochs + 1))
-        steps = cfg.subset // cfg.batch_size
-        assert [r["step"] for r in train] == [steps * e for e in range(1, cfg.epochs + 1)]
-        assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in train + evals + train_evals)
-        stats = [r for r in recs if r["kind"] == "eval_stats"]
-        if variant == "batch":
-            assert [(r["method"], r["batch_size"]) for r in stats] == [("running", None), ("population", None), ("batch", 16)]
-            # The running-statistics evaluation is the epoch's eval record; n counts every example.
-            assert stats[0]["accuracy"] == pytest.approx(evals[-1]["accuracy"], abs=1e-6) and stats[0]["n"] == 359
-            assert stats[2]["n"] == 352  # 22 full test batches of 16
-            rc = {r["norm"]: r for r in recs if r["kind"] == "rows_columns"}
-            # LayerNorm: rows standardized, columns not; BatchNorm the other way round.
-            assert rc["layer"]["rows_mean"] < 1e-5 and rc["layer"]["rows_std"] < 1e-4 and rc["layer"]["cols_mean"] > 0.1
-            assert rc["batch"]["cols_mean"] < 1e-5 and rc["batch"]["cols_std"] < 1e-4 and rc["batch"]["rows_mean"] > 0.1
-        else:
-            assert stats == []
-    sweep = lines(root / "batch_size" / "mlp" / "batch_b4" / "metrics.jsonl")
-    assert [r["batch_size"] for r in sweep if r["kind"] == "eval_stats"] == [None, None, 4]
-    assert json.loads((root / "batch_size" / "mlp" / "batch_b4" / "config.json").read_text())["learning_rate"] == pytest.approx(cfg.learning_rate * 4 / 16)
+    assert sorted(p.name for p in root.iterdir()) == ["bs-mlp-batch-b4-s0", "curves-mlp-batch-s0", "plots", "study.json"]
+    run = root / "curves-mlp-batch-s0"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["norm"], config["tag"], config["batch_size"], config["epochs"], config["momentum"]) == ("bn_gamma_beta", "batch", 16, 2, 0.9)
+    recs = read_jsonl(run / "metrics.jsonl")
+    train = [r for r in recs if r["kind"] == "train"]
+    steps = setup.subset // setup.batch_size
+    # One train line per epoch (its mean), two eval lines per epoch.
+    assert [(r["epoch"], r["step"], r["steps"]) for r in train] == [(0, steps, steps), (1, 2 * steps, steps)]
+    assert [(r["epoch"], r["split"]) for r in recs if r["kind"] == "eval"] == [(0, "test"), (0, "train_eval"), (1, "test"), (1, "train_eval")]
+    bn = [r for r in recs if r["kind"] == "bn_eval"]
+    assert [r["step"] for r in bn] == [0, 2 * steps]
+    last_test = [r for r in recs if r["kind"] == "eval" and r["split"] == "test"][-1]
+    assert bn[-1]["running_acc"] == pytest.approx(last_test["acc"], abs=1e-6)
+    assert (bn[-1]["n"], bn[-1]["batch16_n"], bn[-1]["population_batch_size"], bn[-1]["population_examples"]) == (359, 352, 16, 256)
+    traj = np.load(run / "trajectories.npz")
+    assert traj["norm_inputs/norm1"].shape == (2, setup.rows_columns_batch, 16)
+    sweep = root / "bs-mlp-batch-b4-s0"
+    assert json.loads((sweep / "config.json").read_text())["learning_rate"] == pytest.approx(setup.learning_rate * 4 / 16)
+    last_bn = [r for r in read_jsonl(sweep / "metrics.jsonl") if r["kind"] == "bn_eval"][-1]
+    assert [k for k in last_bn if k.startswith("batch") and k.endswith("_acc")] == ["batch4_acc"]
     plots = root / "plots"
     names = ("curves.png", "batch_size.png", "eval_stats.png")
-    for png in names:
-        assert (plots / png).stat().st_size > 10_000
+    assert all((plots / png).stat().st_size > 10_000 for png in names)
     summary = (plots / "summary.md").read_text()
-    assert summary.count("| finished |") == len(cfg.variants)
-    for claim in ("harder to train to low loss", "degrades at small batches", "running averages"):
+    assert summary.count("| finished |") == 1
+    for claim in ("harder to train to low loss", "degrades at small batches", "running averages", "| mlp | batch, seed 0 | layer |"):
         assert claim in summary
+    assert "norm_kinds digits-quick: mlp test acc at batch 4" in capsys.readouterr().out
 
-    # --plot-only redraws everything from the stored files.
+    # --plot-only redraws everything from the stored files; a rerun trains nothing.
     for f in plots.iterdir():
         f.unlink()
-    nk.main(["--quick", "--plot-only", "--results", str(tmp_path)])
+    assert nk.main(["--quick", "--plot-only", "--results", str(tmp_path)]) == 0
     assert all((plots / png).stat().st_size > 10_000 for png in names)
     assert (plots / "summary.md").read_text() == summary
+    before = (run / "metrics.jsonl").read_text()
+    assert nk.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
+    assert (run / "metrics.jsonl").read_text() == before and (plots / "summary.md").read_text() == summary
 
 
-def _one_bn_layer_net():
-    """dense1 (4 -> 5, no bias) -> BN (γ, β) -> ReLU -> dense2 (5 -> 3), random γ/β."""
-    module = get_model("mlp", depth=2, width=5, num_classes=3, norm="bn_gamma_beta")
-    x = jax.random.normal(jax.random.PRNGKey(0), (12, 4)) * 2.0 + 1.0
-    variables = jax.jit(lambda k: module.init(k, x[:2], train=False))(jax.random.PRNGKey(1))
-    params = dict(variables["params"])
-    params["norm1"] = {"scale": jnp.linspace(0.5, 1.5, 5), "bias": jnp.linspace(-0.3, 0.3, 5)}
-    return module, {"params": params, "batch_stats": variables["batch_stats"]}, x
+# --------------------------------------------------------------------------- synthetic stored runs
 
 
-def _numpy_forward(params, x, mean, var, eps=1e-5):
-    p = jax.tree.map(f64, params)
-    h = f64(x) @ p["dense1"]["kernel"]
-    h = (h - mean) / np.sqrt(var + eps) * p["norm1"]["scale"] + p["norm1"]["bias"]
-    return np.maximum(h, 0) @ p["dense2"]["kernel"] + p["dense2"]["bias"]
+def _run(root, name, norm, tag, losses, accs, train_eval, bn=None, status="finished", seed=0):
+    """A run folder as fit writes it: train/eval lines per epoch (0-based) and a bn_eval line."""
+    write_json(root / name / "config.json", {"norm": norm, "tag": tag, "seed": seed, "model_kwargs": {}})
+    lines = []
+    for e, (l, a, te) in enumerate(zip(losses, accs, train_eval)):
+        lines += [
+            {"kind": "train", "epoch": e, "step": e + 1, "loss": l, "acc": 1.0},
+            {"kind": "eval", "epoch": e, "step": e + 1, "split": "test", "loss": 0.0, "acc": a},
+            {"kind": "eval", "epoch": e, "step": e + 1, "split": "train_eval", "loss": te, "acc": 1.0},
+        ]
+    if status == "diverged":
+        lines.append({"kind": "divergence", "step": len(losses) + 1, "reason": "non-finite loss"})
+    if bn:
+        lines += [{"kind": "bn_eval", "step": 0, "running_acc": 0.1, "population_acc": 0.1}, {"kind": "bn_eval", "step": len(losses), **bn}]
+    (root / name / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    write_json(root / name / "status.json", {"status": status})
 
 
-def test_population_stats_on_the_whole_training_set_normalize_with_its_mean_and_variance():
-    """One batch of all n examples: the population statistics are the training set's mean
-    and unbiased (n − 1) variance of the BN layer's input, and eval mode with them equals
-    the NumPy network normalizing with those. float32 vs float64 on O(1) values: 1e-5."""
-    module, variables, x = _one_bn_layer_net()
-    stats = nk.population_batch_stats(module, variables, x, batch_size=len(x))
-    h = f64(x) @ f64(variables["params"]["dense1"]["kernel"])
-    np.testing.assert_allclose(f64(stats["norm1"]["mean"]), h.mean(axis=0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(f64(stats["norm1"]["var"]), h.var(axis=0, ddof=1), rtol=1e-5, atol=1e-5)
-    x_test = jax.random.normal(jax.random.PRNGKey(5), (7, 4))
-    got = jax.jit(lambda v: module.apply(v, x_test, train=False))({**variables, "batch_stats": stats})
-    want = _numpy_forward(variables["params"], x_test, h.mean(axis=0), h.var(axis=0, ddof=1))
-    np.testing.assert_allclose(f64(got), want, rtol=1e-5, atol=1e-5)
-    # The caller's running statistics are untouched.
-    np.testing.assert_array_equal(variables["batch_stats"]["norm1"]["var"], np.ones(5))
-
-
-def test_population_stats_over_batches_follow_algorithm_2():
-    """Batches of 4 of the 12 examples in the order data_order(seed, 0): the mean of the
-    batch means and m/(m − 1) times the mean of the biased batch variances (m = 4)."""
-    module, variables, x = _one_bn_layer_net()
-    stats = nk.population_batch_stats(module, variables, x, batch_size=4, seed=3)
-    h = (f64(x) @ f64(variables["params"]["dense1"]["kernel"]))[nk.data_order(3, 0, 12)].reshape(3, 4, 5)
-    np.testing.assert_allclose(f64(stats["norm1"]["mean"]), h.mean(axis=1).mean(axis=0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(f64(stats["norm1"]["var"]), 4 / 3 * h.var(axis=1).mean(axis=0), rtol=1e-5, atol=1e-5)
-
-
-def test_evaluator_modes():
-    """'running': eval mode, the same for any chunking (padding not counted); 'batch':
-    each batch normalized by its own biased statistics, the incomplete batch dropped."""
-    module, variables, x = _one_bn_layer_net()
-    variables = {**variables, "batch_stats": {"norm1": {"mean": jnp.linspace(-1, 1, 5), "var": jnp.linspace(0.5, 2, 5)}}}
-    y = jnp.arange(12) % 3
-    ev = nk.evaluator(module)
-    whole, chunked = ev(variables, x, y), ev(variables, x, y, batch_size=5)
-    logits = _numpy_forward(variables["params"], x, np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5))
-    ce = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(12), np.asarray(y)])
-    assert whole["n"] == chunked["n"] == 12
-    for r in (whole, chunked):
-        assert r["loss"] == pytest.approx(ce, rel=1e-5)
-        assert r["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == np.asarray(y)))
-    by_batch = ev(variables, x, y, mode="batch", batch_size=5)  # batches [0:5], [5:10]; 2 dropped
-    h = f64(x[:10]) @ f64(variables["params"]["dense1"]["kernel"])
-    parts = [_numpy_forward(variables["params"], x[i : i + 5], h[i : i + 5].mean(0), h[i : i + 5].var(0)) for i in (0, 5)]
-    logits = np.concatenate(parts)
-    ce = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(10), np.asarray(y[:10])])
-    assert by_batch["n"] == 10 and by_batch["loss"] == pytest.approx(ce, rel=1e-5)
-    with pytest.raises(ValueError, match="2 <= batch_size <= 12"):
-        ev(variables, x, y, mode="batch", batch_size=13)
-    with pytest.raises(ValueError, match="'running' or 'batch'"):
-        ev(variables, x, y, mode="population")
-
-
-def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path):
-    # No normalization: BN (or GN) layers would keep the activations finite at any lr.
-    cfg = dataclasses.replace(nk.NormKindsConfig().quick(), variants=("none",), learning_rate=1e6, epochs=2)
-    x, y = jax.random.normal(jax.random.PRNGKey(0), (32, 4)), jnp.arange(32) % 3
-    data = nk.Data(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=3)
-    recs = nk.run_curves(cfg, "mlp", "none", data, tmp_path, log=lambda s: None)
-    assert recs[-1]["kind"] == "divergence" and "non-finite" in recs[-1]["reason"]
-    assert lines(tmp_path / "curves" / "mlp" / "none" / "metrics.jsonl") == recs
-    assert "| diverged |" in nk.summary_markdown(cfg, {("mlp", "none"): recs}, {})
-
-
-def _train(losses, accs, train_eval=()):
-    """Synthetic records: training-mode losses, test accuracies, eval-mode training losses per epoch."""
-    ep = range(1, len(losses) + 1)
-    return (
-        [{"kind": "train", "epoch": e, "step": e, "loss": l, "accuracy": 1.0} for e, l in zip(ep, losses)]
-        + [{"kind": "eval", "epoch": e, "step": e, "split": "test", "loss": 0.0, "accuracy": a} for e, a in zip(ep, accs)]
-        + [{"kind": "eval", "epoch": e, "step": e, "split": "train", "loss": l, "accuracy": 1.0} for e, l in zip(ep, train_eval)]
-    )
-
-
-def test_summary_from_synthetic_records():
-    cfg = dataclasses.replace(
-        nk.NormKindsConfig(), nets={"mlp": nk.Net("mlp")}, variants=("batch", "layer"), bs_nets=("mlp",),
-        bs_variants=("batch", "layer"), batch_sizes=(2, 64), eval_batch_sizes=(8,),
+def _stored_study(root, seeds=(0,)):
+    setup = dataclasses.replace(
+        nk.SETUPS["digits"], nets={"mlp": nk.Net("mlp")}, variants=("batch", "layer"), bs_variants=("batch", "layer"),
+        batch_sizes=(2, 64), eval_batch_sizes=(8,), seeds=tuple(seeds),
     )  # fmt: skip
-    stats = [
-        {"kind": "eval_stats", "method": "running", "batch_size": None, "accuracy": 0.9},
-        {"kind": "eval_stats", "method": "population", "batch_size": None, "accuracy": 0.91},
-        {"kind": "eval_stats", "method": "batch", "batch_size": 8, "accuracy": 0.8},
-    ]
-    curves = {
-        ("mlp", "batch"): _train([0.5, 0.01], [0.95, 0.9], [0.2, 0.01]) + stats,
-        ("mlp", "layer"): _train([0.6, 0.04], [0.7, 0.9], [0.3, 0.04]),
-    }
-    sweep = {
-        ("mlp", "batch", 2): _train([1.0], [0.5]) + stats[:2], ("mlp", "batch", 64): _train([0.1], [0.9]),
-        ("mlp", "layer", 2): _train([0.2], [0.88]), ("mlp", "layer", 64): _train([0.1], [0.9]),
-    }  # fmt: skip
-    s = nk.summarize(curves[("mlp", "batch")])
+    write_json(root / "study.json", {"study": "norm_kinds", "setup": json.loads(json.dumps(dataclasses.asdict(setup), default=str)), "seeds": list(seeds)})
+    bn = {"running_acc": 0.9, "population_acc": 0.91, "batch8_acc": 0.8}
+    for s in seeds:
+        d = 0.01 * s
+        _run(root, an.run_name("curves", "mlp", "batch", s), "bn_gamma_beta", "batch", [0.5, 0.01], [0.95, 0.9 + d], [0.2, 0.01], bn, seed=s)
+        _run(root, an.run_name("curves", "mlp", "layer", s), "layer", "layer", [0.6, 0.04], [0.7, 0.9 + d], [0.3, 0.04 + d], seed=s)
+        _run(root, an.run_name("bs", "mlp", "batch", s, 2), "bn_gamma_beta", "batch", [1.0], [0.5], [1.0], {"running_acc": 0.5, "population_acc": 0.52, "batch2_acc": 0.3}, seed=s)
+        _run(root, an.run_name("bs", "mlp", "batch", s, 64), "bn_gamma_beta", "batch", [0.1], [0.9], [0.1], seed=s)
+        _run(root, an.run_name("bs", "mlp", "layer", s, 2), "layer", "layer", [0.2], [0.88], [0.2], seed=s)
+        _run(root, an.run_name("bs", "mlp", "layer", s, 64), "layer", "layer", [0.1], [0.9], [0.1], seed=s)
+    return setup
+
+
+def test_summary_from_synthetic_runs(tmp_path):
+    _stored_study(tmp_path)
+    stored = an.load_study(tmp_path)
+    s = an.run_summary(stored.curves[("mlp", "batch")][0])
     assert (s["first_loss"], s["train_loss"], s["train_eval_loss"], s["epochs_to_target"]) == (0.5, 0.01, 0.01, 2)
-    assert (s["test_accuracy"], s["best_test_accuracy"], s["status"]) == (0.9, 0.95, "finished")
+    assert (s["test_acc"], s["best_test_acc"], s["status"]) == (0.9, 0.95, "finished")
     assert (s["running"], s["population"], s["batch@8"]) == (0.9, 0.91, 0.8)
-    assert nk.summarize(curves[("mlp", "batch")], loss_target=0.001)["epochs_to_target"] is None
-    md = nk.summary_markdown(cfg, curves, sweep)
+    assert an.run_summary(stored.curves[("mlp", "batch")][0], loss_target=0.001)["epochs_to_target"] is None
+    md = an.summary_markdown(stored)
     assert "epoch-1 loss 0.600 vs 0.500; final eval-mode training loss 0.04 vs 0.01; epochs to ≤ 0.05 2 vs 2." in md
     assert "mlp, final test accuracy from the highest: batch 0.900, layer 0.900." in md
     assert "LayerNorm is behind BatchNorm on 2 of the 3 (epoch-1 loss, final eval-mode training loss)." in md
     assert "| mlp | batch | 0.500 | 0.900 | -0.400 |" in md and "BatchNorm degrades most" in md
-    assert "0.900 with the running averages, 0.910 with exact population statistics: the damage is done in training" in md
-    assert "| mlp (trained at b64) | 0.900 | 0.910 | 0.800 |" in md and "more than 0.01 below the running averages at test batches 8" in md
-    assert math.isnan(nk.summarize([])["train_loss"])
+    assert "0.500 with the running averages, 0.520 with exact population statistics: the damage is done in training" in md
+    assert "| mlp batch (trained at b64) | 0.900 | 0.910 | 0.800 |" in md and "more than 0.01 below the running averages at test batches 8" in md
+    assert "| mlp batch | 2 | 0.500 | 0.520 | 0.300 |" in md
+    assert "`batch` = norm `bn_gamma_beta`; `layer` = norm `layer`" in md
+    v = an.analyze(tmp_path)
+    assert v == "norm_kinds digits: mlp test acc at batch 2 vs 64: batch 0.500/0.900, layer 0.880/0.900; mlp batch running/population/test-batch-8 0.900/0.910/0.800"
+    assert all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in ("curves.png", "batch_size.png", "eval_stats.png"))
+
+
+def test_several_seeds_give_mean_sd_and_paired_differences(tmp_path):
+    _stored_study(tmp_path, seeds=(0, 1, 2))
+    md = an.summary_markdown(an.load_study(tmp_path))
+    # test acc 0.90, 0.91, 0.92: mean 0.910, sample sd 0.010.
+    # Seed 2's eval-mode training loss 0.06 never reaches 0.05.
+    assert "| mlp | layer | 3 | 0.600 ± 0.000 | 0.04 ± 0 | 0.05 ± 0.01 | 2, 2, never | 1.000 ± 0.000 | 0.910 ± 0.010 |" in md
+    assert "Paired over 3 seeds, LayerNorm − BatchNorm final eval-mode training loss: +0.03, +0.04, +0.05 (LayerNorm higher in 3 of 3)." in md
+
+
+def test_a_diverged_run_is_reported(tmp_path):
+    _stored_study(tmp_path)
+    _run(tmp_path, an.run_name("curves", "mlp", "layer", 0), "layer", "layer", [0.6], [0.7], [0.3], status="diverged")
+    md = an.summary_markdown(an.load_study(tmp_path))
+    assert "| diverged |" in md and "| finished |" in md
+
+
+def test_rows_columns_invariants():
+    """A matrix with distinct row and column scales: each normalization standardizes its
+    own direction up to epsilon (|std − 1| <= ε / (2 var)), not the other one."""
+    z = np.random.default_rng(0).normal(size=(32, 16)) * np.linspace(0.5, 3, 16) + np.linspace(-2, 2, 16)
+    r = {x["norm"]: x for x in an.rows_columns(z)}
+    # std of (v - mean) / sqrt(var + ε) is sqrt(var / (var + ε)): 1 − ε / (2 var) to first order.
+    rows_bound, cols_bound = (1.01 * an.EPSILON / (2 * z.var(axis).min()) for axis in (1, 0))
+    assert r["layer"]["rows_mean"] < 1e-12 and r["layer"]["rows_std"] < rows_bound and r["layer"]["cols_mean"] > 0.5
+    assert r["batch"]["cols_mean"] < 1e-12 and r["batch"]["cols_std"] < cols_bound and r["batch"]["rows_mean"] > 0.5
+    for bad in (np.zeros(4), np.zeros((1, 4)), np.zeros((2, 2, 2))):
+        with pytest.raises(ValueError, match="needs a matrix"):
+            an.rows_columns(bad)
+
+
+# --------------------------------------------------------------------------- configs and bad input
 
 
 @pytest.mark.parametrize(
@@ -215,41 +177,50 @@ def test_summary_from_synthetic_records():
         ({"momentum": 1.0}, "momentum"),
     ],
 )
-def test_bad_config_is_refused(changes, match):
+def test_bad_setup_is_refused(changes, match):
     with pytest.raises(ValueError, match=match):
-        nk.NormKindsConfig(**changes)
+        nk.NormKindsSetup(**changes)
 
 
-def test_bad_input_is_refused(tmp_path):
-    cfg = nk.NormKindsConfig()
+def test_bad_input_is_refused(tmp_path, capsys):
+    setup = nk.SETUPS["digits"]
     with pytest.raises(ValueError, match="needs a conv net"):
-        nk.build(cfg, "mlp", "instance", 10)
-    assert nk.variants_for(cfg, "mlp", cfg.variants) == [v for v in cfg.variants if v != "instance"]
-    assert "instance" in nk.variants_for(cfg, "convnet", cfg.variants)
-    module, variables, x = _one_bn_layer_net()
-    with pytest.raises(ValueError, match="2 <= batch_size <= 12"):
-        nk.population_batch_stats(module, variables, x, batch_size=1)
-    plain = get_model("mlp", depth=2, width=5, num_classes=3)
-    with pytest.raises(ValueError, match="no BatchNorm layer"):
-        nk.population_batch_stats(plain, plain.init(jax.random.PRNGKey(0), x, train=False), x, batch_size=4)
-    with pytest.raises(ValueError, match="unknown config 'nope'"):
-        nk.main(["--config", "nope", "--results", str(tmp_path)])
-    with pytest.raises(ValueError, match="epochs"):
-        nk.main(["--quick", "--epochs", "0", "--results", str(tmp_path)])
-    with pytest.raises(ValueError, match="no stored runs"):
-        nk.main(["--plot-only", "--results", str(tmp_path)])
-    assert cfg.bs_learning_rate(16) == pytest.approx(cfg.learning_rate * 16 / cfg.batch_size)
-    assert dataclasses.replace(cfg, lr_scaling="constant").bs_learning_rate(16) == cfg.learning_rate
+        nk.train_config(setup, tmp_path / "a" / "b", "mlp", "instance", 0)
+    assert nk.variants_for(setup, "mlp", setup.variants) == [v for v in setup.variants if v != "instance"]
+    assert "instance" in nk.variants_for(setup, "convnet", setup.variants)
+    assert nk.main(["--quick", "--epochs", "0", "--results", str(tmp_path)]) == 2
+    assert "epochs must be an int >= 1" in capsys.readouterr().err
+    assert nk.main(["--plot-only", "--results", str(tmp_path)]) == 2
+    assert "no stored runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nk.main(["--config", "nope"])
+    with pytest.raises(ValueError, match="run_name"):
+        an.run_name("bs", "mlp", "batch", 0)
+    assert setup.bs_learning_rate(16) == pytest.approx(setup.learning_rate * 16 / setup.batch_size)
+    assert dataclasses.replace(setup, lr_scaling="constant").bs_learning_rate(16) == setup.learning_rate
 
 
-def test_the_cifar10_config_builds_its_nets():
-    """3C3D's instance norm only after its convs (its dense layers have one value per
-    statistic), GroupNorm's 32 groups divide every normalized layer; shapes only."""
-    cfg = nk.get_config("cifar10")
+def test_the_run_configs_and_groups(tmp_path):
+    """41 runs in 41 groups for one seed (the seeds of a variant share a group); the
+    weight reparametrizations reach the model; lr linear in the batch size."""
+    setup, root = nk.SETUPS["digits"], tmp_path / "norm_kinds" / "digits"
+    groups = nk.STUDY.groups(setup, [0, 1], root)
+    assert len(groups) == 13 + 28 and all(len(g.configs) == 2 for g in groups)
+    assert {c.seed for c in groups[0].configs} == {0, 1}
+    c = nk.train_config(setup, root, "mlp", "ws_group", 0)
+    assert (c.norm, c.model_kwargs["weight_reparam"], c.study, c.name, c.log_every_steps) == ("group", "weight_std", "norm_kinds/digits", "curves-mlp-ws_group-s0", nk.ONE_LINE_PER_EPOCH)
+    c = nk.train_config(setup, root, "mlp", "batch", 0, batch_size=2)
+    assert (c.learning_rate, c.epochs, c.name, c.checkpoint_every_epochs) == (pytest.approx(0.05 * 2 / 64), 8, "bs-mlp-batch-b2-s0", 8)
+
+
+def test_the_cifar10_setup_builds_its_nets():
+    """3C3D's instance norm only after its convs, GroupNorm's 32 groups divide every
+    normalized layer; shapes only."""
+    setup = nk.SETUPS["cifar10"]
     x = jnp.zeros((2, 32, 32, 3))
     for variant in ("instance", "ws_group"):
-        module = nk.build(cfg, "3c3d", variant, 10)
+        module = build_model(nk.train_config(setup, __import__("pathlib").Path("/r/norm_kinds/cifar10"), "3c3d", variant, 0), 10)
         params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, train=False))["params"]
         norms = sorted(k for k in params if k.startswith("norm"))
         assert norms == (["norm1", "norm2", "norm3"] if variant == "instance" else ["norm1", "norm2", "norm3", "norm4", "norm5"])
-    assert nk.variants_for(cfg, "mlp", cfg.variants) == [v for v in cfg.variants if v != "instance"]
+    assert nk.variants_for(setup, "mlp", setup.variants) == [v for v in setup.variants if v != "instance"]
