@@ -24,7 +24,7 @@ every step from the ``'dropout'`` stream (keyed by (seed, epoch, step): a resume
 draws the same noise). Held-out accuracy is measured without noise (running
 statistics); for ``noisy_bn`` the running averages saw noisy activations, so an
 ``after`` step also evaluates with the noise-free network's population statistics over
-the training set (:func:`jaxnorm.layers.population_batch_stats`), written to
+the training set (:func:`jaxnorm.diagnostics.bn_statistics.population_batch_stats`), written to
 ``<run>/recalibrated_eval.json`` -- the accuracy the summary reports for it.
 
     python -m experiments.smoothness                  # digits, 6-layer ConvNet, 400 SGD steps: ~2-2.5 min on 2 idle CPU cores (~2 min CPU time)
@@ -55,7 +55,7 @@ from jaxnorm._registry import lookup
 from jaxnorm.analysis import smoothness as analysis
 from jaxnorm.data import load, steps_per_epoch
 from jaxnorm.data.augmentation import normalize
-from jaxnorm.layers import population_batch_stats
+from jaxnorm.diagnostics.bn_statistics import population_batch_stats
 from jaxnorm.observers.smoothness import Smoothness, check_etas
 from jaxnorm.results import read_json, write_json
 from jaxnorm.study import RunGroup
@@ -234,9 +234,8 @@ class SmoothnessStudy:
             clean = build_model(cfg.replace(model_kwargs=kwargs), train.num_classes)
             n = len(train.labels) if cfg.train_subset is None else cfg.train_subset
             x = normalize(jnp.asarray(train.images[:n]), train.mean, train.std)
-            b = cfg.batch_size
-            batches = (x[i : i + b] for i in range(0, n - b + 1, b))
-            state = r.state.replace(batch_stats=population_batch_stats(clean, r.state.variables, batches))
+            stats = population_batch_stats(clean, r.state.variables, x[: n - n % cfg.batch_size], batch_size=cfg.batch_size)
+            state = r.state.replace(batch_stats=stats)
             test = load(cfg.dataset, cfg.eval_splits[0])
             evaluate = jax.jit(make_evaluate(clean, mean=train.mean, std=train.std, bn_mode="running"))
             t = jax.device_get(evaluate(state, *(jnp.asarray(a) for a in layout_eval(test.images, test.labels, cfg.eval_batch_size))))

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -65,7 +65,6 @@ __all__ = [
     "set_ablation_variant",
     "norm_from_spec",
     "norm_noise",
-    "population_batch_stats",
     "crelu",
     "ACTIVATIONS",
     "get_activation",
@@ -303,65 +302,6 @@ def set_ablation_variant(batch_stats, variant: str):
         raise ValueError("no maskable norm layer found: build the model with norm='bn_ablation'.")
     return out
 
-
-def population_batch_stats(module: nn.Module, variables: Mapping, batches: Iterable[jax.Array], *, rngs: Optional[Mapping] = None) -> dict:
-    """``variables['batch_stats']`` with every batch-kind :class:`Norm`'s ``mean``/``var``
-    replaced by the population statistics of its input over ``batches``.
-
-    Each batch runs through ``module`` in training mode (``train=True``: every layer
-    normalizes by the batch's own statistics, as in training; the running statistics of
-    ``variables`` are neither used nor updated), and each batch-kind Norm's input is
-    accumulated by :func:`jaxnorm.norms.population_stats` (mean of the batch means,
-    Bessel-corrected pooled within-batch variance: Ioffe & Szegedy 2015, "Batch
-    normalization: accelerating deep network training by reducing internal covariate
-    shift", Alg. 1 step 10): exact inference statistics of the trained network instead
-    of the running averages, e.g. after training with noise (:class:`Norm`'s
-    ``noise_mean``/``noise_var``), whose running averages saw noisy activations: pass
-    the noise-free model (the same variables fit it). Pass batches of the training
-    batch size (ghost batches: of ``group_size``). Other entries of ``batch_stats``
-    (e.g. the ablation switches) are kept. Nothing mutates; one compiled forward per
-    batch shape.
-
-    Args:
-      module: the model; ``variables``: its variables (``params``, ``batch_stats``).
-      batches: model inputs, each ``(batch, ...)`` (normalized as in training).
-      rngs: the ``apply`` RNGs a training-mode forward needs (dropout, noise).
-
-    Raises:
-      ValueError: no batches, or no batch-kind Norm in the model.
-    """
-
-    def captured_inputs(variables, x):
-        seen: dict[tuple, list] = {}
-
-        def grab(next_fun, args, kwargs, ctx):
-            if isinstance(ctx.module, Norm) and ctx.method_name == "__call__" and ctx.module.kind == "batch":
-                seen.setdefault(tuple(ctx.module.path), []).append(args[0])
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(grab):
-            module.apply(variables, x, train=True, mutable=["batch_stats"], **({"rngs": rngs} if rngs else {}))
-        return seen
-
-    forward = jax.jit(captured_inputs)
-    update = jax.jit(lambda acc, x: acc.update(x))
-    accs: dict[tuple, norms.PopulationAccumulator] = {}
-    for x in batches:
-        for path, inputs in forward(variables, x).items():
-            for v in inputs:
-                acc = accs.get(path) or norms.PopulationAccumulator.init(v.shape[-1])
-                accs[path] = update(acc, v)
-    if not accs:
-        raise ValueError("population_batch_stats needs at least one batch and a model with a batch-kind Norm.")
-
-    def replaced(tree, prefix=()):
-        out = {k: replaced(v, prefix + (k,)) if isinstance(v, Mapping) else v for k, v in tree.items()}
-        if prefix in accs:
-            stats = accs[prefix].result()
-            out["mean"], out["var"] = stats.mean, stats.var
-        return out
-
-    return replaced(variables["batch_stats"])
 
 def make_norm(name: str, **kwargs) -> Optional[Norm]:
     """A :class:`Norm` configured for the vocabulary name ``name``; ``None`` for ``'vanilla'``.

@@ -499,34 +499,3 @@ def test_norm_noise_function_and_errors():
     with pytest.raises(ValueError, match="needs a 'dropout' RNG"):
         noisy.apply(v, jnp.ones((4, 2)), train=True, mutable=["batch_stats"])
 
-
-def test_population_batch_stats_of_a_network_by_hand(rng):
-    """2-layer BN MLP: norm1's input is x·W1 (batch mean of means, pooled m/(m−1)
-    variance, float64 here); norm2's input is dense2(relu(BN_batch(x·W1))) with each
-    batch normalized by its own statistics. Nothing else in batch_stats changes."""
-    from jaxnorm.layers import population_batch_stats
-    from jaxnorm.models import get_model
-
-    module = get_model("mlp", norm="bn_gamma_beta", num_classes=3, depth=3, width=5)
-    x = jnp.asarray(rng.standard_normal((24, 4)).astype(np.float32))
-    v = module.init(KEY, x, train=False)
-    p = jax.tree.map(f64, v["params"])
-    batches = [x[:8], x[8:16], x[16:]]
-    got = population_batch_stats(module, v, batches)
-
-    def pooled(hs):
-        m = hs[0].shape[0]
-        return np.mean([h.mean(0) for h in hs], 0), np.mean([h.var(0) for h in hs], 0) * m / (m - 1)
-
-    h1 = [f64(b) @ p["dense1"]["kernel"] for b in batches]
-    bn = lambda h, q: (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) * q["scale"] + q["bias"]
-    h2 = [np.maximum(bn(h, p["norm1"]), 0) @ p["dense2"]["kernel"] for h in h1]
-    for name, hs in (("norm1", h1), ("norm2", h2)):
-        mean, var = pooled(hs)
-        close(got[name]["mean"], mean)
-        close(got[name]["var"], var)
-    with pytest.raises(ValueError, match="at least one batch"):
-        population_batch_stats(module, v, [])
-    vanilla = get_model("mlp", norm="vanilla", num_classes=3, depth=3, width=5)
-    with pytest.raises(ValueError, match="batch-kind Norm"):
-        population_batch_stats(vanilla, vanilla.init(KEY, x, train=False), batches)
