@@ -187,6 +187,9 @@ def _optimizer(c: TrainConfig, plan: _Plan):
     )
 
 
+_PERMUTE = jax.jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
+
+
 class _Program:
     """The compiled functions of N stacked runs, with their placement on the devices.
 
@@ -226,7 +229,9 @@ class _Program:
         }
         self._init_carry = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num)) for o in self.observers if is_stateful(o)}
         if plan.shuffle:
-            self.permute = jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
+            # One device: the module-level jitted permutation, compiled once per process
+            # (not once per fit_many call: sweeps run many small programs).
+            self.permute = _PERMUTE if n_dev == 1 else jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
         else:  # full batch: the stored order every step
             self.permute = lambda seeds, epoch, n: jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (len(seeds), n))
         sample = jnp.asarray(plan.images[:1])
