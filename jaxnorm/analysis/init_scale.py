@@ -288,7 +288,7 @@ def _plot_losses(plt, path, runs, norms, colors, summaries, every) -> None:
         ax.set_title(f"{norm}: training loss (x: diverged)", fontsize=10)
         ax.set_xlabel("SGD step")
         ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel(f"training loss (mean over {every} steps)" if every else "training loss")
+    axes[0, 0].set_ylabel(f"training loss (mean of <= {every} steps; 0: probe batch)" if every else "training loss")
     _save(plt, fig, path)
 
 

@@ -55,10 +55,14 @@ RUN = pathlib.Path("init_scale", "digits-quick", "vanilla_c2_s0")
 
 
 def _launch(results: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(results)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    # Output to a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks.
+    results.mkdir(parents=True)
+    with open(results / "log.txt", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(results)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _log(results: pathlib.Path) -> str:
+    return (results / "log.txt").read_text()
 
 
 def _checkpoints(run: pathlib.Path) -> list[int]:
@@ -104,29 +108,30 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tmp_path):
     those of the uninterrupted process (the same compiled programs on the same machine)."""
     killed_root, whole_root = tmp_path / "killed", tmp_path / "whole"
     killed, whole = _launch(killed_root), _launch(whole_root)
-    run = killed_root / RUN
-    deadline = time.monotonic() + 240
     try:
+        run = killed_root / RUN
+        deadline = time.monotonic() + 240
         while True:
-            assert killed.poll() is None, f"the run ended before it could be killed:\n{killed.stdout.read()}"
+            assert killed.poll() is None, f"the run ended before it could be killed:\n{_log(killed_root)}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             ckpts, status = _checkpoints(run), _status(run)
             if ckpts and status.get("status") == "running" and _last_train_step(run) > ckpts[-1]:
                 break
             time.sleep(0.01)
         os.kill(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-    assert killed.returncode == -signal.SIGKILL
-    at_kill = _checkpoints(run)
-    assert _status(run)["status"] == "running" and at_kill and at_kill[-1] < 1000, (_status(run), at_kill)
-    assert _last_train_step(run) > at_kill[-1]  # lines past the checkpoint, which the resumed run must drop
+        assert killed.wait(timeout=30) == -signal.SIGKILL
+        at_kill = _checkpoints(run)
+        assert _status(run)["status"] == "running" and at_kill and at_kill[-1] < 1000, (_status(run), at_kill)
+        assert _last_train_step(run) > at_kill[-1]  # lines past the checkpoint, which the resumed run must drop
 
-    again = subprocess.run([sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(killed_root)], cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert whole.wait(timeout=240) == 0, whole.stdout.read()
+        again = subprocess.run([sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(killed_root)], cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert whole.wait(timeout=240) == 0, _log(whole_root)
+    finally:  # a failed assertion leaves no process behind
+        for proc in (killed, whole):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     a, b = killed_root / RUN, whole_root / RUN
     assert _status(a)["status"] == "finished" and _status(a) == _status(b) and _status(a)["step"] == 1000

@@ -146,16 +146,22 @@ def test_relu_activations_scale_by_c_over_2_per_layer():
         np.testing.assert_allclose(rms[c] / rms[2.0], (c / 2) ** (layers / 2), rtol=1e-4)
 
 
-def test_observer_in_fit_many_records_every_probe(tmp_path):
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])  # 'auto' is loop on CPU, vmap on GPU/TPU
+def test_observer_in_fit_many_records_every_probe(tmp_path, strategy):
     """Two seeds trained as one program, the observer every 4 steps of 16: trajectories
-    ``(5, D)`` at steps 0, 4, ..., 16, and the last row is the function of the final
-    state (weight norms exactly: the same reduction of the same kernels)."""
+    ``(5, D)`` at steps 0, 4, ..., 16, and the last row is the observer's function of the
+    final state. That is another compiled program than the stacked one inside fit_many,
+    so float32 sums (up to 64·32 = 2048 terms) may be reassociated: worst ~2048·6e-8 ≈
+    1.2e-4 per reduction, typical ~√2048·6e-8 ≈ 3e-6; measured < 1e-6. rtol 1e-4 still
+    tells the final state from the probe before it (4 steps earlier: measured relative
+    changes 0.26 in the loss, 0.012 in the weight norms)."""
     base = tiny_config(tmp_path, norm="bn_gamma_beta", momentum=0.0, epochs=2, checkpoint_every_epochs=0, eval_splits=())
     configs = [base.replace(name=f"s{s}", seed=s) for s in (0, 1)]
     ds = load("digits", "train")
     module = build_model(base, ds.num_classes)
     obs = LayerStatistics(module, ds.images[:32], ds.labels[:32], ds.mean, ds.std, every=4)
-    results = fit_many(configs, observers=[obs], progress=False)
+    results = fit_many(configs, observers=[obs], strategy=strategy, progress=False)
+    weights = []
     for r in results:
         with np.load(r.run_dir / "trajectories.npz") as f:
             t = dict(f)
@@ -163,12 +169,13 @@ def test_observer_in_fit_many_records_every_probe(tmp_path):
         for k in ("activation_rms", "grad_norm", "weight_norm"):
             assert t[f"layer_statistics/{k}"].shape == (5, 3) and np.all(t[f"layer_statistics/{k}"] > 0), k
         assert t["layer_statistics/loss"].shape == t["layer_statistics/acc"].shape == (5,)
-        final = jax.device_get(obs(r.state))
+        final = jax.device_get(jax.jit(obs)(r.state))
         kernels = [np.linalg.norm(np.asarray(r.state.params[f"dense{i}"]["kernel"], np.float64)) for i in (1, 2, 3)]
-        np.testing.assert_allclose(t["layer_statistics/weight_norm"][-1], kernels, rtol=1e-6)
+        np.testing.assert_allclose(t["layer_statistics/weight_norm"][-1], kernels, rtol=1e-4)
         for k in ("activation_rms", "grad_norm", "weight_norm", "loss"):
-            np.testing.assert_allclose(t[f"layer_statistics/{k}"][-1], final[k], rtol=1e-5, err_msg=k)
-    assert not np.array_equal(*(np.load(r.run_dir / "trajectories.npz")["layer_statistics/weight_norm"] for r in results))
+            np.testing.assert_allclose(t[f"layer_statistics/{k}"][-1], final[k], rtol=1e-4, err_msg=k)
+        weights.append(t["layer_statistics/weight_norm"])
+    assert not np.array_equal(*weights)  # each run its own record
 
 
 class _NoWeights(nn.Module):
