@@ -1,217 +1,193 @@
-"""The initialization-scale study (``experiments/init_scale.py``): the outcome classifier on
-synthetic loss curves, the per-layer probe against a NumPy forward/backward pass and
-against the (c/2)-per-layer law, the quick study end to end, divergence, bad input."""
+"""The initialization-scale study (``experiments/init_scale.py``) on the engine: its runs as
+TrainConfigs, a study killed with SIGKILL mid-training and started again ends with the
+same files as an uninterrupted one (and those files are the study's records), a
+diverging run, bad setups and command lines. The observer and the analysis have their
+own tests (tests/observers/test_layer_statistics.py, tests/analysis/test_init_scale.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import init_scale
-from jaxnorm.models import get_model
+from jaxnorm.analysis import init_scale as analysis
+from jaxnorm.results import read_jsonl, read_npz
 
-LN10 = math.log(10)
-ramp = lambda a, b, n=50: list(np.geomspace(a, b, n))
-
-
-@pytest.mark.parametrize(
-    "losses, chance, want",
-    [
-        ([2.3, 2.2, float("nan")], None, "diverged"),
-        ([2.3, 2.0, float("inf"), 1.0], None, "diverged"),
-        ([float("nan")], None, "diverged"),
-        ([2.3, 2.0, 30.0, 1.0], None, "diverged"),  # finite explosion: 30 > 10 x 2.3
-        ([2.0, 20.1], None, "diverged"),
-        ([2.0, 20.0], None, "no progress"),  # exactly 10 x: not above it; and 20 > 0.9 x 2
-        ([0.5, 6.0], LN10, "no progress"),  # explosion is measured against max(initial, chance) = 2.30
-        ([LN10] * 50, LN10, "no progress"),  # flat at chance: vanishing signal
-        ([LN10 + 0.05 * math.sin(i) for i in range(50)], LN10, "no progress"),  # flat and noisy
-        ([2.3], None, "no progress"),  # one value: nothing happened yet
-        (ramp(2.3, 0.1), LN10, "trained"),
-        (ramp(2.3, 0.5, 45) + [0.5, 0.5, 0.5, 0.5, 2.5], LN10, "trained"),  # a spike in the tail is averaged (final 0.9)
-        ([2.0, 1.79], None, "trained"),  # just past the 10% progress threshold (1.8)
-        ([2.0, 1.81], None, "no progress"),  # just short of it
-        ([1e4] + [2.2] * 49, LN10, "no progress"),  # far above chance at first (c = 3): must still beat chance
-        ([1e4] + [2.2] * 49, None, "trained"),  # ... which without a chance level counts as progress
-    ],
-)
-def test_classify_synthetic_curves(losses, chance, want):
-    assert init_scale.classify(losses, chance=chance) == want
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_classify_thresholds_are_arguments():
-    curve = [2.0, 1.5]  # 25% below the start
-    assert init_scale.classify(curve, progress_fraction=0.2) == "trained"
-    assert init_scale.classify(curve, progress_fraction=0.3) == "no progress"
-    assert init_scale.classify([2.0, 5.0, 1.0], explode_factor=2.0) == "diverged"
-    assert init_scale.classify([2.0, 5.0, 1.0], explode_factor=3.0) == "trained"
-    tail_spike = [2.0] + [0.2] * 8 + [5.0]  # final = mean of the last 1 or 5 values
-    assert init_scale.classify(tail_spike, tail_fraction=0.1) == "no progress"
-    assert init_scale.classify(tail_spike, tail_fraction=0.5) == "trained"
+def test_groups_are_one_program_per_norm_and_c(tmp_path):
+    """Seeds of one (norm, c) train together; c is the init option of the 'mlp'; every
+    run is plain SGD with fit's divergence factor = the classifier's explode factor."""
+    setup = init_scale.SETUPS["digits"].quick()
+    root = tmp_path / "init_scale" / setup.name
+    groups = init_scale.STUDY.groups(setup, [0, 1], root)
+    assert len(groups) == len(setup.norms) * len(setup.scales)
+    for g, (norm, c) in zip(groups, [(n, c) for n in setup.norms for c in setup.scales]):
+        assert [(cfg.norm, cfg.seed, cfg.name) for cfg in g.configs] == [(norm, s, f"{norm}_c{c:g}_s{s}") for s in (0, 1)]
+        cfg = g.configs[0]
+        assert cfg.model == "mlp" and dict(cfg.model_kwargs) == {
+            "num_classes": 10, "depth": 3, "width": 16, "activation": "relu", "kernel_init": "scaled_normal", "kernel_init_kwargs": {"c": c},
+        }  # fmt: skip
+        assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.learning_rate) == ("sgd", 0.0, 0.0, setup.learning_rate)
+        assert (cfg.max_steps, cfg.epochs, cfg.train_subset, cfg.batch_size) == (20, 5, 256, 64)  # 4 steps per epoch
+        assert cfg.divergence_factor == setup.explode_factor and cfg.eval_splits == ("test",) and cfg.log_every_steps == setup.every
+        assert pathlib.Path(cfg.results_dir) / cfg.study == root
+        (obs,) = g.observers()
+        assert (obs.name, obs.sink, obs.every, len(obs.y)) == ("layer_statistics", "trajectories", setup.probe_every, setup.probe_size)
 
 
-@pytest.mark.parametrize(
-    "losses, kwargs, match",
-    [
-        ([], {}, "non-empty 1-D"),
-        ([[2.3, 2.0]], {}, "non-empty 1-D"),
-        ([2.3, -0.1], {}, ">= 0"),
-        ([2.3], {"chance": 0.0}, "chance"),
-        ([2.3], {"chance": float("nan")}, "chance"),
-        ([2.3], {"explode_factor": 1.0}, "explode_factor"),
-        ([2.3], {"progress_fraction": 0.0}, "progress_fraction"),
-        ([2.3], {"progress_fraction": 1.0}, "progress_fraction"),
-        ([2.3], {"tail_fraction": 0.0}, "tail_fraction"),
-        ([2.3], {"tail_fraction": 1.5}, "tail_fraction"),
-    ],
-)
-def test_classify_refuses_bad_input(losses, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        init_scale.classify(losses, **kwargs)
+# --------------------------------------------------------------------------- kill and resume
+
+#: One run (vanilla, c = 2) of the quick net for 1000 steps (250 epochs of 4 steps),
+#: checkpointed every 25 epochs: long enough to be killed between two checkpoints.
+KILL_ARGS = ["--quick", "--norms", "vanilla", "--scales", "2", "--steps", "1000", "--checkpoint-every", "25", "--no-progress"]
+RUN = pathlib.Path("init_scale", "digits-quick", "vanilla_c2_s0")
 
 
-def _numpy_mlp(params, x, y, norm: str):
-    """Float64 forward pass of the MLP (dense -> norm -> relu; logits last) and, for
-    ``vanilla``, its backward pass by hand: δ_D = (softmax − onehot)/B,
-    ∂L/∂W_i = z_{i−1}ᵀ δ_i, δ_{i−1} = (δ_i W_iᵀ) ⊙ 1[h_{i−1} > 0]."""
-    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    depth = sum(k.startswith("dense") for k in p)
-    zs, hs = [np.asarray(x, np.float64).reshape(len(x), -1)], []
-    for i in range(1, depth + 1):
-        h = zs[-1] @ p[f"dense{i}"]["kernel"] + p[f"dense{i}"].get("bias", 0.0)
-        if i < depth and norm != "vanilla":
-            axis = 0 if norm == "bn_gamma_beta" else 1  # BN: over the batch per feature; LN: per example
-            mu, var = h.mean(axis, keepdims=True), h.var(axis, keepdims=True)
-            h = (h - mu) / np.sqrt(var + 1e-5) * p[f"norm{i}"]["scale"] + p[f"norm{i}"]["bias"]
-        hs.append(h)
-        zs.append(np.maximum(h, 0.0) if i < depth else h)
-    logits = zs[-1]
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    prob = e / e.sum(1, keepdims=True)
-    onehot = np.eye(logits.shape[1])[np.asarray(y)]
-    out = {
-        "loss": -np.mean(np.log(prob[np.arange(len(y)), y])),
-        "accuracy": np.mean(logits.argmax(1) == np.asarray(y)),
-        "activation_rms": np.array([np.sqrt(np.mean(z**2)) for z in zs[1:]]),
-        "weight_norm": np.array([np.linalg.norm(p[f"dense{i}"]["kernel"]) for i in range(1, depth + 1)]),
-    }
-    if norm == "vanilla":
-        delta, grads = (prob - onehot) / len(y), []
-        for i in range(depth, 0, -1):
-            grads.append(np.linalg.norm(zs[i - 1].T @ delta))
-            if i > 1:
-                delta = (delta @ p[f"dense{i}"]["kernel"].T) * (hs[i - 2] > 0)
-        out["grad_norm"] = np.array(grads[::-1])
-    return out
+def _launch(results: pathlib.Path) -> subprocess.Popen:
+    # Output to a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks.
+    results.mkdir(parents=True)
+    with open(results / "log.txt", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(results)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize("norm", ["vanilla", "bn_gamma_beta", "layer"])
-def test_layer_probe_matches_a_numpy_pass(norm):
-    """The quick study's network and probe batch shape (64 digits-shaped 8x8x1 inputs,
-    depth 3, width 16, 10 classes) through the quick study's compiled probe, so the
-    programs are shared with it; random biases/γ/β so nothing is trivially 0 or 1.
-    Float32 against float64 through 3 layers: relative 1e-4 is ~1000 float32 roundings
-    (measured worst: ~1e-6)."""
-    cfg = init_scale.InitScaleConfig().quick()
-    module = get_model("mlp", norm=norm, num_classes=10, depth=cfg.depth, width=cfg.width, kernel_init="scaled_normal", kernel_init_kwargs={"c": 2.0})
-    # NumPy draws for everything but the kernels: a jax.random draw of a new shape is one
-    # more program to compile.
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(cfg.probe_size, 8, 8, 1)), jnp.float32)
-    y = jnp.arange(cfg.probe_size) % 10
-    variables = module.init(jax.random.PRNGKey(1), x, train=False)
-    params = jax.tree.map(lambda a: a if a.ndim == 2 else jnp.asarray(1.0 + 0.3 * rng.normal(size=a.shape), jnp.float32), variables["params"])
-    stats = variables.get("batch_stats", {})
-    got = init_scale._trainer(cfg, norm, 10).probe(params, stats, x, y)  # = jit(layer_probe) of this network
-    want = _numpy_mlp(params, x, y, norm)
-    assert set(got) == {"loss", "accuracy", "activation_rms", "grad_norm", "weight_norm"}
-    assert got["activation_rms"].shape == got["grad_norm"].shape == got["weight_norm"].shape == (3,)
-    for k, v in want.items():
-        np.testing.assert_allclose(np.asarray(got[k], np.float64), v, rtol=1e-4, err_msg=k)
+def _log(results: pathlib.Path) -> str:
+    return (results / "log.txt").read_text()
 
 
-def test_relu_activations_scale_by_c_over_2_per_layer():
-    """The study's premise, for the library's init: W ~ N(0, c/n) (``scaled_normal``), zero
-    biases: E[mean z_{i+1}² | z_i] = (c/2) mean z_i² exactly (half of a symmetric Gaussian
-    pre-activation survives the ReLU). Width 256, 10 hidden layers, 64 Gaussian inputs:
-    the mean of the 10 per-layer ratios over c/2 had std 0.029 over 20 seeds, so 15% is
-    ~5σ. And since relu is positively homogeneous and the kernels of one seed are the same
-    draws times √c, z_i(c) = (c/2)^{i/2} z_i(2) to float32 rounding."""
-    x = np.random.default_rng(100).normal(size=(64, 256)).astype(np.float32)
-    y = np.zeros(64, np.int64)
-    rms = {}
-    for c in (1.0, 2.0, 3.0):
-        # 256 classes: every kernel is (256, 256), one random-normal program to compile.
-        module = get_model("mlp", depth=11, width=256, num_classes=256, kernel_init="scaled_normal", kernel_init_kwargs={"c": c})
-        rms[c] = _numpy_mlp(module.init(jax.random.PRNGKey(0), x, train=False)["params"], x, y, "vanilla")["activation_rms"]
-        ms = np.concatenate([[np.mean(x**2)], rms[c][:-1] ** 2])  # input, hidden layers 1..10
-        assert np.mean(ms[1:] / ms[:-1]) == pytest.approx(c / 2, rel=0.15)
-    layers = np.arange(1, 12)
-    for c in (1.0, 3.0):
-        np.testing.assert_allclose(rms[c] / rms[2.0], (c / 2) ** (layers / 2), rtol=1e-5)
+def _checkpoints(run: pathlib.Path) -> list[int]:
+    folder = run / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-QUICK_ARGS = ["--quick", "--norms", "vanilla", "bn_gamma_beta", "--scales", "1", "3"]
+def _status(run: pathlib.Path) -> dict:
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def test_quick_study_writes_records_plots_and_summary(tmp_path):
-    init_scale.main(QUICK_ARGS + ["--results", str(tmp_path)])
-    cfg = dataclasses.replace(init_scale.InitScaleConfig(), norms=("vanilla", "bn_gamma_beta"), scales=(1.0, 3.0)).quick()
-    root = tmp_path / "init_scale" / "digits-quick"
-    probe_steps = list(range(0, cfg.steps + 1, cfg.probe_every))
-    for norm in cfg.norms:
-        for c in cfg.scales:
-            run = root / f"{norm}_c{c:g}"
-            config = json.loads((run / "config.json").read_text())
-            assert (config["norm"], config["c"], config["depth"], config["num_classes"]) == (norm, c, cfg.depth, 10)
-            lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-            assert [l["step"] for l in lines if l["kind"] == "train"] == list(range(0, cfg.steps + 1, cfg.every))
-            assert [l["step"] for l in lines if l["kind"] == "probe"] == probe_steps
-            assert [l["split"] for l in lines if l["kind"] == "eval"] == ["test"]
-            assert all(math.isfinite(l["loss"]) and 0 <= l["accuracy"] <= 1 for l in lines if l["kind"] != "divergence")
-            with np.load(run / "layer_norms.npz") as f:
-                arrays = dict(f)
-            assert arrays["steps"].tolist() == probe_steps
-            for k in ("activation_rms", "grad_norm", "weight_norm"):
-                assert arrays[k].shape == (len(probe_steps), cfg.depth) and np.all(arrays[k] > 0), k
-            np.testing.assert_allclose(arrays["weight_ratio"], arrays["weight_norm"][-1] / arrays["weight_norm"][0])
-            # W ~ N(0, c/n): ‖W_0‖_F² ≈ c · fan_out (fan_in · fan_out entries of variance c / fan_in).
-            fan_out = np.array([cfg.width] * (cfg.depth - 1) + [10])
-            np.testing.assert_allclose(arrays["weight_norm"][0] ** 2 / (c * fan_out), 1.0, rtol=0.35)  # 3σ of the 160-entry last layer
-    plots = root / "plots"
-    names = ("loss.png", "layers_init.png", "layers_training.png", "weight_ratio.png")
-    for png in names:
-        assert (plots / png).stat().st_size > 10_000, png
-    summary = (plots / "summary.md").read_text()
+def _last_train_step(run: pathlib.Path) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return -1
+    steps = []
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if m.get("kind") == "train":
+            steps.append(m["step"])
+    return max(steps, default=-1)
+
+
+def _final_state(run: pathlib.Path, step: int):
+    import jax
+    import orbax.checkpoint as ocp
+
+    return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "state").absolute()))
+
+
+def test_a_study_killed_mid_training_resumes_to_the_same_results(tmp_path):
+    """Two processes run the same command: one is SIGKILLed once it has checkpointed and
+    trained past that checkpoint (its status.json still says 'running', its latest
+    checkpoint is short of the end), then the command is run again; its metrics.jsonl,
+    trajectories.npz, status.json, final checkpoint and summary.md are bit-identical to
+    those of the uninterrupted process (the same compiled programs on the same machine)."""
+    killed_root, whole_root = tmp_path / "killed", tmp_path / "whole"
+    killed, whole = _launch(killed_root), _launch(whole_root)
+    try:
+        run = killed_root / RUN
+        deadline = time.monotonic() + 240
+        while True:
+            assert killed.poll() is None, f"the run ended before it could be killed:\n{_log(killed_root)}"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            ckpts, status = _checkpoints(run), _status(run)
+            if ckpts and status.get("status") == "running" and _last_train_step(run) > ckpts[-1]:
+                break
+            time.sleep(0.01)
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(timeout=30) == -signal.SIGKILL
+        at_kill = _checkpoints(run)
+        assert _status(run)["status"] == "running" and at_kill and at_kill[-1] < 1000, (_status(run), at_kill)
+        assert _last_train_step(run) > at_kill[-1]  # lines past the checkpoint, which the resumed run must drop
+
+        again = subprocess.run([sys.executable, "-m", "experiments.init_scale", *KILL_ARGS, "--results", str(killed_root)], cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert whole.wait(timeout=240) == 0, _log(whole_root)
+    finally:  # a failed assertion leaves no process behind
+        for proc in (killed, whole):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    a, b = killed_root / RUN, whole_root / RUN
+    assert _status(a)["status"] == "finished" and _status(a) == _status(b) and _status(a)["step"] == 1000
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    ta, tb = read_npz(a / "trajectories.npz"), read_npz(b / "trajectories.npz")
+    assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k], equal_nan=True) for k in ta)
+    sa, sb = _final_state(a, 1000), _final_state(b, 1000)
+    import jax
+
+    assert jax.tree.structure(sa) == jax.tree.structure(sb)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)))
+    summary = lambda root: (root / RUN.parent / "plots" / "summary.md").read_text()
+    assert summary(killed_root) == summary(whole_root)
+
+    # What the uninterrupted study stored is the study's record.
+    config = json.loads((b / "config.json").read_text())
+    assert (config["model"], config["norm"], config["model_kwargs"]["kernel_init_kwargs"], config["max_steps"]) == ("mlp", "vanilla", {"c": 2.0}, 1000)
+    probes = list(range(0, 1001, 10))
+    assert tb["layer_statistics/steps"].tolist() == probes
+    for k in ("activation_rms", "grad_norm", "weight_norm"):
+        assert tb[f"layer_statistics/{k}"].shape == (len(probes), 3) and np.all(tb[f"layer_statistics/{k}"] > 0), k
+    # W ~ N(0, c/n): ‖W_0‖_F² ≈ c · fan_out (fan_in · fan_out entries of variance c / fan_in);
+    # the 160-entry last layer's relative spread is √(2/160) ≈ 0.11: 0.35 is 3σ.
+    np.testing.assert_allclose(tb["layer_statistics/weight_norm"][0] ** 2 / (2.0 * np.array([16, 16, 10])), 1.0, rtol=0.35)
+    metrics = read_jsonl(b / "metrics.jsonl")
+    assert [m["split"] for m in metrics if m["kind"] == "eval"] == ["test"]
+    assert all(math.isfinite(m["loss"]) and 0 <= m["acc"] <= 1 for m in metrics if m["kind"] in ("train", "eval"))
+    for png in ("loss.png", "layers_init.png", "layers_training.png", "weight_ratio.png"):
+        assert (whole_root / RUN.parent / "plots" / png).stat().st_size > 10_000, png
+    text = summary(whole_root)
     for claim in ("c = 3 gives NaN, c = 2 trains, c = 1 makes no progress", "persist", "normalization removes the sensitivity to c"):
-        assert claim in summary
-    assert summary.count("| vanilla | 1 |") == 3 and summary.count("| bn_gamma_beta | 3 |") == 3  # claims 1, init, 2
-
-    # --plot-only reads the runs back (_stored) and reports them (write_report, as above):
-    # the summary from the stored files is the same.
-    assert init_scale.summary_markdown(cfg, init_scale._stored(root, cfg)) == summary
+        assert claim in text
+    assert "| vanilla | 2 | 0 | trained |" in text  # 1000 steps train even the 3-layer net
 
 
-def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path):
-    """c = 10⁸ in the quick net: the loss starts ~10¹² and SGD drives it past 10x that within
-    the first 10 steps (an explosion, still finite; measured 5.6e14). The same network and
-    lr as the quick study, so the compiled programs are shared."""
-    cfg = dataclasses.replace(init_scale.InitScaleConfig(), norms=("vanilla",), scales=(1e8,)).quick()
-    res = init_scale.run_one(cfg, "vanilla", 1e8, tmp_path, log=lambda s: None)
-    assert res.records[-1]["kind"] == "divergence" and "training loss above 10 x" in res.records[-1]["reason"]
-    assert not any(r["kind"] == "eval" for r in res.records)
-    stored = [json.loads(l) for l in (tmp_path / "vanilla_c1e+08" / "metrics.jsonl").read_text().splitlines()]
-    assert stored == res.records
-    assert np.isnan(res.arrays["weight_ratio"]).all() and res.arrays["steps"].tolist() == [0]
-    assert init_scale.summarize(res.records, res.arrays, cfg, res.chance)["outcome"] == "diverged"
-    init_scale.write_report(tmp_path, cfg, {("vanilla", 1e8): res})
-    assert "| vanilla | 1e+08 | diverged |" in (tmp_path / "plots" / "summary.md").read_text()
+def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path, capsys):
+    """c = 10⁸ in the quick net: the loss starts ~10¹² and SGD drives it past 10x its first
+    step's within a few steps (or to NaN): fit stops the run with a divergence record;
+    the analysis classifies it as diverged, with no eval line and no weight ratio."""
+    args = ["--quick", "--norms", "vanilla", "--scales", "1e8", "--results", str(tmp_path), "--no-progress"]
+    assert init_scale.main(args) == 0
+    root = tmp_path / "init_scale" / "digits-quick"
+    run = root / "vanilla_c1e+08_s0"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "diverged" and status["step"] < 20
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert metrics[-1]["kind"] == "divergence" and not any(m["kind"] == "eval" for m in metrics)
+    (r,) = analysis.load_runs(root)
+    assert analysis.summarize(r)["outcome"] == "diverged" and np.isnan(analysis.weight_ratio(r)).all()
+    summary = (root / "plots" / "summary.md").read_text()
+    assert "| vanilla | 1e+08 | 0 | diverged |" in summary
+    assert "init_scale: vanilla: c=1e+08 diverged" in capsys.readouterr().out
+    # --plot-only reads the same files back: the same summary.
+    assert init_scale.main(args + ["--plot-only"]) == 0
+    assert (root / "plots" / "summary.md").read_text() == summary
+    assert json.loads((root / "study.json").read_text())["setup"]["scales"] == [1e8]
 
 
 @pytest.mark.parametrize(
@@ -227,27 +203,24 @@ def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path):
         ({"activation": "sigmoid"}, "unknown activation"),
         ({"every": 0}, "every"),
         ({"steps": 150}, "multiple of probe_every"),
-        ({"probe_every": 30}, "multiple of every"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"batch_size": 1}, "batch_size"),
         ({"progress_fraction": 1.5}, "progress_fraction"),
         ({"explode_factor": 0.5}, "explode_factor"),
     ],
 )
-def test_bad_config_is_refused(changes, match):
+def test_bad_setup_is_refused(changes, match):
     with pytest.raises(ValueError, match=match):
-        init_scale.InitScaleConfig(**changes)
+        init_scale.InitScaleSetup(**changes)
 
 
-def test_bad_command_line_and_run_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown config 'nope'"):
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         init_scale.main(["--config", "nope", "--results", str(tmp_path)])
-    with pytest.raises(ValueError, match="scales"):
-        init_scale.main(["--quick", "--scales", "0", "--results", str(tmp_path)])
-    with pytest.raises(ValueError, match="no stored runs"):
-        init_scale.main(["--plot-only", "--results", str(tmp_path)])
-    cfg = init_scale.InitScaleConfig().quick()
-    with pytest.raises(ValueError, match="unknown norm"):
-        init_scale.run_one(cfg, "gn", 2.0, tmp_path)
-    with pytest.raises(ValueError, match="c must be"):
-        init_scale.run_one(cfg, "vanilla", 0.0, tmp_path)
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    assert init_scale.main(["--quick", "--scales", "0", "--results", str(tmp_path)]) == 2
+    assert "scales must be finite numbers > 0" in capsys.readouterr().err
+    assert init_scale.main(["--plot-only", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no stored runs under" in err and "Traceback" not in err
