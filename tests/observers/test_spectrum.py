@@ -43,7 +43,7 @@ def dense_eigenvalues(module, state) -> np.ndarray:
         logits, _ = module.apply({"params": unravel(f), "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"])
         return jnp.mean(0.5 * jnp.sum((logits - y) ** 2, axis=-1))
 
-    return np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
+    return np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(loss))(flat), np.float64))
 
 
 @pytest.mark.parametrize("norm", ["vanilla", "bn_gamma_beta"])
