@@ -1,82 +1,80 @@
-"""Edge of stability (Cohen et al. 2021; source document 003): full-batch gradient descent
-on a fixed subset, the Hessian's top eigenvalue (sharpness) against the 2/η line, with
-and without BatchNorm.
+"""Edge of stability (Cohen et al., "Gradient Descent on Neural Networks Typically Occurs
+at the Edge of Stability", 2021; source document 003): full-batch gradient descent on a
+fixed subset, the Hessian's top eigenvalue (sharpness) against the 2/η line, with and
+without BatchNorm.
 
-For each norm and step size η: plain full-batch GD ``w <- w - η ∇L(w)`` on the first
-``subset`` training examples (BatchNorm in training mode over the whole subset: the
-training objective), and every ``every`` steps the sharpness -- the largest Ritz value of
-a ``lanczos_order``-step Lanczos run (``jaxnorm.diagnostics.lanczos``: the top
-*algebraic* eigenvalue, which power iteration misses while a negative eigenvalue is
-larger in magnitude), started from the previous top Ritz vector. Loss: squared error
-against one-hot targets (``'mse'``, as in most of Cohen et al.'s experiments; with
-cross-entropy on a problem that is memorized, ``'ce'``, the sharpness collapses as the
-loss goes to 0). Cohen et al.: the sharpness rises until it reaches 2/η and then hovers
-there while the loss keeps falling non-monotonically -- with and without BN.
+Each (norm, η, seed) is one engine run: ``TrainConfig(full_batch=True, loss='mse',
+momentum=0, divergence_factor=100)`` -- plain ``w <- w - η ∇L(w)`` on the first
+``subset`` training examples in their stored order, BatchNorm in training mode over the
+whole subset. The runs of one norm (all η and seeds) train as one ``fit_many`` program
+(η is optimizer-state data); a run that diverges stops being recorded while the others
+go on. Observers:
 
-    python -m experiments.sharpness                 # digits, tanh MLP, η in (0.05, 0.1, 0.2): ~1.5 min on 2 CPU cores
-    python -m experiments.sharpness --quick         # a few steps (tests)
+* :class:`jaxnorm.observers.Sharpness` every ``every`` steps: the largest Ritz value of
+  ``lanczos_order`` Lanczos steps (the top *algebraic* eigenvalue, which power
+  iteration misses while a negative eigenvalue is larger in magnitude), warm-started
+  from the previous top Ritz vector, of the training objective itself (the whole subset
+  as one probe batch, MSE, BN on the batch's statistics: ``bn_mode='batch'``);
+* :class:`jaxnorm.observers.spectrum.SpectralDensity` at step 0 and at the last step:
+  the spectral density by stochastic Lanczos quadrature (Ghorbani et al., "An
+  Investigation into Neural Net Optimization via Hessian Eigenvalue Density", 2019),
+  whose Ritz values give the outlier ratio λ_1/λ_k.
+
+Loss: squared error against one-hot targets (``'mse'``, as in most of Cohen et al.'s
+experiments; with cross-entropy on a problem that is memorized, ``--loss ce``, the
+sharpness collapses as the loss goes to 0). Cohen et al.: the sharpness rises until it
+reaches 2/η and then hovers there while the loss keeps falling non-monotonically -- with
+and without BN. A run has diverged once its loss exceeds 100x its first step's loss
+(GD past the edge can climb for many steps with a finite loss).
+
+    python -m experiments.sharpness                      # digits, tanh MLP, η in (0.05, 0.1, 0.2): ~2.5 min on 2 CPU cores
+    python -m experiments.sharpness --quick              # 20 steps, one η: ~30 s (tests)
     python -m experiments.sharpness --steps 4000 --step-sizes 0.02 0.05 --loss ce
-    python -m experiments.sharpness cifar10_5k      # Cohen et al.'s fc-tanh on 5k CIFAR-10 images (a GPU; CIFAR-10 prepared)
+    python -m experiments.sharpness --config cifar10_5k  # Cohen et al.'s fc-tanh on 5k CIFAR-10 images (a GPU; CIFAR-10 prepared)
+    python -m experiments.sharpness --seeds 0 1 2        # three initializations per (norm, η)
 
-In training, the :class:`jaxnorm.observers.Sharpness` observer records the same
-quantity every k steps of any ``fit`` run (minibatch SGD) on a fixed probe set.
-
-Results in ``<results>/sharpness/<config>/``: ``<norm>_lr<η>/`` with ``config.json`` and
-``metrics.jsonl`` (lines ``{"kind": "sharpness", "step", "loss", "sharpness"}``; a
-``divergence`` line if the loss became non-finite; ``{"kind": "spectrum", "when":
-"init"|"end", "top", "outlier_ratio"}``: the top Ritz values and λ_1/λ_k),
-``spectrum.npz`` (``init/grid``, ``init/density``, ``init/top``, the same for ``end``: the
-spectral density by stochastic Lanczos quadrature); ``plots/density.png`` (the densities
-at initialization and at the end, a panel per norm, middle η); ``plots/sharpness.png`` (sharpness
-vs step per η with the dashed 2/η lines, a panel per norm; the loss below) and
-``plots/summary.md`` (per run: the largest sharpness / (2/η), the median late sharpness
-/ (2/η) and the fraction of the late records -- the last half -- within 10% of 2/η).
+Results in ``<results>/sharpness/<config>/``: ``study.json``; a run folder
+``<norm>_lr<η>_s<seed>/`` per run (``config.json``; ``metrics.jsonl`` with a ``train``
+line per step, ``{"kind": "sharpness", "step", "sharpness", "loss", ...}`` lines and a
+``divergence`` line if it diverged; ``trajectories.npz`` with ``spectrum/{steps, grid,
+density, nodes, weights}`` at step 0 and at the end; ``status.json``; checkpoints);
+``plots/sharpness.png``, ``plots/density.png`` and ``plots/summary.md``
+(:mod:`jaxnorm.analysis.sharpness`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import pathlib
-import time
-from typing import Callable, Optional, Sequence
+import functools
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
+from jaxnorm.analysis import sharpness as analysis
 from jaxnorm.data import load
-from jaxnorm.data.augmentation import normalize
-from jaxnorm.diagnostics import lanczos, outlier_ratio, spectral_density, top_eigenpairs
-from jaxnorm.models import get_model
-from jaxnorm.objective import cross_entropy
-from jaxnorm.results import RunDir, rewrite_jsonl, write_json, write_npz
-
-LOSSES: dict[str, Callable] = {
-    "mse": lambda logits, y: 0.5 * jnp.sum(jnp.square(logits - jax.nn.one_hot(y, logits.shape[-1])), axis=-1),
-    "ce": cross_entropy,
-}
+from jaxnorm.objective import LOSSES
+from jaxnorm.observers import Sharpness
+from jaxnorm.observers.spectrum import SpectralDensity
+from jaxnorm.study import RunGroup, main as study_main
+from jaxnorm.train import TrainConfig, build_model
 
 
 @dataclasses.dataclass(frozen=True)
-class SharpnessConfig:
+class SharpnessSetup:
     """One edge-of-stability study.
 
     Attributes:
       dataset, subset: the fixed training subset (one full batch).
       model, model_kwargs: the network (``norm`` is set per run).
-      loss: ``'mse'`` or ``'ce'``.
+      loss: ``'mse'`` or ``'ce'`` (:data:`jaxnorm.objective.LOSSES`).
       norms: the normalizations compared; step_sizes: the GD step sizes η.
       steps: GD steps per run; every: sharpness interval; lanczos_order: Lanczos steps
         per measurement.
-      density_order, density_vectors: the spectral density (stochastic Lanczos
-        quadrature) at initialization and at the end; outlier_k: the outlier ratio
-        λ_1/λ_k (Ghorbani et al. 2019) from the same Lanczos runs.
+      density_order, density_vectors, density_points: the spectral density (stochastic
+        Lanczos quadrature) at initialization and at the end; outlier_k: the outlier
+        ratio λ_1/λ_k (Ghorbani et al. 2019) from the same Lanczos runs, reported when
+        ``density_order >= outlier_k + jaxnorm.analysis.sharpness.OUTLIER_MARGIN``.
       divergence_factor: a run has diverged once its loss is non-finite or exceeds this
-        multiple of its initial loss (GD past the edge can climb for many steps with a
-        finite loss -- on a GPU a run reached 2e31 before any NaN).
-      seed: initialization.
+        multiple of its first step's loss (on a GPU a run reached 2e31 before any NaN).
+      eval_every, checkpoint_every: evaluation / checkpoint interval in steps.
+      seeds: default initializations (``--seeds`` overrides).
     """
 
     name: str = "digits"
@@ -94,20 +92,38 @@ class SharpnessConfig:
     lanczos_order: int = 20
     density_order: int = 60
     density_vectors: int = 4
+    density_points: int = 400
     outlier_k: int = 11  # classes + 1: past the ~C outliers of a C-class problem (Papyan 2019)
     divergence_factor: float = 100.0
-    seed: int = 0
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    seeds: tuple = (0,)
 
-    def quick(self) -> "SharpnessConfig":
-        return dataclasses.replace(self, name=self.name + "-quick", subset=64, steps=20, every=10, step_sizes=self.step_sizes[1:2], lanczos_order=8, density_order=12, density_vectors=2)
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {sorted(LOSSES)}.")
+        for f in ("subset", "steps", "every", "lanczos_order", "density_order", "density_vectors", "eval_every", "checkpoint_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"SharpnessSetup.{f} must be >= 1, got {getattr(self, f)}.")
+        if not self.step_sizes or not self.norms:
+            raise ValueError("SharpnessSetup needs at least one step size and one norm.")
+
+    def quick(self) -> "SharpnessSetup":
+        """20 steps on 64 examples at the middle η: shows that everything runs. Its
+        8-step Lanczos and order-12 densities are too short for λ_11 (the summary says
+        n/a)."""
+        return dataclasses.replace(
+            self, name=self.name + "-quick", subset=64, steps=20, every=10, step_sizes=self.step_sizes[1:2],
+            lanczos_order=8, density_order=12, density_vectors=2,
+        )
 
 
-#: Studies by name. ``cifar10_5k`` is Cohen et al.'s canonical setting (their Fig. 1: a
+#: Setups by name. ``cifar10_5k`` is Cohen et al.'s canonical setting (their Fig. 1: a
 #: fully connected tanh network, two hidden layers of 200, MSE, on the first 5,000
 #: CIFAR-10 training images) for a GPU; the 2/η lines lie at 200, 100 and 50.
-CONFIGS: dict[str, SharpnessConfig] = {
-    "digits": SharpnessConfig(),
-    "cifar10_5k": SharpnessConfig(
+SETUPS: dict[str, SharpnessSetup] = {
+    "digits": SharpnessSetup(),
+    "cifar10_5k": SharpnessSetup(
         name="cifar10_5k",
         dataset="cifar10",
         subset=5000,
@@ -119,189 +135,75 @@ CONFIGS: dict[str, SharpnessConfig] = {
 }
 
 
-def run_one(cfg: SharpnessConfig, norm: str, lr: float, root: pathlib.Path, log=print) -> list[dict]:
-    """Full-batch GD of one (norm, η); writes and returns its records."""
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"unknown loss {cfg.loss!r}; known: {sorted(LOSSES)}.")
-    ds = load(cfg.dataset, "train")
-    x = normalize(jnp.asarray(ds.images[: cfg.subset]), ds.mean, ds.std)
-    y = jnp.asarray(ds.labels[: cfg.subset])
-    module = get_model(cfg.model, norm=norm, num_classes=ds.num_classes, **cfg.model_kwargs)
-    variables = module.init(jax.random.PRNGKey(cfg.seed), x[:2], train=False)
-    stats = variables.get("batch_stats", {})
-    per_example = LOSSES[cfg.loss]
-
-    def loss(params):
-        logits, _ = module.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-        return jnp.mean(per_example(logits, y))
-
-    @jax.jit
-    def gd(params):
-        step = lambda _, p: jax.tree.map(lambda w, g: w - lr * g, p, jax.grad(loss)(p))
-        return jax.lax.fori_loop(0, cfg.every, step, params)
-
-    @jax.jit
-    def measure(params, v0):
-        vals, vecs = top_eigenpairs(lanczos(loss, params, cfg.lanczos_order, v0=v0), 1)
-        return loss(params), vals[0], vecs[0]
-
-    @jax.jit
-    def spectrum(params, key):
-        d = spectral_density(loss, params, key=key, order=cfg.density_order, num_vectors=cfg.density_vectors, num_points=400)
-        top = jnp.sort(d["nodes"][0])[::-1]  # Ritz values of the first start vector
-        return d["grid"], d["density"], top[: cfg.outlier_k]
-
-    run = RunDir(root / f"{norm}_lr{lr:g}")
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_json(run.config, {**dataclasses.asdict(cfg), "norm": norm, "learning_rate": lr})
-    params = variables["params"]
-    spectra = {"init": spectrum(params, jax.random.PRNGKey(cfg.seed))}
-    v = jnp.ones(sum(a.size for a in jax.tree.leaves(params)), jnp.float32)  # later starts are warm
-    records = []
-    initial = None
-    for step in range(0, cfg.steps + 1, cfg.every):
-        if step:
-            params = gd(params)
-        value, top, v = measure(params, v)
-        value, top = float(value), float(top)
-        initial = value if initial is None else initial
-        if not np.isfinite(value) or value > cfg.divergence_factor * initial:
-            what = "non-finite loss" if not np.isfinite(value) else f"loss above {cfg.divergence_factor:g} x its initial {initial:.3g}"
-            records.append({"kind": "divergence", "step": step, "reason": f"{what} ({value:.3g}) at step {step}"})
-            break
-        records.append({"kind": "sharpness", "step": step, "loss": value, "sharpness": top})
-    if records[-1]["kind"] != "divergence":
-        spectra["end"] = spectrum(params, jax.random.PRNGKey(cfg.seed))
-    arrays = {f"{when}/{k}": np.asarray(a) for when, sp in spectra.items() for k, a in zip(("grid", "density", "top"), sp)}
-    write_npz(run.root / "spectrum.npz", arrays)
-    for when, sp in spectra.items():
-        records.append({"kind": "spectrum", "when": when, "top": [float(t) for t in sp[2]], "outlier_ratio": float(outlier_ratio(sp[2], cfg.outlier_k))})
-    rewrite_jsonl(run.metrics, records)
-    kept = [r for r in records if r["kind"] == "sharpness"]
-    s = summarize(kept, lr)
-    status = "diverged" if any(r["kind"] == "divergence" for r in records) else f"late sharpness {s['late_median_over_edge']:.2f} x 2/η"
-    log(f"  {norm:>14s} η {lr:<5g} 2/η {2 / lr:6.1f}: max sharpness {s['max_over_edge']:.2f} x 2/η, {status}")
-    return records
+def run_name(norm: str, lr: float, seed: int) -> str:
+    return f"{norm}_lr{lr:g}_s{seed}"
 
 
-def summarize(records: list[dict], lr: float) -> dict:
-    """Largest sharpness, median late sharpness (each / (2/η)), and the fraction of the
-    last half of the records within 10% of 2/η (NaN without records)."""
-    s = np.array([r["sharpness"] for r in records if r.get("kind") == "sharpness"], np.float64)
-    edge = 2.0 / lr
-    if not len(s):
-        return {"max_over_edge": float("nan"), "late_median_over_edge": float("nan"), "late_within_10pct": float("nan")}
-    late = s[len(s) // 2 :]
-    return {
-        "max_over_edge": float(s.max() / edge),
-        "late_median_over_edge": float(np.median(late) / edge),
-        "late_within_10pct": float(np.mean(np.abs(late - edge) <= 0.1 * edge)),
-    }
+class SharpnessStudy:
+    name = "sharpness"
+    setups = SETUPS
+    default = "digits"
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--steps", type=int, help="GD steps per run")
+        parser.add_argument("--step-sizes", dest="step_sizes", type=float, nargs="+", help="the step sizes η")
+        parser.add_argument("--loss", choices=sorted(LOSSES), help="mse (default) or ce")
+        parser.add_argument("--subset", type=int, help="training examples (one full batch)")
+        parser.add_argument("--norms", nargs="+", help="the normalizations compared (default: vanilla bn_gamma_beta)")
 
-def write_report(root: pathlib.Path, cfg: SharpnessConfig, results: dict) -> None:
-    """``plots/sharpness.png`` and ``plots/summary.md`` from the runs' records."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, len(cfg.norms), figsize=(6 * len(cfg.norms), 7), sharex=True, squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, norm in enumerate(cfg.norms):
-        top = 0.0
-        for i, lr in enumerate(cfg.step_sizes):
-            recs = [r for r in results.get((norm, lr), []) if r["kind"] == "sharpness"]
-            c = colors[i % len(colors)]
-            steps = [r["step"] for r in recs]
-            axes[0, j].plot(steps, [r["sharpness"] for r in recs], color=c, label=f"η = {lr:g}")
-            axes[0, j].axhline(2 / lr, color=c, ls="--", lw=1)
-            axes[1, j].plot(steps, [r["loss"] for r in recs], color=c)
-            # The axis covers the edges; a diverging run's sharpness (up to 1e10) would flatten the rest.
-            top = max([top, 2.4 / lr] + [min(r["sharpness"], 3.0 * 2 / lr) for r in recs])
-        axes[0, j].set_ylim(0, top)
-        axes[0, j].set_title(f"{norm}: sharpness (top Hessian eigenvalue); dashed: 2/η", fontsize=10)
-        axes[0, j].legend(fontsize=8)
-        axes[1, j].set_yscale("log")
-        axes[1, j].set_xlabel("full-batch GD step")
-    axes[0, 0].set_ylabel("sharpness")
-    axes[1, 0].set_ylabel(f"training loss ({cfg.loss})")
-    fig.tight_layout()
-    fig.savefig(plots / "sharpness.png", dpi=110)
-    plt.close(fig)
-    _plot_densities(plt, root, cfg)
-    lines = [
-        f"# Edge of stability: {cfg.name}",
-        "",
-        f"Full-batch GD on {cfg.subset} examples of {cfg.dataset}, {cfg.model} {json.dumps(cfg.model_kwargs)}, "
-        f"{cfg.loss} loss, {cfg.steps} steps; sharpness every {cfg.every} steps (largest Ritz value of {cfg.lanczos_order} "
-        "warm-started Lanczos steps). Late = the last half of the records.",
-        "",
-        f"| norm | η | 2/η | max sharpness / (2/η) | late median / (2/η) | late within 10% of 2/η | final loss | λ1/λ{cfg.outlier_k} init | λ1/λ{cfg.outlier_k} end | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for (norm, lr), recs in results.items():
-        s = summarize(recs, lr)
-        kept = [r for r in recs if r["kind"] == "sharpness"]
-        status = "diverged" if any(r["kind"] == "divergence" for r in recs) else "finished"
-        ratio = {r["when"]: r["outlier_ratio"] for r in recs if r["kind"] == "spectrum"}
-        fmt = lambda w: f"{ratio[w]:.1f}" if w in ratio else "-"
-        final = f"{kept[-1]['loss']:.4g}" if kept else "-"
-        # A diverged run has no late phase to speak of.
-        late = ("-", "-") if status == "diverged" else (f"{s['late_median_over_edge']:.2f}", f"{s['late_within_10pct']:.0%}")
-        lines.append(
-            f"| {norm} | {lr:g} | {2 / lr:.1f} | {s['max_over_edge']:.3g} | {late[0]} | "
-            f"{late[1]} | {final} | {fmt('init')} | {fmt('end')} | {status} |"
+    def configs(self, setup: SharpnessSetup, norm: str, seeds, root) -> tuple[TrainConfig, ...]:
+        """The runs of one norm: every η and seed (one ``fit_many`` program)."""
+        base = TrainConfig(
+            dataset=setup.dataset,
+            model=setup.model,
+            model_kwargs=dict(setup.model_kwargs),
+            norm=norm,
+            loss=setup.loss,
+            full_batch=True,
+            epochs=setup.steps,  # full batch: an epoch is one step
+            momentum=0.0,
+            divergence_factor=setup.divergence_factor,
+            train_subset=setup.subset,
+            eval_subset=setup.subset,
+            eval_every_epochs=setup.eval_every,
+            checkpoint_every_epochs=setup.checkpoint_every,
+            log_every_steps=setup.every,
+            results_dir=str(root.parent.parent),
+            study=f"{self.name}/{setup.name}",
         )
-    (plots / "summary.md").write_text("\n".join(lines) + "\n")
+        return tuple(base.replace(name=run_name(norm, lr, s), learning_rate=float(lr), seed=s) for lr in setup.step_sizes for s in seeds)
+
+    def observers(self, setup: SharpnessSetup, config: TrainConfig) -> list:
+        """Sharpness every ``every`` steps and the density at step 0 and at the end, both
+        on the training subset as one batch: the Hessian of exactly what GD descends."""
+        ds = load(setup.dataset, "train")
+        probe = (ds.images[: setup.subset], ds.labels[: setup.subset], ds.mean, ds.std)
+        module = build_model(config, ds.num_classes)
+        return [
+            Sharpness(module, *probe, every=setup.every, num_iters=setup.lanczos_order, bn_mode="batch", loss=setup.loss),
+            SpectralDensity(
+                module, *probe, every=setup.steps, order=setup.density_order, num_vectors=setup.density_vectors,
+                num_points=setup.density_points, bn_mode="batch", loss=setup.loss,
+            ),
+        ]
+
+    def groups(self, setup: SharpnessSetup, seeds, root) -> list[RunGroup]:
+        out = []
+        for norm in setup.norms:
+            configs = self.configs(setup, norm, seeds, root)
+            out.append(RunGroup(configs, observers=functools.partial(self.observers, setup, configs[0])))
+        return out
+
+    def analyze(self, setup: SharpnessSetup, root) -> str:
+        return analysis.analyze(root)
 
 
-def _plot_densities(plt, root: pathlib.Path, cfg: SharpnessConfig) -> None:
-    """``plots/density.png``: the Hessian's spectral density at initialization and at the
-    end, a panel per norm, for the middle step size (Ghorbani et al. 2019, Fig. 1 style)."""
-    from jaxnorm.results import read_npz
-
-    lr = cfg.step_sizes[len(cfg.step_sizes) // 2]
-    fig, axes = plt.subplots(1, len(cfg.norms), figsize=(6 * len(cfg.norms), 3.6), squeeze=False)
-    for ax, norm in zip(axes[0], cfg.norms):
-        path = root / f"{norm}_lr{lr:g}" / "spectrum.npz"
-        arrays = read_npz(path) if path.exists() else {}
-        for when, style in (("init", "--"), ("end", "-")):
-            if f"{when}/grid" in arrays:
-                ax.semilogy(arrays[f"{when}/grid"], np.maximum(arrays[f"{when}/density"], 1e-8), style, label=when)
-        ax.set_title(f"{norm}, η = {lr:g}: Hessian spectral density (SLQ)", fontsize=10)
-        ax.set_xlabel("eigenvalue")
-        ax.set_ylim(1e-6, None)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(root / "plots" / "density.png", dpi=110)
-    plt.close(fig)
+STUDY = SharpnessStudy()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("config", nargs="?", default="digits", choices=sorted(CONFIGS), help="the study (default: digits)")
-    p.add_argument("--quick", action="store_true", help="a few steps on a small subset (tests)")
-    p.add_argument("--steps", type=int, help="GD steps per run")
-    p.add_argument("--step-sizes", type=float, nargs="+", help="the step sizes η")
-    p.add_argument("--loss", choices=sorted(LOSSES), help="mse (default) or ce")
-    p.add_argument("--results", default="results", help="results folder")
-    args = p.parse_args(argv)
-    cfg = CONFIGS[args.config]
-    changes = {k: v for k, v in {"steps": args.steps, "loss": args.loss}.items() if v is not None}
-    if args.step_sizes:
-        changes["step_sizes"] = tuple(args.step_sizes)
-    cfg = dataclasses.replace(cfg, **changes)
-    if args.quick:
-        cfg = cfg.quick()
-    root = pathlib.Path(args.results) / "sharpness" / cfg.name
-    t0 = time.time()
-    results = {(n, lr): run_one(cfg, n, lr, root) for n in cfg.norms for lr in cfg.step_sizes}
-    write_report(root, cfg, results)
-    print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
+def main(argv=None) -> int:
+    return study_main(STUDY, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
