@@ -25,8 +25,9 @@ Methods (a registry, :data:`METHODS`):
   magnitude, which is the sharpness only once the positive end dominates.
 
 BatchNorm: ``bn_mode='batch'`` (default; batch statistics of each probe batch,
-differentiated through: the Hessian of the objective training descends) or ``'eval'``
-(running statistics, PyHessian's choice); every line records it. The probe set is split
+differentiated through: the Hessian of the objective training descends) or ``'running'``
+(running statistics, PyHessian's choice); every line records it, and the loss's name as
+``objective``. The probe set is split
 into ``len(labels) // batch_size`` batches (use the training batch size: in train mode
 the Hessian depends on it) and the loss is their average, as
 :func:`~jaxnorm.diagnostics.hessian.hessian_loss_fn` defines it.
@@ -127,7 +128,7 @@ class Sharpness:
         self.y = y.reshape(k, batch_size)
         self.module, self.every, self.method, self.num_iters, self.tol = module, every, method, num_iters, tol
         self.bn_mode, self.weight_decay, self.seed, self.loss = bn_mode, weight_decay, seed, loss
-        self.annotations = {"bn_mode": bn_mode, "method": method, **({"loss": loss} if isinstance(loss, str) else {})}
+        self.annotations = {"bn_mode": bn_mode, "method": method, **({"objective": loss} if isinstance(loss, str) else {})}
 
     def init_carry(self, state) -> Any:
         """The first start vector: a unit Gaussian direction, params-shaped."""

@@ -171,7 +171,7 @@ class Smoothness:
         self.y = jnp.asarray(labels[: k * batch_size], jnp.int32).reshape(k, batch_size)
         self.module, self.every, self.bn_mode, self.weight_decay, self.seed = module, every, bn_mode, weight_decay, seed
         self.per_example = get_loss(loss)
-        self.annotations = {"bn_mode": bn_mode, "probe_examples": k * batch_size, **({"loss": loss} if isinstance(loss, str) else {})}
+        self.annotations = {"bn_mode": bn_mode, "probe_examples": k * batch_size, **({"objective": loss} if isinstance(loss, str) else {})}
 
     def loss_fn(self, state) -> Callable:
         """``params -> scalar``: the probe objective at ``state`` (its batch_stats and step)."""

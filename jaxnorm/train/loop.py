@@ -59,6 +59,7 @@ from jaxnorm.train.run_folder import (
     load_carry,
     load_trajectories,
     prepare_run_dir,
+    stored_status,
     prune_carries,
     record,
     save_carries,
@@ -66,7 +67,7 @@ from jaxnorm.train.run_folder import (
 )
 from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
 from jaxnorm.train.optim import make_optimizer
-from jaxnorm.results import append_jsonl, read_jsonl, rewrite_jsonl, write_json
+from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
 from jaxnorm.train.state import TrainState, create_state
 from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
 
@@ -351,21 +352,59 @@ def fit_many(
     :mod:`jaxnorm.train.multi_run` for the strategies (``'auto'``: vmap on GPU/TPU,
     loop on CPU).
 
+    Runs that already ended (``status.json`` finished or diverged, the same config) are
+    not trained again: their results are read from their folders (state: the latest
+    checkpoint), and the group's other runs train on in the same program structure.
+
     Raises:
       ValueError: the configs differ in more than the per-run fields above, mix runs
         with and without momentum, or names repeat; and the errors of :func:`fit`.
     """
     configs = list(configs)
     superset = check_compatible(configs)
-    num = len(configs)
-    strategy = resolve_strategy(strategy, num)
-    cfg = configs[0]
+    strategy = resolve_strategy(strategy, len(configs))
     runs = [prepare_run_dir(c, resume, overwrite) for c in configs]
-    observers = [GammaBetaRecorder(cfg.record_every_steps)] if observers is None else list(observers)
+    observers = [GammaBetaRecorder(configs[0].record_every_steps)] if observers is None else list(observers)
     names = [o.name for o in observers]
     if len(set(names)) != len(names):
         raise ValueError(f"observer names must be unique, got {names}.")
+    # Runs that already ended (finished or diverged) are read back, not retrained: the
+    # others of the group train on, in the group's structure (the superset stays one).
+    done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
+    todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
+    trained = iter(_fit_group([c for c, _ in todo], [r for _, r in todo], superset, strategy, observers, resume, progress) if todo else [])
+    stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], superset))
+    return [next(stored) if d else next(trained) for d in done]
 
+
+def _stored_results(configs: Sequence[TrainConfig], runs, superset: bool) -> list[FitResult]:
+    """FitResults of runs that ended earlier, from their folders; the state is the latest
+    checkpoint's (None if the run kept none, e.g. diverged before its first)."""
+    if not configs:
+        return []
+    plan = _plan(configs[0])
+    module = build_model(configs[0], plan.num_classes, norm="bn_ablation" if superset else None)
+    sample = jnp.asarray(plan.images[:1])
+    out = []
+    for c, r in zip(configs, runs):
+        status = read_json(r.status)
+        template = jax.eval_shape(lambda: create_state(jax.random.PRNGKey(c.seed), module, _optimizer(c, plan), sample))
+        state = None
+        if c.checkpoint_every_epochs > 0:
+            ckpt = Checkpointer(r.checkpoints)
+            try:
+                if ckpt.latest_step() is not None:
+                    state = ckpt.restore(template)[0]
+            finally:
+                ckpt.close()
+        out.append(FitResult(state, status["status"], int(status["step"]), r.root, status.get("divergence"), read_jsonl(r.metrics), {}))
+    return out
+
+
+def _fit_group(configs, runs, superset: bool, strategy: str, observers, resume: bool, progress: bool) -> list[FitResult]:
+    """Trains the runs (their folders prepared) as one program; see :func:`fit_many`."""
+    num = len(configs)
+    cfg = configs[0]
     plan = _plan(cfg)
     module = build_model(cfg, plan.num_classes, norm="bn_ablation" if superset else None)
     program = _Program(plan, configs, module, observers, strategy)
@@ -394,10 +433,9 @@ def fit_many(
             state, step = loop.epoch(state, data, seeds, epoch, step, bar)
             if all(loop.divergence):
                 break
-            finished = epoch == plan.last_epoch
-            if (epoch + 1) % cfg.eval_every_epochs == 0 or finished:
+            if loop.evaluates_after(epoch):
                 loop.evaluate(state, eval_data, epoch, step)
-            if (epoch + 1) % max(cfg.checkpoint_every_epochs, 1) == 0 or finished:
+            if loop.checkpoints_after(epoch):
                 loop.checkpoint(state, ckpts, keep, epoch, step)
         for r, t, k in zip(runs, traj, keep):
             write_trajectories(r, t, k)
@@ -444,11 +482,21 @@ class _Loop:
             for o in program.observers:
                 if step % o.every == 0:
                     self.pending_obs.append((o, step, program.observe(o, state)))
-            if step % cfg.log_every_steps == 0 or s == plan.steps_per_epoch - 1 or step == plan.total_steps:
+            epoch_end = s == plan.steps_per_epoch - 1 and (self.evaluates_after(epoch) or self.checkpoints_after(epoch))
+            if step % cfg.log_every_steps == 0 or epoch_end or step == plan.total_steps:
                 bar.update(self.sync(step, epoch))
                 if all(self.divergence):
                     break
         return state, step
+
+    # Evaluation and checkpoints follow a host sync; between them, full-batch runs (one
+    # step per epoch) sync only every log_every_steps steps.
+    def evaluates_after(self, epoch: int) -> bool:
+        return (epoch + 1) % self.plan.config.eval_every_epochs == 0 or epoch == self.plan.last_epoch
+
+    def checkpoints_after(self, epoch: int) -> bool:
+        k = self.plan.config.checkpoint_every_epochs
+        return k > 0 and ((epoch + 1) % k == 0 or epoch == self.plan.last_epoch)
 
     def sync(self, step: int, epoch: int) -> int:
         """Pulls buffered metrics/observations of every run, checks each run's losses for

@@ -46,6 +46,15 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> RunDi
     return run
 
 
+def stored_status(run: RunDir) -> Optional[str]:
+    """The ``status`` in a run folder's ``status.json`` (None if there is none or it is
+    unreadable)."""
+    try:
+        return read_json(run.status).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def record(obs, value, step, traj, metric_lines):
     """Files one host-side observer record under its sink."""
     if obs.sink == "trajectories":

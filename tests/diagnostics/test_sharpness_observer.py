@@ -52,7 +52,7 @@ def test_lanczos_sharpness_is_the_dense_top_eigenvalue(tiny, bn_mode):
     record, v = jax.jit(obs)(state, obs.init_carry(state))
     top = dense_eigenvalues(module, state, bn_mode)[-1]
     assert float(record["sharpness"]) == pytest.approx(top, rel=1e-3)
-    assert int(record["iterations"]) == n and obs.annotations == {"bn_mode": bn_mode, "method": "lanczos", "loss": "ce"}
+    assert int(record["iterations"]) == n and obs.annotations == {"bn_mode": bn_mode, "method": "lanczos", "objective": "ce"}
     flat_v = ravel_pytree(v)[0]
     assert float(jnp.linalg.norm(flat_v)) == pytest.approx(1.0, abs=1e-5)
 

@@ -126,7 +126,7 @@ def test_observer_is_the_probe_of_the_training_loss_computed_by_hand(bn_mode):
     got = jax.jit(obs)(state)
     _check(got, _by_hand(module, state, [slice(0, 16)], train=bn_mode == "batch", rng=jax.random.PRNGKey(0)))
     assert obs.name == "smoothness" and obs.sink == "metrics" and obs.every == 3
-    assert obs.annotations == {"bn_mode": bn_mode, "probe_examples": 16, "loss": "ce"}
+    assert obs.annotations == {"bn_mode": bn_mode, "probe_examples": 16, "objective": "ce"}
 
 
 def test_probe_batches_average_and_noise_is_drawn_once_per_measurement():
@@ -151,7 +151,7 @@ def test_in_fit_every_k_steps(tmp_path):
     lines = [m for m in result.metrics if m["kind"] == "smoothness"]
     assert [m["step"] for m in lines] == [0, 2, 4]
     for m in lines:
-        assert set(m) == KEYS | {"kind", "step", "bn_mode", "probe_examples", "loss"}
+        assert set(m) == KEYS | {"kind", "step", "bn_mode", "probe_examples", "objective"}
         assert all(math.isfinite(m[k]) for k in KEYS)
         assert m["loss_min"] <= m["loss_max"] and m["grad_change_min"] <= m["grad_change_max"] and m["beta_smoothness"] > 0
 

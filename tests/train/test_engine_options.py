@@ -189,3 +189,32 @@ def test_configs_stored_with_the_old_eval_mode_name_still_load():
     d["eval_mode"] = d.pop("eval_bn_mode")
     d["eval_mode"] = "batch"
     assert TrainConfig.from_dict(d).eval_bn_mode == "batch"
+
+
+def test_a_rerun_skips_ended_runs_even_when_one_diverged_before_its_first_checkpoint(tmp_path):
+    """One run diverges at once (no checkpoint), the other finishes: a second fit_many of
+    the same group trains nothing (both are read back, with their statuses) instead of
+    refusing to resume runs whose latest checkpoints differ."""
+    base = tiny_config(tmp_path, norm="vanilla", loss="mse", momentum=0.0, divergence_factor=10.0, epochs=2, log_every_steps=1)
+    group = [base.replace(name="ok", learning_rate=0.05), base.replace(name="boom", learning_rate=50.0)]
+    first = fit_many(group, observers=[], progress=False)
+    assert [r.status for r in first] == ["finished", "diverged"]
+    again = fit_many(group, observers=[], progress=False)
+    assert [r.status for r in again] == ["finished", "diverged"] and again[0].traces == {}
+    assert again[0].metrics == first[0].metrics and again[1].divergence == first[1].divergence
+    assert rel_diff(again[0].state.params, first[0].state.params) == 0.0
+
+
+def test_an_unfinished_run_of_a_group_trains_on_while_the_ended_ones_are_read_back(tmp_path):
+    """Mixed ablation variants train as the superset; if one run's folder is removed, the
+    rerun trains that run alone but still in the superset's structure, and equals the
+    run trained in the group."""
+    import shutil
+
+    base = tiny_config(tmp_path, epochs=1)
+    group = [base.replace(name=v, norm=v) for v in ("vanilla", "bn_gamma_beta")]
+    first = fit_many(group, observers=[], progress=False)
+    shutil.rmtree(first[1].run_dir)
+    again = fit_many(group, observers=[], progress=False)
+    assert again[0].traces == {} and again[1].traces["train_step"] == 1
+    assert rel_diff(again[1].state.params, first[1].state.params) < REL
