@@ -1,6 +1,11 @@
 """Analysis of finished runs: discovery, curves, γ/β contour plots, activity metrics,
 ReLU sparsity, summary tables, a one-call report, and the gradient-conditioning study's
-plots and tables. Reads ``results/`` only; never trains."""
+plots and tables. Reads ``results/`` only; never trains.
+
+Each study's analysis is a module here, imported by name (``jaxnorm.analysis.init_scale``,
+``.norm_kinds``, ``.regularization``, ``.smoothness``, ``.sharpness``, ``.tent``,
+``.conditioning``): it reads a study's stored files and writes its plots and
+``summary.md``; ``plotting.pyplot`` is the one headless matplotlib import."""
 
 from jaxnorm.analysis.activity import activity_metrics, activity_table_md, zero_crossings
 from jaxnorm.analysis.conditioning import (

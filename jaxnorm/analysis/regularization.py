@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Optional
 
 import numpy as np
 

@@ -12,17 +12,41 @@ only the state's fields, never the trainer itself.
 * ``GradientConditioning`` -- source document 002's metrics from per-example gradients.
 * ``StepConditioning`` -- the in-training κ_W estimate kept by the optimizer.
 * ``Sharpness`` -- the top Hessian eigenvalue, warm-started (stateful).
+* ``SpectralDensity`` -- the Hessian's spectral density (stochastic Lanczos quadrature).
+* ``Smoothness`` -- loss-landscape probes along the gradient (Santurkar et al. 2018).
+* ``LayerStatistics`` -- per-layer activation RMS, gradient and weight norms.
+* ``WeightNorms`` -- ‖W‖ of every kernel, marking the scale-invariant (pre-BN) ones.
+* ``BNEvaluation`` -- evaluation with running, population and test-batch statistics.
+* ``NormInputs`` -- a norm layer's input on a probe batch (rows vs columns).
+
+Each lives in its own module (``jaxnorm.observers.<module>``) with the functions it
+wraps (e.g. ``layer_statistics``, ``smoothness_probe``, ``scale_invariant_layers``).
 """
 
+from jaxnorm.observers.bn_evaluation import BNEvaluation
 from jaxnorm.observers.conditioning import METRICS, GradientConditioning
 from jaxnorm.observers.gamma_beta import GammaBetaRecorder, norm_layers
+from jaxnorm.observers.layer_statistics import LayerStatistics, layer_statistics
+from jaxnorm.observers.norm_inputs import NormInputs
 from jaxnorm.observers.protocol import Observer, is_stateful
 from jaxnorm.observers.relu_sparsity import ReluSparsity
 from jaxnorm.observers.sharpness import Sharpness
+from jaxnorm.observers.smoothness import Smoothness, smoothness_probe
+from jaxnorm.observers.spectrum import SpectralDensity
 from jaxnorm.observers.step_conditioning import StepConditioning
+from jaxnorm.observers.weight_norms import WeightNorms, scale_invariant_layers
 
 __all__ = [
+    "BNEvaluation",
     "GammaBetaRecorder",
+    "LayerStatistics",
+    "NormInputs",
+    "Smoothness",
+    "SpectralDensity",
+    "WeightNorms",
+    "layer_statistics",
+    "scale_invariant_layers",
+    "smoothness_probe",
     "GradientConditioning",
     "METRICS",
     "Observer",

@@ -31,7 +31,7 @@ observer also runs once before the first step, as every observer does).
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
