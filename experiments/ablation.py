@@ -1,49 +1,49 @@
 """The BatchNorm ablation study (source document 001): five variants of one problem.
 
 Trains ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta`` and ``bn_gamma_beta`` of a named
-config with the same seed, as one compiled program (``jaxnorm.train.fit_many``), for each
-learning-rate scale, seed and BN placement asked for -- recording γ/β every 5 steps and
-the ReLU sparsity after each BN layer on a probe batch -- then writes the plots and
-``summary.md`` (``jaxnorm.analysis``; regenerate them any time with
-``python -m experiments.plot <results dir>``).
+config (``experiments/configs/``) with the same seed, as one compiled program
+(``fit_many``), for each learning-rate scale, BN placement and seed asked for -- one group
+per (scale, placement, seed), so ``--shard`` splits exactly there -- recording γ/β every 5
+steps and the ReLU sparsity after each BN layer on a probe batch; then the plots and
+``summary.md`` (``jaxnorm.analysis.ablation``; again from the stored files with
+``--plot-only`` or ``python -m experiments.plot <results dir>``).
 
-    python -m experiments.ablation                          # digits default (make demo)
-    python -m experiments.ablation cifar10_3c3d --lr-scale 0.1 1 10
-    python -m experiments.ablation cifar10_3c3d --positions first penultimate first3 last3 with_last
-    python -m experiments.ablation cifar100_allcnnc --shard 2/3   # one SLURM array task of three
-    python -m experiments.ablation cifar10_3c3d --quick       # a few steps on a small subset
+    python -m experiments.ablation                                  # digits default (make demo): ~1 min on 2 CPU cores
+    python -m experiments.ablation --config cifar10_3c3d --lr-scale 0.1 1 10
+    python -m experiments.ablation --config cifar10_3c3d --positions default first penultimate first3 last3 with_last
+    python -m experiments.ablation --config cifar100_allcnnc --shard 2/3   # one SLURM array task of three
+    python -m experiments.ablation --config cifar10_3c3d --published-code  # what the thesis's code did (own folder)
+    python -m experiments.ablation --quick                          # 20 steps on 512 examples: ~30 s
 
-Results: ``<results>/ablation/<config>[-<positions>]/lr<scale>/<variant>_s<seed>/`` (see the
-README for what each file holds); plots in ``<results>/ablation/<config>/plots/``.
+(The config may also be given as the first argument, ``python -m experiments.ablation
+cifar10_3c3d``, as before the shared command line.)
+
+Results: ``<results>/ablation/<config>[-published][-quick]/lr<scale>/<variant>[_<placement>]_s<seed>/``
+(see the README for what each file holds; a placement other than ``default`` is also the
+runs' ``tag``); plots in ``<results>/ablation/<config>[...]/plots/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
+import functools
+import inspect
+import math
 import pathlib
-import time
+import sys
 from typing import Sequence
 
+import jaxnorm.study
 from experiments.configs import CONFIGS, get_config
+from jaxnorm.analysis.ablation import analyze_ablation
 from jaxnorm.layers import ABLATION_VARIANTS
-from jaxnorm.models import get_model
-from jaxnorm.train import GammaBetaRecorder, ReluSparsity, TrainConfig, build_model, fit_many
+from jaxnorm.observers import GammaBetaRecorder, ReluSparsity
+from jaxnorm.study import RunGroup
+from jaxnorm.train import TrainConfig, build_model
 
-
-def _num_weight_layers(config: TrainConfig) -> int:
-    """How many weight layers (bn_positions flags) the config's model has."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnorm.data import load
-
-    ds = load(config.dataset, "test") if config.dataset.startswith("digits") else None
-    shape = ds.images.shape[1:] if ds is not None else (32, 32, 3)
-    model = get_model(config.model, norm="bn", **{**dict(config.model_kwargs), "bn_positions": None})
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
-    names = [k for k in variables["params"] if k.startswith(("conv", "dense"))]
-    return len(names)
+STRATEGIES = ("auto", "vmap", "loop", "map")
+PLACEMENTS = ("default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl")
 
 
 def positions_preset(name: str, num_layers: int) -> tuple[int, ...] | None:
@@ -55,117 +55,170 @@ def positions_preset(name: str, num_layers: int) -> tuple[int, ...] | None:
     first4/last4: the first/last three or four hidden layers; last4_incl: the last four
     layers, the output layer included (All-CNN-C, thesis Fig. A.16 C).
     """
-    L = num_layers
-    hidden = list(range(L - 1))
+    L, hidden = num_layers, list(range(num_layers - 1))
     on = {
-        "default": None,
-        "with_last": list(range(L)),
-        "first": [0],
-        "penultimate": [L - 2],
-        "first3": hidden[:3],
-        "last3": hidden[-3:],
-        "first4": hidden[:4],
-        "last4": hidden[-4:],
-        "last4_incl": list(range(L))[-4:],
-    }
+        "default": None, "with_last": list(range(L)), "first": [0], "penultimate": [L - 2], "first3": hidden[:3],
+        "last3": hidden[-3:], "first4": hidden[:4], "last4": hidden[-4:], "last4_incl": list(range(L))[-4:],
+    }  # fmt: skip
     if name not in on:
         raise ValueError(f"unknown BN placement {name!r}; known: {sorted(on)}")
-    if on[name] is None:
-        return None
-    return tuple(int(i in on[name]) for i in range(L))
+    return None if on[name] is None else tuple(int(i in on[name]) for i in range(L))
 
 
-def plan_jobs(args) -> list[tuple[float, str, int]]:
-    """Every (lr scale, placement, seed) job, before sharding."""
-    return list(itertools.product(args.lr_scale, args.positions, args.seeds))
+def num_weight_layers(config: TrainConfig) -> int:
+    """How many weight layers (``bn_positions`` flags) the config's model has."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnorm.data import load
+    from jaxnorm.models import get_model
+
+    shape = load(config.dataset, config.train_split).images.shape[1:]
+    model = get_model(config.model, norm="bn", **{**dict(config.model_kwargs), "bn_positions": None})
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
+    return sum(k.startswith(("conv", "dense")) for k in variables["params"])
 
 
-def shard_jobs(jobs: Sequence, shard: str) -> list:
-    """Jobs of shard ``i/n`` (1-based i): every n-th job starting at the i-th."""
-    try:
-        i, n = (int(p) for p in shard.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 2/3), got {shard!r}.") from None
-    if not 1 <= i <= n:
-        raise ValueError(f"--shard {shard}: need 1 <= i <= n.")
-    return list(jobs)[i - 1 :: n]
+@dataclasses.dataclass(frozen=True)
+class AblationSetup:
+    """One ablation study: a named config (``experiments/configs/<config>.py``) and the grid.
 
+    Attributes:
+      config: the config's name; results under ``<results>/ablation/<name>/`` with
+        ``name`` = config + ``-published`` (``published_code``) + ``-quick``.
+      lr_scale: learning-rate multipliers (each a ``lr<scale>/`` folder).
+      positions: BN placements (:func:`positions_preset`).
+      variants: the ablation variants trained together.
+      published_code: what the thesis's published code did instead of its text (DeepOBS configs).
+      strategy: ``fit_many``'s multi-run strategy.
+      seeds: default seeds.
+      is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
+        ``quick_subset`` examples.
+      probe_size: examples in the ReLU-sparsity probe batch.
+    """
 
-def job_configs(base: TrainConfig, config_name: str, lr_scale: float, positions: str, seed: int, args) -> list[TrainConfig]:
-    """The five variants' configs of one job."""
-    group = config_name if positions == "default" else f"{config_name}-{positions}"
-    model_kwargs = dict(base.model_kwargs)
-    bn_positions = positions_preset(positions, _num_weight_layers(base))
-    if bn_positions is not None:
-        model_kwargs["bn_positions"] = bn_positions
-    cfg = base.replace(
-        learning_rate=base.learning_rate * lr_scale,
-        seed=seed,
-        model_kwargs=model_kwargs,
-        results_dir=str(pathlib.Path(args.results) / "ablation" / group),
-        study=f"lr{lr_scale:g}",
-    )
-    if args.quick:
-        cfg = cfg.quick(steps=args.quick_steps, subset=args.quick_subset)
-    return [cfg.replace(norm=v, name=f"{v}_s{seed}") for v in args.variants]
+    config: str = "digits"
+    lr_scale: tuple = (1.0,)
+    positions: tuple = ("default",)
+    variants: tuple = ABLATION_VARIANTS
+    published_code: bool = False
+    strategy: str = "auto"
+    seeds: tuple = (0,)
+    is_quick: bool = False
+    quick_steps: int = 20
+    quick_subset: int = 512
+    probe_size: int = 256
+
+    def __post_init__(self):
+        for f in ("lr_scale", "positions", "variants", "seeds"):
+            object.__setattr__(self, f, tuple(dict.fromkeys(getattr(self, f))))  # argparse hands lists; no duplicates
+        get_config_fn = CONFIGS.get(self.config)
+        if get_config_fn is None:
+            raise ValueError(f"unknown config {self.config!r}; known: {sorted(CONFIGS)}.")
+        if self.published_code and "as_published_code" not in inspect.signature(get_config_fn).parameters:
+            raise ValueError(f"--published-code: config {self.config!r} has no published-code variant (the DeepOBS configs have).")
+        for what, given, known in (("variant", self.variants, ABLATION_VARIANTS), ("BN placement", self.positions, PLACEMENTS),
+                                   ("strategy", (self.strategy,), STRATEGIES)):  # fmt: skip
+            bad = sorted(set(given) - set(known))
+            if bad or not given:
+                raise ValueError(f"unknown {what}(s) {bad or list(given)}; known: {list(known)}.")
+        if not self.lr_scale or not all(math.isfinite(s) and s > 0 for s in self.lr_scale):
+            raise ValueError(f"learning-rate scales must be finite and > 0, got {list(self.lr_scale)}.")
+
+    @property
+    def name(self) -> str:
+        return self.config + ("-published" if self.published_code else "") + ("-quick" if self.is_quick else "")
+
+    def quick(self) -> "AblationSetup":
+        return dataclasses.replace(self, is_quick=True)
+
+    def base_config(self) -> TrainConfig:
+        return get_config(self.config, **({"as_published_code": True} if self.published_code else {}))
+
+    def run_configs(self, base: TrainConfig, num_layers: int, scale: float, placement: str, seed: int, results) -> list[TrainConfig]:
+        """The variants' configs of one (scale, placement, seed) group."""
+        model_kwargs, tag = dict(base.model_kwargs), base.tag
+        bn_positions = positions_preset(placement, num_layers)
+        if bn_positions is not None:
+            model_kwargs["bn_positions"] = bn_positions
+            tag = "+".join(t for t in (base.tag, placement) if t)
+        cfg = base.replace(
+            learning_rate=base.learning_rate * scale, seed=seed, model_kwargs=model_kwargs, tag=tag,
+            results_dir=str(results), study=f"ablation/{self.name}/lr{scale:g}",
+        )  # fmt: skip
+        if self.is_quick:
+            cfg = cfg.quick(steps=self.quick_steps, subset=self.quick_subset)
+        suffix = "" if placement == "default" else f"_{placement}"
+        return [cfg.replace(norm=v, name=f"{v}{suffix}_s{seed}") for v in self.variants]
 
 
 def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list:
-    """The γ/β recorder and the ReLU-sparsity probe for one job's runs."""
+    """The γ/β recorder and the ReLU-sparsity probe (the first ``probe_size`` training
+    examples) for one group's runs."""
     from jaxnorm.data import load, normalize
 
     cfg = configs[0]
     train = load(cfg.dataset, cfg.train_split)
     n = min(probe_size, cfg.train_subset or probe_size, len(train))
     probe = normalize(train.images[:n], train.mean, train.std)
-    mixed = len({c.norm for c in configs}) > 1
-    module = build_model(cfg, train.num_classes, norm="bn_ablation" if mixed else None)
-    total = cfg.max_steps or 10**9
-    every = max(1, min(10 * cfg.record_every_steps, total // 4))
-    last = f"norm{_num_weight_layers(cfg)}"  # feeds the logits, not a ReLU
+    module = build_model(cfg, train.num_classes, norm="bn_ablation" if len({c.norm for c in configs}) > 1 else None)
+    every = max(1, min(10 * cfg.record_every_steps, (cfg.max_steps or 10**9) // 4))
+    last = f"norm{num_weight_layers(cfg)}"  # feeds the logits, not a ReLU
     return [GammaBetaRecorder(cfg.record_every_steps), ReluSparsity(module, probe, every=every, skip={last})]
 
 
+class AblationStudy:
+    name = "ablation"
+    setups = {name: AblationSetup(config=name) for name in CONFIGS}
+    default = "digits"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--lr-scale", type=_positive_float, nargs="+", help="learning-rate multipliers (default 1)")
+        parser.add_argument("--positions", nargs="+", choices=PLACEMENTS, help="BN placements (default: default)")
+        parser.add_argument("--variants", nargs="+", choices=ABLATION_VARIANTS, help="default: all five")
+        parser.add_argument("--published-code", action="store_true", default=None, help="what the thesis's code did instead of its text")
+        parser.add_argument("--strategy", choices=STRATEGIES, help="fit_many's multi-run strategy (default auto)")
+        parser.add_argument("--quick-steps", type=_positive_int, help="steps of a --quick run (default 20)")
+        parser.add_argument("--quick-subset", type=_positive_int, help="training examples of a --quick run (default 512)")
+
+    def groups(self, setup: AblationSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
+        base = setup.base_config()
+        layers = num_weight_layers(base)
+        out = []
+        for scale in setup.lr_scale:
+            for placement in setup.positions:
+                for seed in seeds:
+                    configs = tuple(setup.run_configs(base, layers, scale, placement, seed, root.parent.parent))
+                    out.append(RunGroup(configs, observers=functools.partial(observers_for, configs, setup.probe_size), strategy=setup.strategy))
+        return out
+
+    def analyze(self, setup: AblationSetup, root: pathlib.Path) -> str:
+        return analyze_ablation(root)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+_positive_float.__name__, _positive_int.__name__ = "positive float", "positive int"  # argparse: "invalid positive float value"
+STUDY = AblationStudy()
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", default="digits", choices=sorted(CONFIGS))
-    parser.add_argument("--lr-scale", type=float, nargs="+", default=[1.0], help="learning-rate multipliers")
-    parser.add_argument("--positions", nargs="+", default=["default"], help="BN placements (see positions_preset)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", default=list(ABLATION_VARIANTS), choices=ABLATION_VARIANTS)
-    parser.add_argument("--published-code", action="store_true", help="what the thesis's code did instead of its text")
-    parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (laptops, tests)")
-    parser.add_argument("--quick-steps", type=int, default=20)
-    parser.add_argument("--quick-subset", type=int, default=512)
-    parser.add_argument("--shard", default="1/1", help="i/n: run every n-th job starting at the i-th")
-    parser.add_argument("--strategy", default="auto", choices=["auto", "vmap", "loop", "map"])
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    options = {"as_published_code": True} if args.published_code else {}
-    base = get_config(args.config, **options)
-    jobs = shard_jobs(plan_jobs(args), args.shard)
-    print(f"ablation {args.config}: {len(jobs)} job(s) of {len(args.variants)} variants (shard {args.shard})")
-    t0 = time.perf_counter()
-    for lr_scale, positions, seed in jobs:
-        configs = job_configs(base, args.config, lr_scale, positions, seed, args)
-        results = fit_many(
-            configs, strategy=args.strategy, observers=observers_for(configs), progress=not args.no_progress
-        )
-        for r in results:
-            test = [m for m in r.metrics if m["kind"] == "eval" and m["split"] == "test"]
-            acc = f"{test[-1]['acc']:.4f}" if test else "-"
-            print(f"  lr x{lr_scale:g} {positions:11} seed {seed}  {r.run_dir.name:20} {r.status:9} test acc {acc}")
-    print(f"trained in {time.perf_counter() - t0:.1f} s")
-    if not args.no_plots:
-        from experiments.plot import plot_results
-
-        groups = {pathlib.Path(args.results) / "ablation" / (args.config if p == "default" else f"{args.config}-{p}") for _, p, _ in jobs}
-        for root in sorted(groups):
-            plot_results(root)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STUDY.setups:  # the positional config of the first command line
+        argv = ["--config", *argv]
+    return jaxnorm.study.main(STUDY, argv)
 
 
 if __name__ == "__main__":

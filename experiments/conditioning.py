@@ -1,66 +1,62 @@
 """The gradient-conditioning study (source document 002): metrics throughout training of
 deep nets with and without BatchNorm, and what they cost.
 
-Trains every architecture x norm x depth of a named config, one ``fit`` per run, with the
-in-optimizer κ_W estimate on (``track_step_conditioning``) and two observers:
+Trains every architecture x norm x depth (x seed) of a named setup, one ``fit`` per run,
+with the in-optimizer κ_W estimate on (``track_step_conditioning``) and two observers:
 ``GradientConditioning`` (every metric of ``jaxnorm.diagnostics``, about twice per epoch,
 on batches drawn from the first ``pool_size`` training examples) and ``StepConditioning``
-(κ_W of the SGD step itself, every ``log_every_steps`` steps). After training, each metric is
-timed alone on the final state (jit once, then the median of a few calls) next to one
-batch gradient -- in every run, or in the runs of the config's ``cost_norms``. A diverged
-run is recorded as such and the sweep goes on. Then the plots and ``summary.md``
-(``jaxnorm.analysis.write_conditioning_report``; regenerate them any time with
-``--plot-only``).
+(κ_W of the SGD step itself, every ``log_every_steps`` steps). After training, each run's
+``after`` step times every metric alone on the final state next to one batch gradient
+(``jaxnorm.observers.costs``; in every run, or in the runs of ``cost_norms``) into the
+run's ``costs.json`` (kept on a rerun). Then the plots and ``summary.md``
+(``jaxnorm.analysis.conditioning``).
 
 Architectures (:data:`ARCHITECTURES`): ``ortho_relu`` / ``ortho_crelu`` (``deep_fc``,
 orthogonal init, ReLU / CReLU), ``looks_linear`` (``deep_fc``, CReLU with mirrored
 blocks, Def. 3.9), ``convnet`` and ``resnet`` (``convnet`` without / with identity skips);
 norms ``vanilla`` and ``bn_gamma_beta``; depths = weight layers.
 
-    python -m experiments.conditioning                    # digits default (configs/conditioning_digits.py)
-    python -m experiments.conditioning --depth 26          # add depths to the config's
-    python -m experiments.conditioning cifar10             # the thesis's setup (GPU; CIFAR-10 prepared for tfds)
-    python -m experiments.conditioning cifar10 --shard 2/4 # one SLURM array task of four
-    python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics
+    python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 20 runs, ~6 min on 2 CPU cores
+    python -m experiments.conditioning --depth 26          # add depths to the setup's
+    python -m experiments.conditioning --config cifar10    # the thesis's setup (GPU; CIFAR-10 prepared for tfds)
+    python -m experiments.conditioning --config cifar10 --shard 2/4   # one SLURM array task of four
+    python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics: ~1 min
     python -m experiments.conditioning --plot-only         # plots + summary.md from the stored files
 
-Results: ``<results>/conditioning/<config>[-quick]/<arch>-<norm>-d<depth>/`` with the usual
-``config.json``, ``metrics.jsonl`` (``train``, ``eval``, ``conditioning``,
-``step_conditioning`` lines), ``status.json``, and ``costs.json`` (parameter count,
-seconds per metric call); ``<results>/conditioning/<config>/costs.json`` (metric -> list of
-``{run, params, seconds}``); plots and ``summary.md`` in ``.../plots/``. A run that
-already finished with the same config (and has its ``costs.json``) is skipped unless
-``--overwrite``.
+Results: ``<results>/conditioning/<setup>[-quick]/<arch>-<norm>-d<depth>[_s<seed>]/`` (the
+seed suffix for seeds other than 0) with ``config.json``, ``metrics.jsonl`` (``train``,
+``eval``, ``conditioning``, ``step_conditioning`` lines), ``status.json``, the final
+checkpoint, and ``costs.json`` (parameter count, seconds per metric call);
+``<results>/conditioning/<setup>/costs.json`` (metric -> list of ``{run, params, seconds}``)
+and ``plots/``. A finished run is restored from its final checkpoint, not retrained.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib
+import functools
 import itertools
 import pathlib
-import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from jaxnorm.train import TrainConfig
-
-# --------------------------------------------------------------------------- architectures
+import jaxnorm.study
+from experiments.configs import conditioning_cifar10, conditioning_digits
+from jaxnorm.analysis.conditioning import analyze_conditioning
+from jaxnorm.observers import METRICS, GradientConditioning, StepConditioning
+from jaxnorm.observers.costs import conditioning_costs
+from jaxnorm.results import write_json
+from jaxnorm.study import RunGroup
+from jaxnorm.train import TrainConfig, build_model
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """One architecture family of the study.
-
-    Attributes:
-      model: the registered model name.
-      label: for humans.
-      options: ``(depth, study) -> model_kwargs``.
-    """
+    """One architecture family: the registered ``model``, a ``label``, and
+    ``options(depth, setup) -> model_kwargs``."""
 
     model: str
     label: str
-    options: Callable[[int, "ConditioningStudy"], dict]
+    options: Callable[[int, "ConditioningSetup"], dict]
 
 
 def conv_stages(depth: int, max_stages: int) -> int:
@@ -71,16 +67,11 @@ def conv_stages(depth: int, max_stages: int) -> int:
 
 
 def _fc(activation: str, kernel_init: str):
-    return lambda depth, study: {"depth": depth, "width": study.fc_width, "activation": activation, "kernel_init": kernel_init}
+    return lambda depth, s: {"depth": depth, "width": s.fc_width, "activation": activation, "kernel_init": kernel_init}
 
 
 def _conv(residual: bool):
-    return lambda depth, study: {
-        "depth": depth,
-        "width": study.conv_width,
-        "residual": residual,
-        "stages": conv_stages(depth, study.conv_stages),
-    }
+    return lambda depth, s: {"depth": depth, "width": s.conv_width, "residual": residual, "stages": conv_stages(depth, s.conv_stages)}
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -90,350 +81,193 @@ ARCHITECTURES: dict[str, Architecture] = {
     "convnet": Architecture("convnet", "ConvNet, no skip connections", _conv(False)),
     "resnet": Architecture("convnet", "ConvNet with identity skips (residual)", _conv(True)),
 }
-
 NORMS = ("vanilla", "bn_gamma_beta")
-
-
-def _all_metrics() -> tuple[str, ...]:
-    from jaxnorm.observers import METRICS
-
-    return METRICS
-
-
-# --------------------------------------------------------------------------- the study
+#: What ``--quick`` keeps (explicit flags win): architectures, depths, widths (FC, conv), metrics.
+QUICK = {"architectures": ("ortho_relu", "resnet"), "depths": (4,), "widths": (16, 4), "metrics": ("kappa_w", "confusion")}
+_TUPLES = ("architectures", "norms", "depths", "add_depths", "metrics", "cost_norms", "seeds")
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditioningStudy:
-    """A gradient-conditioning study, as code (``experiments/configs/conditioning_*.py``).
+class ConditioningSetup:
+    """A gradient-conditioning study, as code (fields from ``experiments/configs/conditioning_*.py``).
 
     Attributes:
-      name: results folder under ``<results>/conditioning/``.
-      base: the run every architecture/norm/depth shares (dataset, optimizer, schedule,
-        epochs, logging); ``model``, ``model_kwargs``, ``norm``, ``tag`` (= the
-        architecture), ``name``, ``study`` and ``results_dir`` are set per run.
-      architectures, norms, depths: the grid (run names ``<arch>-<norm>-d<depth>``).
-      fc_width, conv_width, conv_stages: the models' widths; at most this many ConvNet
-        stages (see :func:`conv_stages`).
-      metrics: :data:`jaxnorm.diagnostics.METRICS` names to record and time (default: all).
-      samples_per_epoch: conditioning samples per epoch (the thesis: about two).
-      every: a fixed conditioning interval in steps instead (None: from samples_per_epoch).
+      name: results under ``<results>/conditioning/<name>/``.
+      base: what every run shares (dataset, optimizer, schedule, epochs, logging);
+        ``model``, ``model_kwargs``, ``norm``, ``tag`` (= the architecture), ``seed``,
+        ``name``, ``study`` and ``results_dir`` are set per run.
+      architectures, norms, depths: the grid; ``add_depths`` are appended to ``depths``.
+      fc_width, conv_width, conv_stages: the models' widths; at most this many ConvNet stages.
+      metrics: :data:`jaxnorm.observers.METRICS` names to record and time (None: all).
+      samples_per_epoch: conditioning samples per epoch (the thesis: about two);
+        ``every``: a fixed interval in steps instead.
       step_every: the ``StepConditioning`` interval (None: ``base.log_every_steps``).
       pool_size: the observer draws its batches from the first this many training examples.
-      conditioning: further ``GradientConditioning`` options (``batch_size``,
-        ``num_batches``, ``mask_fraction``, ``mode``, ...).
-      cost_repeats: timed calls per metric (after one compile call); 0: no timing.
-      cost_norms: time the metrics only in runs of these norms (None: every run; the
-        others' ``costs.json`` hold just the parameter count).
-      quick_*: what ``--quick`` keeps (architectures, depths, widths, metrics).
+      conditioning: further ``GradientConditioning`` options (``batch_size``, ``num_batches``, ...).
+      cost_repeats: timed calls per metric after a compile call (0: no timing);
+        ``cost_norms``: time only runs of these norms (None: every run).
+      seeds: default training seeds.
+      is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
+        ``quick_subset`` examples.
     """
 
     name: str
     base: TrainConfig
-    architectures: tuple[str, ...] = tuple(ARCHITECTURES)
-    norms: tuple[str, ...] = NORMS
-    depths: tuple[int, ...] = (4, 11)
+    architectures: tuple = tuple(ARCHITECTURES)
+    norms: tuple = NORMS
+    depths: tuple = (4, 11)
+    add_depths: tuple = ()
     fc_width: int = 128
     conv_width: int = 16
     conv_stages: int = 3
-    metrics: Optional[tuple[str, ...]] = None
+    metrics: Optional[tuple] = None
     samples_per_epoch: int = 2
     every: Optional[int] = None
     step_every: Optional[int] = None
     pool_size: int = 1024
     conditioning: Mapping = dataclasses.field(default_factory=lambda: {"batch_size": 64, "num_batches": 4})
     cost_repeats: int = 5
-    cost_norms: Optional[tuple[str, ...]] = None
-    quick_architectures: tuple[str, ...] = ("ortho_relu", "resnet")
-    quick_depths: tuple[int, ...] = (4,)
-    quick_widths: tuple[int, int] = (16, 4)
-    quick_metrics: tuple[str, ...] = ("kappa_w", "confusion")
+    cost_norms: Optional[tuple] = None
+    seeds: tuple = (0,)
+    is_quick: bool = False
+    quick_steps: int = 8
+    quick_subset: int = 512
 
     def __post_init__(self):
-        unknown = sorted(set(self.architectures) - set(ARCHITECTURES))
-        if unknown:
-            raise ValueError(f"unknown architecture(s) {unknown}; known: {list(ARCHITECTURES)}.")
-        if not self.architectures or not self.norms or not self.depths:
-            raise ValueError("a study needs at least one architecture, norm and depth.")
+        for f in _TUPLES:  # argparse hands lists
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, tuple(getattr(self, f)))
         from jaxnorm.layers import NORMS as known_norms
 
-        unknown = sorted(set(self.norms) - set(known_norms))
-        if unknown:
-            raise ValueError(f"unknown norm(s) {unknown}; known: {sorted(known_norms)}.")
-        if any(d < 2 for d in self.depths):
-            raise ValueError(f"depths count weight layers and must be >= 2, got {self.depths}.")
-        if self.metrics is not None:
-            unknown = sorted(set(self.metrics) - set(_all_metrics()))
-            if unknown or not self.metrics:
-                raise ValueError(f"unknown metric(s) {unknown or self.metrics}; known: {list(_all_metrics())}.")
+        for what, given, known in (("architecture", self.architectures, ARCHITECTURES), ("norm", self.norms, known_norms),
+                                   ("metric", self.metrics or METRICS, METRICS)):  # fmt: skip
+            unknown = sorted(set(given) - set(known))
+            if unknown or not given:
+                raise ValueError(f"unknown {what}(s) {unknown or list(given)}; known: {sorted(known)}.")
+        if not self.depths or any(d < 2 for d in self.all_depths):
+            raise ValueError(f"depths count weight layers and must be >= 2, got {self.all_depths}.")
+        if self.cost_repeats < 0 or self.quick_steps < 1 or self.quick_subset < 2:
+            raise ValueError("cost_repeats must be >= 0, quick_steps >= 1 and quick_subset >= 2.")
 
-    def replace(self, **changes) -> "ConditioningStudy":
-        return dataclasses.replace(self, **changes)
+    @property
+    def all_depths(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.depths) | set(self.add_depths)))
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return tuple(self.metrics) if self.metrics is not None else _all_metrics()
+        return tuple(self.metrics) if self.metrics is not None else METRICS
 
-    def quick(self, steps: int = 8, subset: int = 512) -> "ConditioningStudy":
-        """A smoke version: ``steps`` steps on ``subset`` examples, the quick architectures,
-        depths, widths and metrics, a few timed calls, under ``<name>-quick``."""
-        fc, conv = self.quick_widths
-        return self.replace(
-            name=f"{self.name}-quick",
-            base=self.base.quick(steps=steps, subset=subset).replace(log_every_steps=1, checkpoint_every_epochs=0),
-            architectures=tuple(a for a in self.architectures if a in self.quick_architectures) or self.architectures[:1],
-            depths=self.quick_depths,
-            fc_width=fc,
-            conv_width=conv,
-            metrics=tuple(m for m in self.metric_names if m in self.quick_metrics) or self.metric_names[:1],
-            pool_size=min(self.pool_size, subset),
-            cost_repeats=min(self.cost_repeats, 2),
-            cost_norms=None,
-            every=None,
-        )
+    def quick(self) -> "ConditioningSetup":
+        """A smoke version under ``<name>-quick`` (:data:`QUICK`; a few timed calls, every run timed)."""
+        fc, conv = QUICK["widths"]
+        return dataclasses.replace(
+            self, name=f"{self.name}-quick", is_quick=True, depths=QUICK["depths"], fc_width=fc, conv_width=conv,
+            architectures=tuple(a for a in self.architectures if a in QUICK["architectures"]) or self.architectures[:1],
+            metrics=tuple(m for m in self.metric_names if m in QUICK["metrics"]) or self.metric_names[:1],
+            cost_repeats=min(self.cost_repeats, 2), cost_norms=None, every=None,
+        )  # fmt: skip
 
-    def run_config(self, arch: str, norm: str, depth: int, results: str = "results") -> TrainConfig:
-        """The TrainConfig of run ``<arch>-<norm>-d<depth>``."""
+    def run_config(self, arch: str, norm: str, depth: int, seed: int = 0, results: str = "results") -> TrainConfig:
+        """The TrainConfig of run ``<arch>-<norm>-d<depth>[_s<seed>]``."""
+        base = self.base
+        if self.is_quick:  # the final checkpoint stays: a rerun restores it instead of retraining
+            base = base.quick(steps=self.quick_steps, subset=self.quick_subset).replace(log_every_steps=1, checkpoint_every_epochs=1)
         a = ARCHITECTURES[arch]
-        return self.base.replace(
-            model=a.model,
-            model_kwargs=a.options(depth, self),
-            norm=norm,
-            tag=arch,
-            track_step_conditioning=True,
-            name=f"{arch}-{norm}-d{depth}",
-            study=self.name,
-            results_dir=str(pathlib.Path(results) / "conditioning"),
-        )
+        return base.replace(
+            model=a.model, model_kwargs=a.options(depth, self), norm=norm, tag=arch, seed=seed, track_step_conditioning=True,
+            name=f"{arch}-{norm}-d{depth}" + (f"_s{seed}" if seed else ""), study=f"conditioning/{self.name}", results_dir=str(results),
+        )  # fmt: skip
 
-    def jobs(self, results: str = "results") -> list[TrainConfig]:
-        """Every run's config, architecture-major, then norm, then depth."""
-        grid = itertools.product(self.architectures, self.norms, sorted(set(self.depths)))
-        return [self.run_config(a, n, d, results) for a, n, d in grid]
+    def jobs(self, seeds: Sequence[int] = (0,), results: str = "results") -> list[TrainConfig]:
+        """Every run's config: architecture-major, then norm, depth, seed."""
+        grid = itertools.product(self.architectures, self.norms, self.all_depths, seeds)
+        return [self.run_config(a, n, d, s, results) for a, n, d, s in grid]
 
 
-# --------------------------------------------------------------------------- configs
-
-#: Config name -> module under ``experiments.configs`` (imported on use: the modules
-#: import this one).
-CONFIGS: dict[str, str] = {"digits": "conditioning_digits", "cifar10": "conditioning_cifar10"}
-
-
-def get_study(name: str, **options) -> ConditioningStudy:
-    """The named study config; ValueError listing the names for an unknown one."""
-    from jaxnorm._registry import lookup
-
-    module = lookup(CONFIGS, name, "conditioning config")
-    return importlib.import_module(f"experiments.configs.{module}").get_config(**options)
+SETUPS = {
+    "digits": ConditioningSetup(name="digits", **conditioning_digits.get_config()),
+    "cifar10": ConditioningSetup(name="cifar10", **conditioning_cifar10.get_config()),
+}
 
 
-# --------------------------------------------------------------------------- one run
-
-
-def _train_pool(config: TrainConfig, pool_size: int):
+def conditioning_observer(setup: ConditioningSetup, config: TrainConfig) -> GradientConditioning:
+    """The run's ``GradientConditioning``: its model, the first ``pool_size`` training
+    examples, about ``samples_per_epoch`` samples per epoch (or every ``setup.every`` steps)."""
     from jaxnorm.data import load, steps_per_epoch
 
     train = load(config.dataset, config.train_split)
-    images, labels = train.images, train.labels
-    if config.train_subset is not None:
-        images, labels = images[: config.train_subset], labels[: config.train_subset]
-    return train, images[:pool_size], labels[:pool_size], steps_per_epoch(len(labels), config.batch_size)
-
-
-def conditioning_observer(
-    study: ConditioningStudy, config: TrainConfig, metrics: Optional[Sequence[str]] = None, every: Optional[int] = None
-):
-    """``(GradientConditioning, module, interval)`` of one run: the run's model, the first
-    ``pool_size`` training examples, ``every`` (default: the study's interval)."""
-    from jaxnorm.observers import GradientConditioning
-    from jaxnorm.train import build_model
-
-    train, images, labels, spe = _train_pool(config, study.pool_size)
-    interval = every or study.every or max(1, spe // study.samples_per_epoch)
-    options = dict(study.conditioning)
+    n = min(len(train.labels), config.train_subset or len(train.labels))
+    pool = min(setup.pool_size, n)
+    options = dict(setup.conditioning)
     num_batches = options.pop("num_batches", 4)
-    batch = min(options.pop("batch_size", 64), len(labels) // num_batches)
-    module = build_model(config, train.num_classes)
-    obs = GradientConditioning(
-        module,
-        images,
-        labels,
-        mean=train.mean,
-        std=train.std,
-        metrics=tuple(metrics or study.metric_names),
-        every=interval,
-        batch_size=batch,
-        num_batches=num_batches,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        **options,
-    )
-    return obs, module, interval
+    batch = min(options.pop("batch_size", 64), pool // num_batches)
+    every = setup.every or max(1, steps_per_epoch(n, config.batch_size) // setup.samples_per_epoch)
+    return GradientConditioning(
+        build_model(config, train.num_classes), train.images[:pool], train.labels[:pool], mean=train.mean, std=train.std,
+        metrics=setup.metric_names, every=every, batch_size=batch, num_batches=num_batches,
+        weight_decay=config.weight_decay, seed=config.seed, **options,
+    )  # fmt: skip
 
 
-def _time(fn, *args, repeats: int) -> tuple[float, float]:
-    """(median seconds of ``repeats`` calls, seconds of the first call incl. compile)."""
-    import jax
-    import numpy as np
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), first
+def write_costs(setup: ConditioningSetup, config: TrainConfig, results) -> None:
+    """The ``after`` step: times the metrics on the trained state into ``costs.json``
+    (skipped when the run already has one: a rerun keeps the first measurement)."""
+    for r in results:
+        path = pathlib.Path(r.run_dir) / "costs.json"
+        if path.is_file():
+            continue
+        obs = conditioning_observer(setup, config)
+        timed = setup.cost_norms is None or config.norm in setup.cost_norms
+        costs = conditioning_costs(obs, r.state, repeats=setup.cost_repeats if timed else 0)
+        write_json(path, {**costs, "conditioning_every": obs.every})
 
 
-def measure_costs(study: ConditioningStudy, config: TrainConfig, state) -> dict:
-    """Times each metric alone on ``state`` (a ``GradientConditioning`` of that one metric,
-    jitted), the step tracker's update (``kappa_sgd``, the in-training estimate) and one
-    batch gradient of the observer's batch size (``batch_gradient``, the reference) --
-    unless ``cost_repeats`` is 0 or the run's norm is not in ``cost_norms``.
+class ConditioningStudy:
+    name = "conditioning"
+    setups = SETUPS
+    default = "digits"
 
-    Returns ``{"params", "seconds": {name: median}, "first_call_seconds": {...},
-    "repeats", "backend"}``."""
-    import jax
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--depth", dest="add_depths", type=int, nargs="+", help="depths to add to the setup's")
+        parser.add_argument("--depths", type=int, nargs="+", help="depths instead of the setup's")
+        parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES))
+        parser.add_argument("--norms", nargs="+", help="norm names (default: vanilla bn_gamma_beta)")
+        parser.add_argument("--metrics", nargs="+", choices=list(METRICS), help="a subset of jaxnorm.observers.METRICS")
+        parser.add_argument("--every", type=positive_int, help="conditioning interval in steps (default: about twice per epoch)")
+        parser.add_argument("--cost-repeats", type=int, help="timed calls per metric (0: no timing)")
+        parser.add_argument("--quick-steps", type=positive_int, help="steps of a --quick run (default 8)")
+        parser.add_argument("--quick-subset", type=positive_int, help="training examples of a --quick run (default 512)")
 
-    from jaxnorm.data.augmentation import normalize
-    from jaxnorm.diagnostics import batch_loss_fn, track_step_conditioning
+    def groups(self, setup: ConditioningSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
+        """One group per run (runs differ in model or norm: separate programs)."""
 
-    params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    out = {"params": params, "seconds": {}, "first_call_seconds": {}, "repeats": study.cost_repeats, "backend": jax.default_backend()}
-    if study.cost_repeats < 1 or (study.cost_norms is not None and config.norm not in study.cost_norms):
-        return out
+        def observers(config):
+            return [conditioning_observer(setup, config), StepConditioning(setup.step_every or config.log_every_steps)]
 
-    def record(name, fn, *args):
-        out["seconds"][name], out["first_call_seconds"][name] = _time(fn, *args, repeats=study.cost_repeats)
+        return [
+            RunGroup((c,), observers=functools.partial(observers, c), after=functools.partial(write_costs, setup, c))
+            for c in setup.jobs(seeds, results=root.parent.parent)
+        ]
 
-    obs = None
-    for metric in study.metric_names:
-        obs, _, _ = conditioning_observer(study, config, metrics=(metric,))
-        record(metric, jax.jit(obs), state)
-    tracker = track_step_conditioning()
-    record("kappa_sgd", jax.jit(tracker.update), state.params, tracker.init(state.params), state.params)
-    x = normalize(obs.images[: obs.batch_size], obs.mean, obs.std)
-    y = obs.labels[: obs.batch_size]
-    grad = jax.jit(lambda v: jax.grad(batch_loss_fn(obs.module, v, x, y, bn_mode="batch", weight_decay=config.weight_decay))(v["params"]))
-    record("batch_gradient", grad, state.variables)
-    return out
+    def analyze(self, setup: ConditioningSetup, root: pathlib.Path) -> str:
+        return analyze_conditioning(root)
 
 
-def _already_done(config: TrainConfig) -> bool:
-    from jaxnorm.results import RunDir, read_json
+def positive_int(text: str) -> int:
+    import argparse
 
-    run = RunDir(pathlib.Path(config.results_dir) / config.study / config.name)
-    if not (run.status.is_file() and run.config.is_file() and (run.root / "costs.json").is_file()):
-        return False
-    try:
-        same = TrainConfig.from_dict(read_json(run.config)).to_dict() == config.to_dict()
-    except (TypeError, ValueError):
-        return False
-    return same and read_json(run.status).get("status") in ("finished", "diverged")
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
-def run_one(study: ConditioningStudy, config: TrainConfig, *, progress: bool = True, overwrite: bool = False) -> dict:
-    """Trains one run with the observers, times the metrics, writes ``costs.json``; returns
-    ``{"status", "step", "run_dir", "seconds", "skipped"}``."""
-    from jaxnorm.observers import StepConditioning
-    from jaxnorm.train import fit
-    from jaxnorm.results import write_json
-
-    run_dir = pathlib.Path(config.results_dir) / config.study / config.name
-    if not overwrite and _already_done(config):
-        from jaxnorm.results import read_json
-
-        return {"status": read_json(run_dir / "status.json")["status"], "step": None, "run_dir": run_dir, "seconds": 0.0, "skipped": True}
-    t0 = time.perf_counter()
-    obs, _, _ = conditioning_observer(study, config)
-    step_obs = StepConditioning(study.step_every or config.log_every_steps)
-    result = fit(config, observers=[obs, step_obs], overwrite=overwrite, progress=progress)
-    costs = measure_costs(study, config, result.state)
-    costs["conditioning_every"] = obs.every
-    write_json(result.run_dir / "costs.json", costs)
-    return {"status": result.status, "step": result.step, "run_dir": result.run_dir, "seconds": time.perf_counter() - t0, "skipped": False}
-
-
-def write_study_costs(root) -> pathlib.Path:
-    """``root/costs.json``: metric -> list of ``{run, params, seconds}`` over the runs below ``root``."""
-    from jaxnorm.analysis.conditioning import collect_costs, find_conditioning_runs
-    from jaxnorm.results import write_json
-
-    path = pathlib.Path(root) / "costs.json"
-    write_json(path, collect_costs(find_conditioning_runs(root)))
-    return path
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def study_from_args(args) -> ConditioningStudy:
-    """The named config with the command line's selections, ``--quick``, then its depth,
-    interval and timing changes."""
-    study = get_study(args.config)
-    chosen = {k: tuple(v) for k, v in (("architectures", args.architectures), ("norms", args.norms), ("metrics", args.metrics)) if v}
-    study = study.replace(**chosen, **{f"quick_{k}": v for k, v in chosen.items() if k != "norms"})
-    if args.quick:
-        study = study.quick(steps=args.quick_steps, subset=args.quick_subset)
-    if args.depths:
-        study = study.replace(depths=tuple(args.depths))
-    if args.depth:
-        study = study.replace(depths=tuple(dict.fromkeys((*study.depths, *args.depth))))
-    if args.every:
-        study = study.replace(every=args.every)
-    if args.cost_repeats is not None:
-        study = study.replace(cost_repeats=args.cost_repeats)
-    return study
+STUDY = ConditioningStudy()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("config", nargs="?", default="digits", choices=sorted(CONFIGS))
-    parser.add_argument("--depth", type=int, nargs="+", help="depths to add to the config's")
-    parser.add_argument("--depths", type=int, nargs="+", help="depths instead of the config's")
-    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES))
-    parser.add_argument("--norms", nargs="+", help="norm names (default: vanilla bn_gamma_beta)")
-    parser.add_argument("--metrics", nargs="+", help="a subset of jaxnorm.diagnostics.METRICS")
-    parser.add_argument("--every", type=int, help="conditioning interval in steps (default: about twice per epoch)")
-    parser.add_argument("--cost-repeats", type=int, help="timed calls per metric (0: no timing)")
-    parser.add_argument("--quick", action="store_true", help="a few steps, 2 architectures, tiny widths (tests, laptops)")
-    parser.add_argument("--quick-steps", type=int, default=8)
-    parser.add_argument("--quick-subset", type=int, default=512)
-    parser.add_argument("--shard", default="1/1", help="i/n: run every n-th run starting at the i-th")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--overwrite", action="store_true", help="retrain runs that already finished")
-    parser.add_argument("--plot-only", action="store_true", help="only the plots and summary.md, from stored files")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    study = study_from_args(args)
-    root = pathlib.Path(args.results) / "conditioning" / study.name
-    if not args.plot_only:
-        from experiments.ablation import shard_jobs
-
-        jobs = shard_jobs(study.jobs(args.results), args.shard)
-        print(f"conditioning {study.name}: {len(jobs)} run(s) (shard {args.shard}), metrics {', '.join(study.metric_names)}")
-        t0 = time.perf_counter()
-        for config in jobs:
-            r = run_one(study, config, progress=not args.no_progress, overwrite=args.overwrite)
-            note = "already done, skipped" if r["skipped"] else f"{r['status']:9} after {r['step']} steps, {r['seconds']:.1f} s"
-            print(f"  {config.name:28} {note}")
-        print(f"trained and timed in {time.perf_counter() - t0:.1f} s")
-        print(f"costs: {write_study_costs(root)}")
-    if not args.no_plots:
-        from jaxnorm.analysis import write_conditioning_report
-
-        written = write_conditioning_report(root)
-        print(f"plots and summary.md written to {root / 'plots'} ({len(written)} files)")
-    return 0
+    return jaxnorm.study.main(STUDY, argv)
 
 
 if __name__ == "__main__":
-    # Run through the importable module (the configs import ``experiments.conditioning``),
-    # not this ``__main__`` copy, so there is one ConditioningStudy class.
-    from experiments.conditioning import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

@@ -270,14 +270,48 @@ def run_stream(step: Callable, state: TentState, images, batch_size: int) -> tup
     return jnp.concatenate(out), state
 
 
+def make_steps(module, modes, *, tent_steps: int = 1) -> dict[str, Callable]:
+    """``{mode: make_step(module, mode)}`` for ``modes`` (``'tent'`` with ``tent_steps``
+    updates per batch): build once, stream many times (each :func:`make_step` is a new
+    jitted function, so building per stream would recompile)."""
+    return {m: make_step(module, m, **({"steps": tent_steps} if m == "tent" else {})) for m in modes}
+
+
+@jax.jit
+def _stream_metrics(logits, labels):
+    correct = jnp.argmax(logits, -1) == labels
+    return correct, jnp.mean(entropy(logits)), jnp.all(jnp.isfinite(logits))
+
+
+def evaluate_stream(steps: dict, state: TentState, images, labels, batch_size: int) -> dict[str, dict]:
+    """Streams ``images`` (``(n, ...)``, preprocessed as in training) through every step of
+    ``steps`` (:func:`make_steps`), each starting from the same ``state`` (TENT is reset
+    per stream, as Wang et al. reset per corruption).
+
+    Returns ``{mode: {"correct": (n,) bool numpy, "error", "entropy" (mean prediction
+    entropy, nats), "finite" (all logits finite), "updates" (TENT updates made)}}``; a
+    mode whose logits are not all finite has ``finite`` False and its numbers are not
+    meaningful. Errors as :func:`run_stream`."""
+    labels = jnp.asarray(labels)
+    out = {}
+    for mode, step in steps.items():
+        logits, final = run_stream(step, state, images, batch_size)
+        ok, ent, finite = jax.device_get(_stream_metrics(logits, labels))
+        out[mode] = {"correct": np.asarray(ok), "error": float(1 - ok.mean()), "entropy": float(ent), "finite": bool(finite),
+                     "updates": int(final.updates)}
+    return out
+
+
 __all__ = [
     "MODES",
     "TentState",
     "batch_step",
     "entropy",
+    "evaluate_stream",
     "init_tent",
     "is_norm_affine",
     "make_step",
+    "make_steps",
     "norm_affine",
     "reset",
     "run_stream",

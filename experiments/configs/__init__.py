@@ -1,7 +1,7 @@
 """Named setups of the BatchNorm ablation study, as code.
 
 Each module defines ``get_config(**options) -> TrainConfig``: the base run of one problem
-(its ``norm`` is replaced by each ablation variant). ``experiments/ablation.py <name>``
+(its ``norm`` is replaced by each ablation variant). ``python -m experiments.ablation --config <name>``
 trains it; every config's docstring holds its launch command and expected runtime.
 """
 

@@ -2,8 +2,8 @@
 
 Launch (GPU/TPU):
 
-    python -m experiments.ablation cifar100_3c3d
-    python -m experiments.ablation cifar100_3c3d --published-code   # lr 0.01658, no L2
+    python -m experiments.ablation --config cifar100_3c3d
+    python -m experiments.ablation --config cifar100_3c3d --published-code   # lr 0.01658, no L2
 
 Expected runtime: not yet measured on a GPU here. Estimate from the FLOP count: 156
 steps x 350 epochs of five vmapped 3C3D variants at batch 256 -- about 3.5x the

@@ -3,8 +3,8 @@
 Biases 0 (the thesis's choice, to compare with β; DeepOBS uses 0.1: set
 ``model_kwargs={'bias_init': 0.1}``). Launch (GPU/TPU):
 
-    python -m experiments.ablation cifar100_allcnnc
-    python -m experiments.ablation cifar100_allcnnc --positions last4_incl
+    python -m experiments.ablation --config cifar100_allcnnc
+    python -m experiments.ablation --config cifar100_allcnnc --positions last4_incl
 
 Expected runtime: not yet measured on a GPU here. All-CNN-C is ~8x the FLOPs of 3C3D per
 image: estimate 2-5 h per lr scale for the five variants on an H100.

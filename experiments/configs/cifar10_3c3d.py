@@ -2,8 +2,8 @@
 
 Launch (GPU/TPU; the five variants train as one vmapped program):
 
-    python -m experiments.ablation cifar10_3c3d
-    python -m experiments.ablation cifar10_3c3d --lr-scale 0.1 1 10 --shard $SLURM_ARRAY_TASK_ID/3
+    python -m experiments.ablation --config cifar10_3c3d
+    python -m experiments.ablation --config cifar10_3c3d --lr-scale 0.1 1 10 --shard $SLURM_ARRAY_TASK_ID/3
 
 Expected runtime: not yet measured on a GPU here (none was lent). Estimate: 3C3D at batch
 128 is ~0.6 GFLOP per step (fwd+bwd); the five variants x 312 steps x 100 epochs are

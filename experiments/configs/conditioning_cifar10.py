@@ -17,8 +17,8 @@ resolution stages (32, 16, 8).
 
 Launch (GPU/TPU, CIFAR-10 prepared for tfds, see the README's "Data" section):
 
-    python -m experiments.conditioning cifar10
-    python -m experiments.conditioning cifar10 --shard $SLURM_ARRAY_TASK_ID/6   # 30 runs, 5 per task
+    python -m experiments.conditioning --config cifar10
+    python -m experiments.conditioning --config cifar10 --shard $SLURM_ARRAY_TASK_ID/6   # 30 runs, 5 per task
 
 Expected runtime: not measured (no GPU and no CIFAR-10 here). Estimate: 31k steps per run
 at a few ms per step on an H100 plus ~100 conditioning samples of well under a second,
@@ -27,11 +27,11 @@ dominate. Checkpoints every 10 epochs; a rerun resumes unfinished runs and skips
 finished ones. On a 2-core CPU use the digits config (``conditioning_digits``).
 """
 
-from experiments.conditioning import ConditioningStudy
 from jaxnorm.train import TrainConfig
 
 
-def get_config() -> ConditioningStudy:
+def get_config() -> dict:
+    """The fields of ``experiments.conditioning.ConditioningSetup`` (that module builds the setup)."""
     base = TrainConfig(
         dataset="cifar10",
         batch_size=64,
@@ -50,8 +50,7 @@ def get_config() -> ConditioningStudy:
         checkpoint_every_epochs=10,
         track_step_conditioning=True,
     )
-    return ConditioningStudy(
-        name="cifar10",
+    return dict(
         base=base,
         depths=(11, 26, 40),
         fc_width=256,

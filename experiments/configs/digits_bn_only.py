@@ -9,7 +9,7 @@ The learning rate stays at digits' 0.1: measured over the 20 epochs, γ/β alone
 0.62 test accuracy (bn_gamma_beta), 0.47 (bn_gamma), 0.35 (bn_beta), against 0.14 for
 the frozen random network (vanilla, bn) -- visible progress, so no higher lr is needed.
 
-Launch: ``python -m experiments.ablation digits_bn_only``. Runtime: about 1 min on a
+Launch: ``python -m experiments.ablation --config digits_bn_only``. Runtime: about 1 min on a
 2-core CPU (five variants in one program; measured 118 s wall with plots while the 2
 cores were shared with another job).
 """

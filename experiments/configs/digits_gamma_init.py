@@ -4,7 +4,7 @@ The ``digits`` config with every learned γ starting at 0.5 (variant
 ``<norm>+gamma0.5``). Variants without a learned γ (vanilla, bn, bn_beta) are unchanged:
 their γ is fixed at exactly 1, so their rows are the ``digits`` runs again, a check.
 
-Launch: ``python -m experiments.ablation digits_gamma_init``. Runtime: 46 s on a
+Launch: ``python -m experiments.ablation --config digits_gamma_init``. Runtime: 46 s on a
 2-core CPU (measured, plots included; five variants in one program).
 """
 

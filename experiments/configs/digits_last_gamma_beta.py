@@ -8,7 +8,7 @@ group stays together in reports (variant ``<norm>+last_only``). Meant for the de
 BN placement: with ``--positions`` the norm layers keep the index of the layer they
 follow, so the regex then freezes whichever of norm1..norm4 exist.
 
-Launch: ``python -m experiments.ablation digits_last_gamma_beta``. Runtime: about
+Launch: ``python -m experiments.ablation --config digits_last_gamma_beta``. Runtime: about
 1 min on a 2-core CPU (five variants in one program; measured 134 s wall with plots
 while the 2 cores were shared with another job, ~46 s for the same-sized
 ``digits_gamma_init`` alone).

@@ -19,7 +19,9 @@ descent** is where that rate is largest, the **point of lowest smoothed loss** w
 moving average is smallest. Each lies at the mean step of its window(s); a metric "at" a
 point is its sample nearest in step (metrics are sampled about twice per epoch).
 
-``write_conditioning_report(root)`` writes into ``root/plots``:
+``analyze_conditioning(root)`` (the study's analysis) writes ``root/costs.json`` (metric ->
+``[{run, params, seconds, ...}]``, :func:`collect_costs`), then the report, and returns a
+one-line verdict. ``write_conditioning_report(root)`` writes into ``root/plots``:
 
 * ``curves_<metric>.png`` -- the metric throughout training, one line per run, a panel
   per norm, coloured by architecture, each line labelled with its depth;
@@ -46,10 +48,11 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from jaxnorm.analysis.runs import Run, find_runs  # noqa: E402
-from jaxnorm.results import read_json  # noqa: E402
+from jaxnorm.results import read_json, write_json  # noqa: E402
 
 __all__ = [
     "ARCHITECTURE_STYLE",
+    "analyze_conditioning",
     "CONDITIONING_METRICS",
     "CondRun",
     "MODEL_FAMILY",
@@ -494,3 +497,27 @@ def write_conditioning_report(root, out_dir=None, window: int = 20) -> dict[str,
                        if runs else f"# Gradient-conditioning study: {root.name}\n\nNo runs found.\n")
     written["summary"] = summary
     return written
+
+
+def analyze_conditioning(root, window: int = 20) -> str:
+    """The study's analysis of the stored runs below ``root``: ``root/costs.json``, every
+    plot and ``summary.md`` (:func:`write_conditioning_report`); returns a one-line verdict
+    (runs, divergences, the median final training loss without and with BN per depth).
+    ValueError when ``root`` holds no runs."""
+    root = pathlib.Path(root)
+    runs = find_conditioning_runs(root) if root.is_dir() else []
+    if not runs:
+        raise ValueError(f"no stored conditioning runs under {root}.")
+    write_json(root / "costs.json", collect_costs(runs))
+    write_conditioning_report(root, window=window)
+    parts = []
+    for depth in sorted({r.depth for r in runs if r.depth is not None}):
+        losses = {}
+        for r in runs:
+            loss = r.final("train", "loss")
+            if r.depth == depth and loss is not None and not r.diverged:
+                losses.setdefault(_norm_style(r.norm)[0], []).append(loss)
+        if losses:
+            parts.append(f"depth {depth}: " + ", ".join(f"{n} {np.median(v):.3g}" for n, v in losses.items()))
+    n_div = sum(r.diverged for r in runs)
+    return (f"{len(runs)} runs ({n_div} diverged); median final training loss by depth: " + "; ".join(parts)) if parts else f"{len(runs)} runs ({n_div} diverged)"

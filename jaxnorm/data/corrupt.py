@@ -274,4 +274,34 @@ def _corrupt_compiled(images, kind, severity, key):
     return _corrupt(CORRUPTIONS[kind], images, severity, key)
 
 
-__all__ = ["CORRUPTIONS", "Corruption", "SEVERITIES", "box_resize_matrix", "corrupt", "corrupt_jit", "gaussian_kernel", "psnr"]
+def corrupt_stream(images, labels, kind: Optional[str], severity: int, *, seed: int = 0, passes: int = 1):
+    """A test stream: ``images`` (``(n, H, W, C)`` in [0, 1]) ``passes`` times, the first
+    pass in the given order and each later one in a new order (a permutation keyed by
+    ``(seed, pass)``), each pass corrupted by ``kind`` at ``severity`` with its own noise
+    draws (key ``(seed, crc32(kind), severity, pass)``: the same stream for the same
+    arguments, independent of the other streams). ``kind=None``: the clean stream.
+
+    Returns ``(clean, corrupted, labels)``: the ``(passes·n, ...)`` clean and corrupted
+    images on the device (the same array when ``kind`` is None) and the labels in
+    stream order (numpy). ValueError for ``passes < 1``, mismatched lengths or an unknown
+    kind/severity."""
+    import zlib
+
+    images, labels = jnp.asarray(images), np.asarray(labels)
+    if passes < 1 or len(images) != len(labels):
+        raise ValueError(f"need passes >= 1 and as many labels as images, got passes={passes}, {len(images)} vs {len(labels)}.")
+    key = jax.random.PRNGKey(seed)
+    clean, out, order_labels = [], [], []
+    for p in range(passes):
+        order = np.arange(len(labels)) if p == 0 else np.asarray(jax.random.permutation(jax.random.fold_in(key, p), len(labels)))
+        xp = images[order]
+        if kind is not None:
+            k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(kind.encode())), severity), p)
+            out.append(corrupt_jit(xp, kind, severity, key=k))
+        clean.append(xp)
+        order_labels.append(labels[order])
+    clean = jnp.concatenate(clean)
+    return clean, (jnp.concatenate(out) if kind is not None else clean), np.concatenate(order_labels)
+
+
+__all__ = ["CORRUPTIONS", "Corruption", "SEVERITIES", "box_resize_matrix", "corrupt", "corrupt_jit", "corrupt_stream", "gaussian_kernel", "psnr"]

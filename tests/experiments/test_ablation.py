@@ -1,4 +1,7 @@
-"""The ablation study's entry point: every config in --quick mode, placements, shards."""
+"""The ablation study (``experiments/ablation.py``) on the shared study protocol: the
+digits default in --quick mode end to end, the CIFAR configs on mocked tfds, placements
+and learning-rate scales, shards, command-line errors, and the re-plot command's refusal
+of folders that are not ablation runs."""
 
 import json
 import pathlib
@@ -6,36 +9,55 @@ import pathlib
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import ablation
+from experiments import ablation, plot
 from experiments.configs import CONFIGS, get_config
 from jaxnorm.layers import ABLATION_VARIANTS
+from jaxnorm.study import run_study, setup_with
 
 
 def _runs(root):
     return sorted(p.parent for p in pathlib.Path(root).rglob("config.json"))
 
 
-def test_digits_default_quick_trains_the_five_variants(tmp_path):
-    assert ablation.main(["--quick", "--quick-steps", "3", "--results", str(tmp_path), "--no-plots", "--no-progress"]) == 0
-    runs = _runs(tmp_path / "ablation" / "digits")
-    assert [r.name for r in runs] == sorted(f"{v}_s0" for v in ABLATION_VARIANTS)
+def _train(tmp_path, overrides=(), config="digits", seeds=(0,)):
+    """Trains a quick setup through the study protocol (no analysis); returns its root."""
+    setup = setup_with(ablation.STUDY.setups[config], dict(overrides), quick=True)
+    run_study(ablation.STUDY, setup, seeds=seeds, results=str(tmp_path), progress=False)
+    return tmp_path / "ablation" / setup.name
+
+
+def test_digits_default_quick_trains_the_five_variants_and_reports(tmp_path, capsys):
+    assert ablation.main(["--quick", "--quick-steps", "3", "--results", str(tmp_path), "--no-progress"]) == 0
+    root = tmp_path / "ablation" / "digits-quick"
+    runs = _runs(root)
+    assert [r.name for r in runs] == sorted(f"{v}_s0" for v in ABLATION_VARIANTS) and {r.parent.name for r in runs} == {"lr1"}
     for r in runs:
         status = json.loads((r / "status.json").read_text())
         assert status["status"] == "finished" and status["step"] == 3
         assert status["program"]["runs"] == 5 and status["program"]["superset"] == "bn_ablation"
         cfg = json.loads((r / "config.json").read_text())
         assert cfg["seed"] == 0 and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
+        assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(tmp_path)
+    stored = json.loads((root / "study.json").read_text())
+    assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 3 and stored["seeds"] == [0]
+    summary = (root / "plots" / "summary.md").read_text()
+    assert all(f"| {v} |" in summary for v in ABLATION_VARIANTS) and (root / "plots" / "curves_lr0.1.png").is_file()
+    out = capsys.readouterr().out
+    assert "lr 0.1: final test acc vanilla" in out and "beat vanilla" in out
+
+    # The re-plot command redraws the same summary from the stored files.
+    (root / "plots" / "summary.md").unlink()
+    assert plot.main([str(root)]) == 0 and (root / "plots" / "summary.md").read_text() == summary
 
 
-# All-CNN-C is left out to keep `make test` short (~20 s here): cifar100_3c3d covers the
-# CIFAR-100 pipeline, and tests/models trains the All-CNN-C network in training mode.
+# All-CNN-C is left out to keep the test short: cifar100_3c3d covers the CIFAR-100
+# pipeline, and tests/models trains the All-CNN-C network in training mode.
 @pytest.mark.parametrize("name", ["cifar10_3c3d", "cifar100_3c3d"])
 def test_cifar_configs_run_quick_on_mocked_tfds(tmp_path, name):
     with tfds.testing.mock_data(num_examples=40):
-        argv = [name, "--quick", "--quick-steps", "2", "--quick-subset", "16", "--results", str(tmp_path)]
-        assert ablation.main(argv + ["--no-plots", "--no-progress", "--variants", "vanilla", "bn_gamma_beta"]) == 0
-    runs = _runs(tmp_path)
-    assert len(runs) == 2
+        root = _train(tmp_path, {"quick_steps": 2, "quick_subset": 16, "variants": ["vanilla", "bn_gamma_beta"]}, config=name)
+    runs = _runs(root)
+    assert len(runs) == 2 and root.name == f"{name}-quick"
     for r in runs:
         assert json.loads((r / "status.json").read_text())["status"] in ("finished", "diverged")
         assert any(json.loads(l)["kind"] == "eval" for l in (r / "metrics.jsonl").read_text().splitlines())
@@ -54,6 +76,12 @@ def test_configs_reproduce_table_3_1_and_expose_the_published_code():
         get_config("imagenet")
     for name, fn in CONFIGS.items():
         assert "python -m experiments.ablation" in (__import__(fn.__module__, fromlist=["x"]).__doc__ or ""), name
+    # The published code's runs get their own folder; the digits configs have no such variant.
+    setup = ablation.STUDY.setups["cifar10_3c3d"]
+    assert setup_with(setup, {"published_code": True}, quick=True).name == "cifar10_3c3d-published-quick"
+    assert setup_with(setup, {"published_code": True}, quick=False).base_config().weight_decay == 0.0
+    with pytest.raises(ValueError, match="no published-code variant"):
+        setup_with(ablation.STUDY.setups["digits"], {"published_code": True}, quick=False)
 
 
 def test_positions_presets():
@@ -64,25 +92,92 @@ def test_positions_presets():
     assert ablation.positions_preset("first3", 6) == (1, 1, 1, 0, 0, 0)
     assert ablation.positions_preset("last3", 6) == (0, 0, 1, 1, 1, 0)
     assert ablation.positions_preset("last4_incl", 9) == (0, 0, 0, 0, 0, 1, 1, 1, 1)
+    assert set(ablation.PLACEMENTS) == {"default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl"}
     with pytest.raises(ValueError, match="unknown BN placement"):
         ablation.positions_preset("middle", 6)
 
 
-def test_placement_and_lr_scale_runs(tmp_path):
-    argv = ["--quick", "--quick-steps", "2", "--lr-scale", "0.1", "10", "--positions", "first", "--variants", "bn", "bn_beta"]
-    assert ablation.main(argv + ["--results", str(tmp_path), "--no-plots", "--no-progress"]) == 0
-    runs = _runs(tmp_path / "ablation" / "digits-first")
-    assert sorted({r.parent.name for r in runs}) == ["lr0.1", "lr10"]
-    cfg = json.loads((runs[0] / "config.json").read_text())
-    assert cfg["model_kwargs"]["bn_positions"] == [1, 0, 0, 0, 0, 0]
-    lrs = sorted(json.loads((r / "config.json").read_text())["learning_rate"] for r in runs)
-    assert lrs == pytest.approx([0.01, 0.01, 1.0, 1.0])
+def test_placements_and_lr_scales_are_groups_of_one_root(tmp_path):
+    setup = setup_with(ablation.STUDY.setups["digits"], {"lr_scale": [0.1, 10], "positions": ["default", "first"]}, quick=True)
+    root = tmp_path / "ablation" / setup.name
+    configs = {f"{c.study.rsplit('/', 1)[1]}/{c.name}": c for g in ablation.STUDY.groups(setup, [0], root) for c in g.configs}
+    assert sorted(configs) == sorted(f"lr{s}/{v}{p}_s0" for s in ("0.1", "10") for v in ABLATION_VARIANTS for p in ("", "_first"))
+    first = configs["lr0.1/bn_first_s0"]
+    assert first.model_kwargs["bn_positions"] == (1, 0, 0, 0, 0, 0) and first.tag == "first"
+    assert "bn_positions" not in configs["lr0.1/bn_s0"].model_kwargs and configs["lr0.1/bn_s0"].tag == ""
+    assert sorted({c.learning_rate for c in configs.values()}) == pytest.approx([0.01, 1.0])
+    assert {c.results_dir for c in configs.values()} == {str(tmp_path)}
+
+    # Two placements in one root: the report groups by learning rate and placement (the tag),
+    # each placement's rows compared with the baselines of that placement.
+    root = _train(tmp_path, {"quick_steps": 2, "lr_scale": [10], "positions": ["default", "first"], "variants": ["bn"]})
+    assert sorted(str(r.relative_to(root)) for r in _runs(root)) == ["lr10/bn_first_s0", "lr10/bn_s0"]
+    verdict = ablation.STUDY.analyze(setup, root)
+    assert "lr 1, first: final test acc bn+first" in verdict and "lr 1: final test acc bn " in verdict
+    assert (root / "plots" / "curves_lr1_tagfirst.png").is_file() and "bn+first" in (root / "plots" / "summary.md").read_text()
 
 
-def test_shards_partition_the_jobs():
-    jobs = list(range(7))
-    parts = [ablation.shard_jobs(jobs, f"{i}/3") for i in (1, 2, 3)]
-    assert sorted(sum(parts, [])) == jobs and all(parts)
-    for bad in ("0/3", "4/3", "x"):
-        with pytest.raises(ValueError, match="shard"):
-            ablation.shard_jobs(jobs, bad)
+def test_groups_are_the_jobs_and_shards_split_them(tmp_path):
+    setup = setup_with(ablation.STUDY.setups["digits"], {"lr_scale": [1, 2], "positions": ["default", "first"]}, quick=True)
+    groups = ablation.STUDY.groups(setup, [0, 1], tmp_path / "ablation" / setup.name)
+    assert len(groups) == 2 * 2 * 2 and all(len(g.configs) == 5 for g in groups)
+    assert len({c.study + "/" + c.name for g in groups for c in g.configs}) == 40
+    assert {len({c.seed for c in g.configs}) for g in groups} == {1}  # one (scale, placement, seed) per program
+    assert ablation.main(["--quick", "--quick-steps", "1", "--variants", "bn", "--seeds", "0", "1", "--shard", "2/2",
+                          "--results", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
+    assert [r.name for r in _runs(tmp_path / "ablation" / "digits-quick")] == ["bn_s1"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shard", "3/2"], "--shard"),
+        (["--shard", "x"], "--shard"),
+        (["--positions", "middle"], "invalid choice: 'middle'"),
+        (["--lr-scale", "0"], "must be finite and > 0"),
+        (["--lr-scale", "nan"], "must be finite and > 0"),
+        (["--lr-scale", "fast"], "invalid positive float value"),
+        (["--variants", "bn_relu"], "invalid choice: 'bn_relu'"),
+        (["--config", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--quick-steps", "0"], "must be >= 1"),
+        (["digits", "--shard", "x"], "--shard"),  # the old positional config is still accepted
+        (["digits", "cifar10_3c3d"], "unrecognized arguments: cifar10_3c3d"),
+    ],
+)
+def test_bad_command_lines_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ablation.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    assert ablation.main(["--published-code", "--results", str(tmp_path)]) == 2
+    assert "no published-code variant" in capsys.readouterr().err
+    assert ablation.main(["--plot-only", "--results", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_plot_refuses_folders_that_are_not_ablation_runs(tmp_path, capsys):
+    other = tmp_path / "conditioning" / "digits"
+    (other / "run").mkdir(parents=True)
+    (other / "study.json").write_text(json.dumps({"study": "conditioning", "setup": {}, "seeds": [0]}))
+    (other / "run" / "config.json").write_text("{}")
+    (other / "plots").mkdir()
+    (other / "plots" / "summary.md").write_text("conditioning summary")
+    for folder, message in [
+        (other, "holds the 'conditioning' study, not an ablation"),
+        (other / "run", "is a single run"),
+        (tmp_path / "elsewhere", "does not exist"),
+        (tmp_path, "not an ablation results folder"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            plot.main([str(folder)])
+        assert e.value.code == 2 and message in capsys.readouterr().err, folder
+    assert (other / "plots" / "summary.md").read_text() == "conditioning summary"  # untouched
+    legacy = tmp_path / "ablation" / "digits" / "lr1" / "bn_s0"  # a root from before study.json
+    legacy.mkdir(parents=True)
+    (legacy / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path / "ablation")])
+    assert "pass one of them: digits" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 from experiments import ablation
 from experiments.configs import CONFIGS, get_config
 from jaxnorm.analysis import find_runs
+from jaxnorm.study import run_study, setup_with
 
 EXPECT = {  # config: (tag, frozen γ/β layers)
     "digits_last_gamma_beta": ("last_only", {"norm1", "norm2", "norm3", "norm4"}),
@@ -42,9 +43,9 @@ VARIANTS = ("bn_gamma", "bn_gamma_beta")
 @pytest.mark.parametrize("name", sorted(EXPECT))
 def test_quick_run_freezes_and_tags(tmp_path, name):
     tag, frozen_layers = EXPECT[name]
-    argv = [name, "--quick", "--quick-steps", "5", "--results", str(tmp_path), "--no-plots", "--no-progress", "--variants", *VARIANTS]
-    assert ablation.main(argv) == 0
-    root = tmp_path / "ablation" / name
+    setup = setup_with(ablation.STUDY.setups[name], {"quick_steps": 5, "variants": VARIANTS}, quick=True)
+    run_study(ablation.STUDY, setup, seeds=[0], results=str(tmp_path), progress=False)
+    root = tmp_path / "ablation" / f"{name}-quick"
     runs = find_runs(root)
     assert sorted(r.variant for r in runs) == sorted(f"{v}+{tag}" for v in VARIANTS)
     for r in runs:

@@ -1,6 +1,7 @@
-"""The gradient-conditioning study's entry point: a quick study end to end, and its configs."""
+"""The gradient-conditioning study (``experiments/conditioning.py``) on the shared study
+protocol: a quick study end to end (observers, the costs ``after`` step, the analysis,
+a cheap rerun), its setups and command-line changes, and bad input."""
 
-import argparse
 import json
 import math
 
@@ -10,6 +11,8 @@ import pytest
 
 from experiments import conditioning
 from jaxnorm.data import load
+from jaxnorm.observers import METRICS
+from jaxnorm.study import setup_with
 from jaxnorm.train import TrainConfig, build_model
 
 
@@ -25,7 +28,7 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
     assert [r.name for r in runs] == ["ortho_relu-bn_gamma_beta-d4", "resnet-bn_gamma_beta-d4"]
     for run in runs:
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["track_step_conditioning"] and cfg["tag"] == run.name.split("-")[0]
+        assert cfg["track_step_conditioning"] and cfg["tag"] == run.name.split("-")[0] and cfg["study"] == "conditioning/digits-quick"
         assert (cfg["batch_size"], cfg["max_steps"], cfg["model_kwargs"]["depth"], cfg["norm"]) == (64, 8, 4, "bn_gamma_beta")
         assert json.loads((run / "status.json").read_text())["status"] == "finished"
         lines = _lines(run)
@@ -40,9 +43,8 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
 
         costs = json.loads((run / "costs.json").read_text())
         assert set(costs["seconds"]) == {"kappa_w", "confusion", "kappa_sgd", "batch_gradient"}
-        assert all(s > 0 for s in costs["seconds"].values()) and costs["conditioning_every"] == 4
-        train = load("digits", "train")
-        module = build_model(TrainConfig.from_dict(cfg), train.num_classes)
+        assert all(s > 0 for s in costs["seconds"].values()) and costs["conditioning_every"] == 4 and costs["repeats"] == 2
+        module = build_model(TrainConfig.from_dict(cfg), load("digits", "train").num_classes)
         variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False))
         assert costs["params"] == sum(x.size for x in jax.tree.leaves(variables["params"]))
 
@@ -54,54 +56,72 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
         assert (plots / f"{name}.png").is_file(), name
     summary = (plots / "summary.md").read_text()
     assert all(f"| {r.name} |" in summary for r in runs)
+    assert "2 runs (0 diverged); median final training loss by depth: depth 4: BN " in capsys.readouterr().out
 
-    # A second call with the same config skips the finished runs (and rewrites nothing).
-    before = {r.name: (r / "metrics.jsonl").stat().st_mtime_ns for r in runs}
-    capsys.readouterr()
-    assert conditioning.main(argv + ["--no-plots"]) == 0
-    assert capsys.readouterr().out.count("already done, skipped") == 2
-    assert before == {r.name: (r / "metrics.jsonl").stat().st_mtime_ns for r in runs}
-
-
-def _args(*argv):
-    ns = argparse.Namespace(config="digits", depth=None, depths=None, architectures=None, norms=None, metrics=None,
-                            every=None, cost_repeats=None, quick=False, quick_steps=8, quick_subset=512)
-    for k, v in zip(argv[::2], argv[1::2]):
-        setattr(ns, k, v)
-    return ns
+    # A rerun restores the final checkpoints instead of retraining and keeps the measured costs.
+    before = {r.name: ((r / "metrics.jsonl").read_text(), (r / "costs.json").stat().st_mtime_ns) for r in runs}
+    assert conditioning.main(argv) == 0
+    assert before == {r.name: ((r / "metrics.jsonl").read_text(), (r / "costs.json").stat().st_mtime_ns) for r in runs}
 
 
-def test_configs_and_command_line_changes():
-    from jaxnorm.observers import METRICS
-
-    digits = conditioning.get_study("digits")
-    jobs = digits.jobs("res")
+def test_setups_and_command_line_changes(tmp_path):
+    digits = conditioning.SETUPS["digits"]
+    jobs = digits.jobs(results="res")
     assert len(jobs) == 5 * 2 * 2 and len({c.name for c in jobs}) == len(jobs)
     assert jobs[0].name == "ortho_relu-vanilla-d4" and jobs[-1].name == "resnet-bn_gamma_beta-d11"
     assert all(c.dataset == "digits" and c.batch_size == 64 and c.track_step_conditioning for c in jobs)
-    assert all(c.results_dir == "res/conditioning" and c.study == "digits" for c in jobs)
+    assert all(c.results_dir == "res" and c.study == "conditioning/digits" and c.checkpoint_every_epochs == c.epochs for c in jobs)
     assert digits.metric_names == METRICS
     by_name = {c.name: c for c in jobs}
     assert dict(by_name["looks_linear-vanilla-d11"].model_kwargs) == {"depth": 11, "width": digits.fc_width, "activation": "crelu",
                                                                       "kernel_init": "looks_linear"}
     assert by_name["resnet-vanilla-d4"].model_kwargs["residual"] and by_name["resnet-vanilla-d4"].model_kwargs["stages"] == 1
     assert not by_name["convnet-vanilla-d11"].model_kwargs["residual"] and by_name["convnet-vanilla-d11"].model_kwargs["stages"] == 3
+    assert [c.name for c in digits.jobs([0, 2])[:2]] == ["ortho_relu-vanilla-d4", "ortho_relu-vanilla-d4_s2"]
+    groups = conditioning.STUDY.groups(digits, [0], tmp_path / "conditioning" / "digits")
+    assert len(groups) == 20 and all(len(g.configs) == 1 and g.after is not None for g in groups)
 
-    cifar = conditioning.get_study("cifar10")
+    cifar = conditioning.SETUPS["cifar10"]
     assert (cifar.base.dataset, cifar.base.batch_size, cifar.base.schedule, cifar.depths) == ("cifar10", 64, "plateau", (11, 26, 40))
     assert cifar.samples_per_epoch == 2 and set(cifar.architectures) == set(conditioning.ARCHITECTURES)
-    for name, module in conditioning.CONFIGS.items():
-        doc = __import__(f"experiments.configs.{module}", fromlist=["x"]).__doc__
-        assert "python -m experiments.conditioning" in doc and "untime" in doc, name
+    for module in (conditioning.conditioning_digits, conditioning.conditioning_cifar10):
+        assert "python -m experiments.conditioning" in module.__doc__ and "untime" in module.__doc__, module
 
-    assert conditioning.study_from_args(_args("depth", [26])).depths == (4, 11, 26)
-    assert conditioning.study_from_args(_args("depths", [4])).depths == (4,)
-    quick = conditioning.study_from_args(_args("quick", True, "depth", [11], "architectures", ["looks_linear"]))
-    assert (quick.name, quick.depths, quick.architectures) == ("digits-quick", (4, 11), ("looks_linear",))
-    assert quick.metrics == ("kappa_w", "confusion") and quick.base.max_steps == 8
+    assert setup_with(digits, {"add_depths": [26]}, quick=False).all_depths == (4, 11, 26)
+    assert setup_with(digits, {"depths": [4]}, quick=False).all_depths == (4,)
+    quick = setup_with(digits, {"add_depths": [11], "architectures": ["looks_linear"]}, quick=True)
+    assert (quick.name, quick.all_depths, quick.architectures) == ("digits-quick", (4, 11), ("looks_linear",))
+    assert quick.metrics == ("kappa_w", "confusion") and quick.run_config("resnet", "vanilla", 4).max_steps == 8
+    assert setup_with(digits, {"quick_steps": 3}, quick=True).run_config("resnet", "vanilla", 4).max_steps == 3
     with pytest.raises(ValueError, match="unknown architecture"):
-        digits.replace(architectures=("vgg",))
+        setup_with(digits, {"architectures": ["vgg"]}, quick=False)
     with pytest.raises(ValueError, match="unknown metric"):
-        digits.replace(metrics=("kappa",))
-    with pytest.raises(ValueError, match="unknown conditioning config"):
-        conditioning.get_study("imagenet")
+        setup_with(digits, {"metrics": ["kappa"]}, quick=False)
+    with pytest.raises(ValueError, match="unknown norm"):
+        setup_with(digits, {"norms": ["bn_relu"]}, quick=False)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--shard", "0/4"], "--shard"),
+        (["--metrics", "kappa"], "invalid choice: 'kappa'"),
+        (["--every", "0"], "must be >= 1"),
+        (["cifar10"], "unrecognized arguments: cifar10"),
+    ],
+)
+def test_bad_command_lines_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        conditioning.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_setup_errors_and_plot_only_without_runs_are_one_line(tmp_path, capsys):
+    assert conditioning.main(["--norms", "bn_relu", "--results", str(tmp_path)]) == 2
+    assert "unknown norm(s) ['bn_relu']" in capsys.readouterr().err
+    assert conditioning.main(["--depths", "1", "--results", str(tmp_path)]) == 2
+    assert "must be >= 2" in capsys.readouterr().err
+    assert conditioning.main(["--plot-only", "--results", str(tmp_path)]) == 2
+    assert "no stored conditioning runs" in capsys.readouterr().err
