@@ -1,48 +1,29 @@
 """LayerNorm vs BatchNorm, and the other normalizations (source document 003, slides
-"Layer normalization", "LayerNorm illustration", "Batch normalization", "Minibatch
-dependence"; Ba et al. 2016, "Layer Normalization"; Ioffe & Szegedy 2015, "Batch
-Normalization"; Wu & He 2018, "Group Normalization"; Ulyanov et al. 2016, "Instance
-Normalization"; Salimans & Kingma 2016, "Weight Normalization"; Qiao et al. 2019,
-"Micro-Batch Training with Batch-Channel Normalization and Weight Standardization").
+"Layer normalization" ... "Minibatch dependence"; Ba et al. 2016, "Layer Normalization";
+Ioffe & Szegedy 2015, "Batch Normalization"; Wu & He 2018, "Group Normalization";
+Ulyanov et al. 2016, "Instance Normalization"; Salimans & Kingma 2016, "Weight
+Normalization"; Qiao et al. 2019, "Micro-Batch Training with Batch-Channel Normalization
+and Weight Standardization").
 
-The lecture: LayerNorm normalizes the *rows* of a layer's activation matrix (each
-example over its features), BatchNorm its *columns* (each feature over the minibatch);
-for a plain fully connected net LayerNorm is "harder to train to low loss"; BatchNorm
-makes a prediction depend on its batch, so at test time it uses running averages of the
-statistics; batch-independent norms do not depend on the batch size, BatchNorm does (it
-degrades at small batches; Wu & He 2018, Fig. 1). Three parts, every run trained by
-``jaxnorm.train.fit_many`` (one RunGroup per (net, variant[, batch size]), its seeds
-together):
+The lecture: LayerNorm normalizes the rows of a layer's activation matrix, BatchNorm its
+columns; LayerNorm is "harder to train to low loss" in a plain FCN; BatchNorm depends on
+the batch, so it uses running averages at test time and degrades at small batches. Three
+parts, every run trained by ``fit_many`` (one RunGroup per (net, variant[, batch size]),
+seeds together): (1) **curves** of every norm in :data:`VARIANTS` on an MLP and a small
+ConvNet, the BN runs recording their first norm input (``NormInputs``) for the
+rows-vs-columns check; (2) **batch_size**: ``bs_variants`` at each of ``batch_sizes``, lr
+linear in the batch size; (3) **eval_stats**: every BN run evaluated at its last step
+(``BNEvaluation``) with running, exact population (Alg. 2) and test-batch statistics.
 
-1. **curves**: every normalization of :data:`VARIANTS` on each net (an MLP and a small
-   ConvNet on digits), the same SGD: training loss/accuracy per epoch (training mode)
-   and, after each epoch, the training-set loss and test accuracy in eval mode.
-   ``instance`` is for conv nets only; ``ws_group`` is weight standardization with
-   GroupNorm; ``weight_norm`` has no norm layer (``w = g v/‖v‖`` in every weight layer).
-   The BN runs record the first norm layer's input Z on ``rows_columns_batch`` test
-   examples (observer ``NormInputs``): the analysis normalizes it by rows (LayerNorm)
-   and columns (BatchNorm).
-2. **batch_size**: ``bs_variants`` on ``bs_nets`` at each of ``batch_sizes`` for
-   ``bs_epochs`` epochs (the same examples seen), lr linear in the batch size (Goyal et
-   al. 2017; ``lr_scaling``) from ``learning_rate`` at ``batch_size``.
-3. **eval_stats**: every BN run is evaluated on the test split at its last step
-   (observer ``BNEvaluation``) with the running averages, exact population statistics
-   (Ioffe & Szegedy's Alg. 2 over the training set in batches of the run's batch size)
-   and each test batch's own statistics at ``eval_batch_sizes`` (part 2: at the
-   training batch size).
-
-    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 41 runs: 231 s of CPU (2 cores; the forked loop took 168 s)
-    python -m experiments.norm_kinds --quick          # a 3-layer BN MLP, 2 epochs on 256 examples, 2 runs (tests): 20 s of CPU
+    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 41 runs: ~4 min of CPU on 2 cores
+    python -m experiments.norm_kinds --quick          # a 3-layer BN MLP, 2 epochs on 256 examples (tests): 20 s
     python -m experiments.norm_kinds --seeds 0 1 2    # three seeds of everything (about 3x the time)
     python -m experiments.norm_kinds --config cifar10 # 3C3D + MLP on CIFAR-10 (GPU; tfds-prepared CIFAR-10)
     python -m experiments.norm_kinds --plot-only      # plots + summary.md from the stored files
 
-Results in ``<results>/norm_kinds/<config>[-quick]/``: one fit run folder per run
-(:func:`jaxnorm.analysis.norm_kinds.run_name`: ``curves-<net>-<variant>-s<seed>``,
-``bs-<net>-<variant>-b<B>-s<seed>``; ``tag`` = the variant), the BN runs with
-``bn_eval`` lines in ``metrics.jsonl`` and the curves' BN runs with
-``norm_inputs/norm1`` in ``trajectories.npz``; ``plots/curves.png``,
-``plots/batch_size.png``, ``plots/eval_stats.png``, ``plots/summary.md``
+Results in ``<results>/norm_kinds/<config>[-quick]/``: run folders
+``curves-<net>-<variant>-s<seed>`` and ``bs-<net>-<variant>-b<B>-s<seed>``;
+``plots/{curves, batch_size, eval_stats}.png`` and ``plots/summary.md``
 (:mod:`jaxnorm.analysis.norm_kinds`).
 """
 

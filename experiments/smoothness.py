@@ -55,12 +55,11 @@ from jaxnorm._registry import lookup
 from jaxnorm.analysis import smoothness as analysis
 from jaxnorm.data import load, steps_per_epoch
 from jaxnorm.data.augmentation import normalize
-from jaxnorm.diagnostics.bn_statistics import population_batch_stats
+from jaxnorm.diagnostics.bn_statistics import evaluate_in_mode, population_batch_stats
 from jaxnorm.observers.smoothness import Smoothness, check_etas
 from jaxnorm.results import read_json, write_json
 from jaxnorm.study import RunGroup
 from jaxnorm.train import TrainConfig, build_model
-from jaxnorm.train.step import layout_eval, make_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,11 +236,10 @@ class SmoothnessStudy:
             stats = population_batch_stats(clean, r.state.variables, x[: n - n % cfg.batch_size], batch_size=cfg.batch_size)
             state = r.state.replace(batch_stats=stats)
             test = load(cfg.dataset, cfg.eval_splits[0])
-            evaluate = jax.jit(make_evaluate(clean, mean=train.mean, std=train.std, bn_mode="running"))
-            t = jax.device_get(evaluate(state, *(jnp.asarray(a) for a in layout_eval(test.images, test.labels, cfg.eval_batch_size))))
-            count = float(t["count"])
+            xt = normalize(jnp.asarray(test.images), train.mean, train.std)
+            t = jax.device_get(evaluate_in_mode(clean, state.variables, xt, jnp.asarray(test.labels), bn_mode="running", batch_size=cfg.eval_batch_size))
             write_json(out, {"kind": "eval", "split": cfg.eval_splits[0], "step": r.step, "bn_stats": "population (noise-free, training set)",
-                             "loss": float(t["loss_sum"]) / count, "acc": float(t["correct"]) / count, "n": int(count)})  # fmt: skip
+                             "loss": float(t["loss"]), "acc": float(t["acc"]), "n": int(t["n"])})  # fmt: skip
 
     def analyze(self, setup: SmoothnessSetup, root: pathlib.Path) -> str:
         return analysis.write_report(root, labels={k: v.label for k, v in VARIANTS.items()})

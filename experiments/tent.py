@@ -51,7 +51,6 @@ from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxnorm.study
 from experiments.configs.cifar10_3c3d import get_config as _cifar10_3c3d
@@ -66,10 +65,7 @@ from jaxnorm.results import read_json, rewrite_jsonl, write_json, write_npz
 from jaxnorm.study import RunGroup
 from jaxnorm.train import TrainConfig, build_model
 
-OPTIMIZERS = {
-    "adam": lambda lr, momentum: optax.adam(lr),  # Wang et al., CIFAR-10/100-C: Adam, lr 1e-3
-    "sgd": lambda lr, momentum: optax.sgd(lr, momentum=momentum or None),  # ImageNet-C: momentum 0.9, lr 2.5e-4
-}
+OPTIMIZERS = adapt.TENT_OPTIMIZERS
 SOURCES = ("functions", "tfds")
 #: The 15 corruptions of the benchmark (Hendrycks & Dietterich 2019; Wang et al. Fig. 5).
 BENCHMARK_15 = (

@@ -240,6 +240,15 @@ MODES: dict[str, Callable] = {"running": running_step, "batch": batch_step, "ten
 """The evaluation modes by name: ``step(module, state, x, **options) -> (logits, state)``."""
 
 
+#: TENT's optimizers for γ/β by name: ``(learning_rate, momentum) -> optax transformation``
+#: (Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization": Adam with lr 1e-3
+#: on CIFAR-10/100-C, SGD with momentum 0.9 and lr 2.5e-4 on ImageNet-C).
+TENT_OPTIMIZERS = {
+    "adam": lambda lr, momentum: optax.adam(lr),
+    "sgd": lambda lr, momentum: optax.sgd(lr, momentum=momentum or None),
+}
+
+
 def make_step(module, mode: str, **options) -> Callable[[TentState, jax.Array], tuple[jax.Array, TentState]]:
     """The jitted step ``(state, x) -> (logits, state)`` of ``mode`` (options: ``'tent'``'s
     ``steps``, ``episodic``, ``predict_after_update``). Raises ValueError for an unknown mode
