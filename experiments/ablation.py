@@ -13,7 +13,7 @@ steps and the ReLU sparsity after each BN layer on a probe batch; then the plots
     python -m experiments.ablation --config cifar10_3c3d --positions default first penultimate first3 last3 with_last
     python -m experiments.ablation --config cifar100_allcnnc --shard 2/3   # one SLURM array task of three
     python -m experiments.ablation --config cifar10_3c3d --published-code  # what the thesis's code did (own folder)
-    python -m experiments.ablation --quick                          # 20 steps on 512 examples: ~30 s
+    python -m experiments.ablation --quick                          # 20 steps on 512 examples: ~45 s
 
 (The config may also be given as the first argument, ``python -m experiments.ablation
 cifar10_3c3d``, as before the shared command line.)

@@ -19,8 +19,8 @@ it through the network in batches, in three modes (:mod:`jaxnorm.adapt`):
 
 The claim: under corruption, test-batch statistics lower the error, TENT lowers it further.
 
-    python -m experiments.tent                    # digits, ConvNet (4 layers, 32 ch), 7 corruptions x 5 severities: ~50 s on 2 CPU cores (~20 s training)
-    python -m experiments.tent --quick            # MLP, 2 corruptions x severities 1, 5, 128 test images (tests): ~10 s
+    python -m experiments.tent                    # digits, ConvNet (4 layers, 32 ch), 7 corruptions x 5 severities: ~30-40 s on 2 CPU cores (~20 s training)
+    python -m experiments.tent --quick            # MLP, 2 corruptions x severities 1, 5, 128 test images (tests): ~15 s
     python -m experiments.tent --tent-steps 4     # 4 TENT updates per batch (the logits of the 4th forward)
     python -m experiments.tent --passes 4 --tent-lr 1e-3 --results other   # a 4x longer stream at Wang et al.'s lr
     python -m experiments.tent --seeds 0 1 2      # three trained models; errors averaged, paired counts pooled
