@@ -172,11 +172,9 @@ class NormKindsSetup:
 
 SETUPS: dict[str, NormKindsSetup] = {
     "digits": NormKindsSetup(),
-    # The lecture's setting on a GPU: an MLP and DeepOBS 3C3D on CIFAR-10 (40k training
-    # images); GroupNorm with 32 groups; 3C3D's instance norm after its three convs only
-    # (its dense layers have one value per statistic); lr 0.005, momentum 0.9 (not
-    # tuned); population statistics from 10k training images. Not run here (no GPU with
-    # CIFAR-10 prepared); part 2's batch-2 and batch-4 runs will take most of the time.
+    # The lecture's setting on a GPU: an MLP and 3C3D on CIFAR-10; GroupNorm with 32
+    # groups; 3C3D's instance norm after its convs only; lr 0.005 (not tuned); population
+    # statistics from 10k training images. Not run here (no GPU, no CIFAR-10 prepared).
     "cifar10": NormKindsSetup(
         name="cifar10", dataset="cifar10",
         nets={
@@ -195,16 +193,14 @@ def variants_for(setup: NormKindsSetup, net: str, names) -> list[str]:
     return [v for v in names if conv or not VARIANTS[v].conv_only]
 
 
-#: fit syncs (and writes a ``train`` line, the mean since the last one) every
-#: ``log_every_steps`` steps and at each epoch's end: more steps than any epoch has
-#: gives one line per epoch, its mean, as the lecture's curves plot.
+#: More steps than any epoch has: fit writes one ``train`` line per epoch (its mean),
+#: at the epoch's end, as the lecture's curves plot.
 ONE_LINE_PER_EPOCH = 10**9
 
 
 def train_config(setup: NormKindsSetup, root: pathlib.Path, net: str, variant: str, seed: int, batch_size: Optional[int] = None) -> TrainConfig:
-    """The run of ``(net, variant, seed)``: part 1's when ``batch_size`` is None, else
-    part 2's at ``batch_size`` (lr scaled). One ``train`` line per epoch (its mean);
-    checkpointed at the end only (a rerun skips it). Reads no data.
+    """The run of ``(net, variant, seed)``: part 1's when ``batch_size`` is None, else part
+    2's at ``batch_size`` (lr scaled); one ``train`` line per epoch, checkpointed at the end.
 
     Raises:
       ValueError: unknown net or variant, or a conv-only variant on a non-conv net.
