@@ -35,7 +35,7 @@ and without BN. A run has diverged once its loss exceeds 100x its first step's l
 
 Results in ``<results>/sharpness/<config>/``: ``study.json``; a run folder
 ``<norm>_lr<η>_s<seed>/`` per run (``config.json``; ``metrics.jsonl`` with a ``train``
-line per step, ``{"kind": "sharpness", "step", "sharpness", "loss", ...}`` lines and a
+line per sharpness interval (its mean), ``{"kind": "sharpness", "step", "sharpness", "loss", ...}`` lines and a
 ``divergence`` line if it diverged; ``trajectories.npz`` with ``spectrum/{steps, grid,
 density, nodes, weights}`` at step 0 and at the end; ``status.json``; checkpoints);
 ``plots/sharpness.png``, ``plots/density.png`` and ``plots/summary.md``
