@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxnorm.data.augmentation import normalize
+from jaxnorm.observers.probe import probe_batches
 from jaxnorm.modes import check_bn_mode
 from jaxnorm.diagnostics.hessian import BN_MODES, hessian_loss_fn, lanczos, power_iteration, top_eigenpairs
 
@@ -117,15 +117,7 @@ class Sharpness:
         check_bn_mode(bn_mode, BN_MODES)
         if every < 1 or num_iters < 1:
             raise ValueError(f"need every >= 1 and num_iters >= 1; got {every} and {num_iters}.")
-        n = len(labels)
-        batch_size = n if batch_size is None else batch_size
-        if not 2 <= batch_size <= n:
-            raise ValueError(f"batch_size must lie in [2, {n}] (the probe set's size), got {batch_size}.")
-        k = n // batch_size
-        x = normalize(jnp.asarray(images[: k * batch_size], jnp.float32), jnp.asarray(mean), jnp.asarray(std))
-        y = jnp.asarray(labels[: k * batch_size], jnp.int32)
-        self.x = x.reshape((k, batch_size) + x.shape[1:])
-        self.y = y.reshape(k, batch_size)
+        self.x, self.y = probe_batches(images, labels, mean, std, batch_size)
         self.module, self.every, self.method, self.num_iters, self.tol = module, every, method, num_iters, tol
         self.bn_mode, self.weight_decay, self.seed, self.loss = bn_mode, weight_decay, seed, loss
         self.annotations = {"bn_mode": bn_mode, "method": method, **({"objective": loss} if isinstance(loss, str) else {})}

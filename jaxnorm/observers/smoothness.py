@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxnorm.data.augmentation import normalize
+from jaxnorm.observers.probe import probe_batches
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
 from jaxnorm.objective import get_loss, l2_penalty
 
@@ -156,19 +156,11 @@ class Smoothness:
         check_bn_mode(bn_mode, BN_MODES)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}.")
-        n = len(labels)
-        if len(images) != n:
-            raise ValueError(f"images and labels differ in length: {len(images)} and {n}.")
-        batch_size = n if batch_size is None else batch_size
-        low = 2 if bn_mode == "batch" else 1
-        if not low <= batch_size <= n:
-            raise ValueError(f"batch_size must lie in [{low}, {n}] (the probe set's size) in bn_mode {bn_mode!r}, got {batch_size}.")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-        k = n // batch_size
-        x = normalize(jnp.asarray(images[: k * batch_size], jnp.float32), jnp.asarray(mean), jnp.asarray(std))
-        self.x = x.reshape((k, batch_size) + x.shape[1:])
-        self.y = jnp.asarray(labels[: k * batch_size], jnp.int32).reshape(k, batch_size)
+        low = 2 if bn_mode == "batch" else 1
+        self.x, self.y = probe_batches(images, labels, mean, std, batch_size, min_batch=low, what=f"batch_size (bn_mode {bn_mode!r})")
+        k, batch_size = self.y.shape
         self.module, self.every, self.bn_mode, self.weight_decay, self.seed = module, every, bn_mode, weight_decay, seed
         self.per_example = get_loss(loss)
         self.annotations = {"bn_mode": bn_mode, "probe_examples": k * batch_size, **({"objective": loss} if isinstance(loss, str) else {})}

@@ -38,9 +38,8 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
-from jaxnorm.data.augmentation import normalize
+from jaxnorm.observers.probe import probe_batches
 from jaxnorm.diagnostics.hessian import BN_MODES, hessian_loss_fn, spectral_density
 from jaxnorm.modes import check_bn_mode
 
@@ -106,16 +105,8 @@ class SpectralDensity:
                 raise ValueError(f"SpectralDensity: {what} must be >= 1, got {v}.")
         if sigma is not None and not sigma > 0:
             raise ValueError(f"SpectralDensity: sigma must be > 0 or None, got {sigma}.")
-        n = len(labels)
-        batch_size = n if batch_size is None else batch_size
-        if not 2 <= batch_size <= n:
-            raise ValueError(f"SpectralDensity: batch_size must lie in [2, {n}] (the probe set's size), got {batch_size}.")
-        k = n // batch_size
-        x = normalize(jnp.asarray(images[: k * batch_size], jnp.float32), jnp.asarray(mean), jnp.asarray(std))
-        y = jnp.asarray(labels[: k * batch_size], jnp.int32)
         # (k, b, ...): hessian_loss_fn averages the batches' losses, as Sharpness does.
-        self.x = x.reshape((k, batch_size) + x.shape[1:])
-        self.y = y.reshape(k, batch_size)
+        self.x, self.y = probe_batches(images, labels, mean, std, batch_size, what="SpectralDensity: batch_size")
         self.module, self.every, self.name = module, every, name
         self.order, self.num_vectors, self.num_points, self.sigma = order, num_vectors, num_points, sigma
         self.bn_mode, self.loss, self.weight_decay, self.seed = bn_mode, loss, weight_decay, seed
