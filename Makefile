@@ -24,7 +24,7 @@ smoke: $(STAMP)
 	$(PY) -m experiments.smoke
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2  # two workers: the CI machine has 2 cores (about 7 min instead of 9)
+	$(PY) -m pytest -q -n 2  # two workers: the CI machine has 2 cores
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis results
