@@ -219,7 +219,7 @@ def train_config(setup: NormKindsSetup, root: pathlib.Path, net: str, variant: s
         learning_rate=setup.learning_rate if batch_size is None else setup.bs_learning_rate(b), momentum=setup.momentum,
         train_subset=setup.subset, eval_splits=("train_eval", setup.eval_split), seed=seed, tag=variant,
         log_every_steps=ONE_LINE_PER_EPOCH, checkpoint_every_epochs=epochs,
-        results_dir=str(root.parent.parent), study=f"{root.parent.name}/{root.name}",
+        **_study.run_location(root),
         name=analysis.run_name(part, net, variant, seed, batch_size),
     )  # fmt: skip
 

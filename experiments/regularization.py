@@ -67,7 +67,7 @@ from jaxnorm._registry import lookup
 from jaxnorm.analysis import regularization as analysis
 from jaxnorm.layers import NORMS
 from jaxnorm.observers.weight_norms import WeightNorms
-from jaxnorm.study import RunGroup
+from jaxnorm.study import RunGroup, run_location
 from jaxnorm.train import TrainConfig
 
 
@@ -183,7 +183,7 @@ def run_config(setup: RegularizationSetup, root: pathlib.Path, norm: str, weight
         train_subset=setup.train_subset, eval_splits=("train", "test"), eval_subset=setup.train_subset,
         eval_every_epochs=setup.steps, checkpoint_every_epochs=setup.steps, eval_batch_size=setup.eval_batch_size,
         log_every_steps=setup.record_every, record_every_steps=setup.record_every, seed=seed,
-        results_dir=str(root.parent.parent), study=f"{root.parent.name}/{root.name}", name=run_name(norm, float(weight_decay), float(dropout), seed),
+        **run_location(root), name=run_name(norm, float(weight_decay), float(dropout), seed),
     )  # fmt: skip
 
 

@@ -52,7 +52,7 @@ from jaxnorm.data import load
 from jaxnorm.objective import LOSSES
 from jaxnorm.observers import Sharpness
 from jaxnorm.observers.spectrum import SpectralDensity
-from jaxnorm.study import RunGroup, main as study_main
+from jaxnorm.study import RunGroup, main as study_main, run_location
 from jaxnorm.train import TrainConfig, build_model
 
 
@@ -168,8 +168,7 @@ class SharpnessStudy:
             eval_every_epochs=setup.eval_every,
             checkpoint_every_epochs=setup.checkpoint_every,
             log_every_steps=setup.every,
-            results_dir=str(root.parent.parent),
-            study=f"{self.name}/{setup.name}",
+            **run_location(root),
         )
         return tuple(base.replace(name=run_name(norm, lr, s), learning_rate=float(lr), seed=s) for lr in setup.step_sizes for s in seeds)
 

@@ -58,7 +58,7 @@ from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics.bn_statistics import evaluate_in_mode, population_batch_stats
 from jaxnorm.observers.smoothness import Smoothness, check_etas
 from jaxnorm.results import read_json, write_json
-from jaxnorm.study import RunGroup
+from jaxnorm.study import RunGroup, run_location
 from jaxnorm.train import TrainConfig, build_model
 
 
@@ -198,7 +198,7 @@ class SmoothnessStudy:
             batch_size=setup.batch_size, epochs=epochs, max_steps=setup.steps, learning_rate=setup.learning_rate,
             train_subset=setup.subset, eval_splits=(setup.eval_split,), eval_every_epochs=epochs,
             log_every_steps=setup.every, checkpoint_every_epochs=5, seed=seed, tag=variant,
-            results_dir=str(root.parent.parent), study=f"{self.name}/{setup.name}", name=f"{variant}_s{seed}",
+            **run_location(root), name=f"{variant}_s{seed}",
         )  # fmt: skip
 
     def groups(self, setup: SmoothnessSetup, seeds, root: pathlib.Path) -> list[RunGroup]:

@@ -32,7 +32,7 @@ import jax
 BN_MODES = ("batch", "running", "frozen")
 
 #: The names earlier versions used, and what they are called now.
-_RENAMED = {"coupled": "batch", "train": "batch", "eval": "running", "test_batch": "batch"}
+_RENAMED = {"coupled": "batch", "train": "batch", "eval": "running"}
 
 _DROPOUT_KEY = jax.random.PRNGKey(0)
 

@@ -108,6 +108,13 @@ def study_root(study: Study, setup: Any, results: str) -> pathlib.Path:
     return pathlib.Path(results) / study.name / setup.name
 
 
+def run_location(root: pathlib.Path) -> dict:
+    """The ``TrainConfig`` fields that put a run's folder directly under a study's
+    ``root`` (``<results>/<study>/<setup>/``): ``results_dir`` and ``study``."""
+    root = pathlib.Path(root)
+    return {"results_dir": str(root.parent.parent), "study": f"{root.parent.name}/{root.name}"}
+
+
 def run_study(
     study: Study,
     setup: Any,
@@ -155,8 +162,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
 
 
 def _first_line(study) -> str:
-    doc = (sys.modules.get(type(study).__module__).__doc__ or "") if type(study).__module__ in sys.modules else ""
-    return doc.strip().splitlines()[0] if doc.strip() else study.name
+    module = sys.modules.get(type(study).__module__)
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else study.name
 
 
 def enable_compilation_cache(results: str) -> None:
