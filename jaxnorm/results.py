@@ -9,12 +9,31 @@
   observer's name;
 * ``trajectories.npz`` -- arrays recorded by observers (the γ/β recorder's
   ``gamma_beta/steps``, ``gamma_beta/norm3/gamma``, ...);
-* ``status.json`` -- ``running``, ``finished`` or ``diverged``, with the last step;
-* ``checkpoints/`` -- orbax checkpoints.
+* ``status.json`` -- the run's state (below);
+* ``checkpoints/`` -- orbax checkpoints (the newest two);
+* ``observer_state/`` -- stateful observers' carries beside each checkpoint;
+* ``.lock`` -- present while a process writes the run (JSON ``pid``, ``host``,
+  ``time``; see :mod:`jaxnorm.train.run_folder`): one writer per folder.
+
+``status.json`` holds ``status``, ``step`` (the last step synced to the host),
+``total_steps``, ``pid``, ``host`` and ``heartbeat`` (``time.time()`` of the write). The
+engine writes it at the start and at every host sync point (at most once a second), so a
+``running`` status whose heartbeat stops moving belongs to a process that is gone
+(``read_status`` tells that apart). ``status`` is one of:
+
+* ``running`` -- a process is (or was, if it died without a word) training the run;
+* ``finished`` -- every step taken; ``program`` describes how it was trained;
+* ``diverged`` -- stopped at the first bad step; ``divergence`` is ``{step, reason}``;
+* ``interrupted`` -- stopped by Ctrl-C (SIGINT) or SIGTERM between steps; a rerun
+  resumes from the last checkpoint;
+* ``failed`` -- stopped by an error; ``error`` names it (checkpoints and metrics
+  written so far stay).
 
 Atomicity: whole files are written to a temporary name in the same folder and renamed
 over the target (``os.replace`` is atomic on POSIX), so a killed run leaves either the
-old or the new file. ``metrics.jsonl`` is appended line by line; a reader ignores a
+old or the new file. Modes: every file is created as ``open()`` would create it, ``0o666``
+less the process umask (a temporary file is ``0600``; it is chmod-ed before the rename),
+so colleagues read the runs as they read the user's other files. ``metrics.jsonl`` is appended line by line; a reader ignores a
 final line that is not complete JSON (a write cut short), and a resumed run rewrites the
 file up to its checkpoint first.
 """
@@ -30,10 +49,27 @@ from typing import Iterable, Mapping
 import numpy as np
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc``): the
+    portable ``os.umask(0); os.umask(old)`` pair briefly clears it for every thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; a run's files should be as readable as any open()-ed file.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -115,3 +151,4 @@ class RunDir:
     trajectories = property(lambda self: self.root / "trajectories.npz")
     status = property(lambda self: self.root / "status.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
+    lock = property(lambda self: self.root / ".lock")
