@@ -1,7 +1,15 @@
 """``TrainConfig``: one training run, described as code.
 
 Every choice that changes a result is a field here (and lands in the run's
-``config.json``), so two runs differ exactly where their configs differ. Studies build
+``config.json``), so two runs differ exactly where their configs differ. A run's
+identity -- what a run folder is compared on before it is resumed -- is every field but
+the bookkeeping of :data:`jaxnorm.train.run_folder.BOOKKEEPING_FIELDS` (where it is
+stored, its tag, and how often it logs, evaluates, records and checkpoints).
+
+Values are checked at construction (``ValueError`` naming the field): counts are
+integers (not floats or bools; numpy integers become ints), the learning rate is finite
+and > 0, the momentum in [0, 1), ``study`` and ``name`` are relative folder names that
+stay below ``results_dir``. Studies build
 configs in ``experiments/configs/``; :meth:`TrainConfig.quick` shrinks any of them for
 a laptop or a test.
 """
@@ -10,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import re
 from typing import Any, Mapping, Optional
 
@@ -20,6 +30,31 @@ from jaxnorm.objective import LOSSES
 from jaxnorm.train.optim import OPTIMIZERS
 
 EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
+
+_OPTIONAL_INTEGER_FIELDS = ("max_steps", "train_subset", "eval_subset", "num_devices")
+_INTEGER_FIELDS = (
+    "batch_size", "epochs", "warmup_steps", "seed", "eval_every_epochs", "eval_batch_size",
+    "log_every_steps", "record_every_steps", "checkpoint_every_epochs",
+) + _OPTIONAL_INTEGER_FIELDS
+
+
+def _check_real(field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{field} must be a finite number, got {value!r}.")
+
+
+def _check_relative_name(field: str, value) -> None:
+    """``study`` and ``name`` are folders below ``results_dir``: relative, '/'-separated
+    parts (studies nest, e.g. study ``'ablation/digits'``, name ``'lr1/bn_s0'``), none
+    empty, ``'.'`` or ``'..'``, so a run can never write outside its study's folder."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"TrainConfig.{field} must be a non-empty string, got {value!r}.")
+    parts = value.split("/")
+    if value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"TrainConfig.{field}={value!r} must be a relative path of '/'-separated names, none empty, '.' or '..' "
+            "(it is a folder below results_dir)."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +78,8 @@ class TrainConfig:
       optimizer: ``'sgd'``, ``'adam'`` or ``'adamw'``; optimizer_kwargs: Adam's
         ``b1``/``b2``/``eps``.
       learning_rate, momentum, nesterov, schedule, schedule_kwargs, warmup_steps: see
-        :func:`jaxnorm.train.optim.make_optimizer`. The learning rate, momentum and
+        :func:`jaxnorm.train.optim.make_optimizer`; ``learning_rate`` finite and > 0,
+        ``momentum`` in [0, 1) (at 1 or above the heavy-ball sum grows without bound). The learning rate, momentum and
         weight decay are data (in the optimizer state): runs that differ only in them
         train as one program in :func:`~jaxnorm.train.fit_many`.
       weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||W||²`` added to the
@@ -70,7 +106,9 @@ class TrainConfig:
       tag: a label that tells apart runs of the same norm in reports (a run's variant is
         ``norm`` or ``norm+tag``); changes nothing in training.
 
-    Bookkeeping:
+    Evaluation and bookkeeping (of these, only the fields in ``BOOKKEEPING_FIELDS`` leave a
+    run's identity unchanged; ``eval_bn_mode``, ``eval_batch_size``, ``divergence_factor``,
+    ``num_devices`` and ``sync_bn`` can change its numbers):
       eval_every_epochs: evaluate every k epochs (and after the last).
       eval_bn_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
         (BN uses each eval batch's statistics, as TENT's baseline does); the
@@ -88,7 +126,10 @@ class TrainConfig:
       num_devices: data-parallel over this many local devices (None: 1).
       sync_bn: with several devices, BatchNorm statistics over the global batch
         (True) or per device, as ghost batches of the per-device size (False).
-      study, name, results_dir: the run writes ``results_dir/study/name/``.
+      study, name, results_dir: the run writes ``results_dir/study/name/``. ``study``
+        and ``name`` may nest (``'ablation/digits'``, ``'lr1/bn_s0'``) but every
+        '/'-separated part must be a real name: not empty, ``'.'`` or ``'..'``, and not
+        absolute, so no run writes outside its study's folder.
     """
 
     dataset: str = "digits32"
@@ -136,19 +177,31 @@ class TrainConfig:
     results_dir: str = "results"
 
     def __post_init__(self):
+        self._check_integers()
         positive = ("batch_size", "epochs", "eval_every_epochs", "eval_batch_size", "log_every_steps", "record_every_steps")
         for f in positive:
             if getattr(self, f) < 1:
                 raise ValueError(f"TrainConfig.{f} must be >= 1, got {getattr(self, f)}.")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}.")
+        for f in ("max_steps", "train_subset", "eval_subset", "num_devices"):
+            if getattr(self, f) is not None and getattr(self, f) < 1:
+                raise ValueError(f"TrainConfig.{f} must be >= 1 or None, got {getattr(self, f)}.")
+        if self.checkpoint_every_epochs < 0:
+            raise ValueError(f"TrainConfig.checkpoint_every_epochs must be >= 0 (0: never), got {self.checkpoint_every_epochs}.")
+        for f in ("learning_rate", "momentum", "weight_decay", "gamma_init"):
+            _check_real(f, getattr(self, f))
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0 and finite, got {self.learning_rate}.")
+        # momentum >= 1 makes the heavy-ball average grow without bound (momentum=5 trains
+        # to a loss of 1e6 that is still finite, so divergence would not catch it).
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"TrainConfig.momentum must lie in [0, 1), got {self.momentum}.")
+        for f in ("study", "name"):
+            _check_relative_name(f, getattr(self, f))
+        if not isinstance(self.tag, str):
+            raise ValueError(f"TrainConfig.tag must be a string, got {self.tag!r}.")
         check_bn_mode(self.eval_bn_mode, EVAL_BN_MODES, where="TrainConfig.eval_bn_mode")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
-        if self.momentum < 0:
-            raise ValueError(f"TrainConfig.momentum must be >= 0, got {self.momentum}.")
         if self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}.")
         if self.divergence_factor is not None and not self.divergence_factor > 1:
@@ -160,6 +213,18 @@ class TrainConfig:
                 re.compile(self.frozen)
             except re.error as e:
                 raise ValueError(f"TrainConfig.frozen is not a valid regular expression ({self.frozen!r}): {e}.") from None
+
+    def _check_integers(self) -> None:
+        """Every count is a Python int (numpy integers are converted, so ``config.json``
+        holds numbers): a float or a bool is refused here, naming the field, instead of
+        failing later somewhere that has nothing to do with it (the device mesh)."""
+        for f in _INTEGER_FIELDS:
+            v = getattr(self, f)
+            if v is None and f in _OPTIONAL_INTEGER_FIELDS:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"TrainConfig.{f} must be an integer, got {v!r} ({type(v).__name__}).")
+            object.__setattr__(self, f, int(v))
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with ``changes`` applied (validated again)."""
