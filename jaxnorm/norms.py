@@ -31,7 +31,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ Array = jax.Array
 
 __all__ = [
     "BatchStats",
+    "as_batch_stats",
     "batch_moments",
     "batch_norm",
     "torch_momentum_to_flax",
@@ -69,6 +70,28 @@ class BatchStats(NamedTuple):
     def init(cls, num_features: int, dtype=jnp.float32) -> "BatchStats":
         """The neutral starting statistics: mean 0, variance 1 (PyTorch, Flax and TF agree)."""
         return cls(jnp.zeros((num_features,), dtype), jnp.ones((num_features,), dtype))
+
+
+def as_batch_stats(stats) -> BatchStats:
+    """``stats`` as a :class:`BatchStats`: one already, a ``(mean, var)`` pair, or a
+    mapping with exactly the keys ``'mean'`` and ``'var'`` (what a flax ``batch_stats``
+    collection holds for one BatchNorm layer).
+
+    Raises:
+      TypeError: anything else (a mapping with other keys, a sequence not of two).
+    """
+    if isinstance(stats, BatchStats):
+        return stats
+    if isinstance(stats, Mapping):
+        # Unpacking a mapping positionally gives its keys: the strings 'mean' and 'var'.
+        if set(stats) != {"mean", "var"}:
+            raise TypeError(f"BatchStats from a mapping needs exactly the keys 'mean' and 'var', got {sorted(map(str, stats))}.")
+        return BatchStats(mean=stats["mean"], var=stats["var"])
+    if isinstance(stats, (tuple, list)) and len(stats) == 2 and not any(isinstance(s, str) for s in stats):
+        return BatchStats(*stats)
+    raise TypeError(
+        f"stats must be a BatchStats, a (mean, var) pair or a mapping with keys 'mean' and 'var', got {type(stats).__name__}."
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -264,9 +287,17 @@ def batch_norm(
     reproduced. ``unbiased_running_var=False`` gives Flax's biased running variance.
     Normalization during training always uses the biased batch variance.
 
+    Non-finite inputs are not checked (a check on values inside ``jit`` would need a
+    host sync or ``checkify``): a NaN in ``x`` makes ``y`` and the new running statistics
+    NaN, as IEEE arithmetic does. The training engine refuses non-finite data when it
+    loads it and stops a run whose loss is not finite (divergence), so no NaN reaches a
+    run's statistics unreported there.
+
     Args:
       x: ``(batch, ..., features)`` floating array.
-      stats: running statistics, each ``(features,)``.
+      stats: running statistics, each ``(features,)``: a :class:`BatchStats`, a
+        ``(mean, var)`` pair or a flax-style ``{'mean': ..., 'var': ...}`` mapping
+        (:func:`as_batch_stats`).
       scale: γ, ``(features,)``; ``None`` ablates it (fixed 1).
       bias: β, ``(features,)``; ``None`` ablates it (fixed 0).
       train: batch statistics (True) or running statistics (False). Static.
@@ -289,7 +320,8 @@ def batch_norm(
       :class:`BatchStats` (``stats`` itself when ``train=False``).
 
     Raises:
-      TypeError: ``x`` (or stats/scale/bias) is not floating point.
+      TypeError: ``x`` (or stats/scale/bias) is not floating point; ``stats`` of
+        another form (a mapping with other keys than ``mean``/``var``).
       ValueError: stats/scale/bias do not match the feature axis; ``x`` has rank < 2;
         ``group_size`` does not divide the batch; in training mode, fewer than 2 values
         per feature (per group) -- e.g. a dense layer on a batch of one -- for which
@@ -301,8 +333,7 @@ def batch_norm(
             f"batch_norm expects x of shape (batch, ..., features) with rank >= 2, got {x.shape}."
         )
     num_features = x.shape[-1]
-    if not isinstance(stats, BatchStats):
-        stats = BatchStats(*stats)
+    stats = as_batch_stats(stats)
     _check_features(stats.mean, num_features, "stats.mean")
     _check_features(stats.var, num_features, "stats.var")
     _check_features(scale, num_features, "scale")

@@ -754,3 +754,22 @@ def test_population_stats_rejects_unbatched_input():
     population_stats = norms.population_stats
     with pytest.raises(ValueError, match="batch"):
         population_stats([jnp.float32(1.0)])
+
+
+def test_batch_stats_from_a_flax_style_dict_equal_the_named_tuple():
+    """A flax ``batch_stats`` entry (``{'mean', 'var'}``) is accepted as it is (it used to
+    be unpacked positionally into its keys, failing with a ``<U4`` dtype error)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    stats = BatchStats(jnp.full(3, 0.5), jnp.full(3, 2.0))
+    for train in (True, False):
+        y, new = norms.batch_norm(x, {"mean": stats.mean, "var": stats.var}, train=train)
+        y_ref, new_ref = norms.batch_norm(x, stats, train=train)
+        assert isinstance(new, BatchStats)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(new.var, new_ref.var)
+
+
+@pytest.mark.parametrize("stats", [{"mean": jnp.zeros(3)}, {"mu": jnp.zeros(3), "var": jnp.ones(3)}, ("mean", "var"), jnp.zeros(3)])
+def test_batch_stats_of_another_form_are_refused_clearly(stats):
+    with pytest.raises(TypeError, match="'mean' and 'var'"):
+        norms.batch_norm(jnp.ones((4, 3)), stats, train=True)
