@@ -9,6 +9,7 @@ continue bit-identically.
 from __future__ import annotations
 
 import pathlib
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -49,18 +50,50 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
-        """Restores ``(state, meta)`` at ``step`` (default: the latest).
+        """Restores ``(state, meta)`` at ``step``, or by default from the newest checkpoint
+        that can be read: a newest one that cannot (a write cut short outside orbax's
+        rename, a damaged disk) is passed over with a ``warnings.warn`` naming its step,
+        for the previous one (:meth:`discard_after` then removes it, before a resumed
+        run saves that step again).
 
         Args:
           abstract_state: a state (or ``jax.ShapeDtypeStruct`` tree) with the target's
             structure, shapes, dtypes and shardings.
 
         Raises:
-          CheckpointError: no checkpoint, or one that cannot be read into that structure.
+          CheckpointError: no checkpoint; the given ``step`` cannot be read into that
+            structure; or (default) none of the kept checkpoints can.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return self._restore(abstract_state, step)
+        steps = sorted(self.steps(), reverse=True)
+        if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}.")
+        errors: list[CheckpointError] = []
+        for s in steps:
+            try:
+                restored = self._restore(abstract_state, s)
+            except CheckpointError as e:
+                errors.append(e)
+                continue
+            if errors:
+                bad = steps[: len(errors)]
+                warnings.warn(
+                    f"checkpoint(s) at step {', '.join(map(str, bad))} in {self.directory} could not be restored "
+                    f"({errors[0].__cause__!r}); restored the previous intact one, step {s}.",
+                    stacklevel=2,
+                )
+            return restored
+        if len(errors) == 1:
+            raise errors[0]
+        raise CheckpointError(
+            f"none of the checkpoints in {self.directory} (steps {steps}) could be restored: "
+            + "; ".join(str(e) for e in errors)
+        ) from errors[0]
+
+    def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
+        if step not in self.steps():
+            raise CheckpointError(f"no checkpoint at step {step} in {self.directory} (kept: {self.steps()}).")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
             restored = self._manager.restore(
@@ -72,6 +105,13 @@ class Checkpointer:
                 "It may be corrupt or from a different model/optimizer; delete it to start over."
             ) from e
         return restored["state"], dict(restored["meta"])
+
+    def discard_after(self, step: int) -> None:
+        """Deletes the checkpoints newer than ``step`` (the unreadable ones a resumed run
+        passed over: it is about to save those steps again)."""
+        for s in self.steps():
+            if s > step:
+                self._manager.delete(s)
 
     def close(self) -> None:
         self._manager.close()
