@@ -4,7 +4,7 @@ observers, checkpoints, data parallelism and many runs at once."""
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.loop import FitResult, build_model, fit, fit_many
-from jaxnorm.train.run_folder import RunExistsError
+from jaxnorm.train.run_folder import BOOKKEEPING_FIELDS, RunExistsError, RunLockedError
 from jaxnorm.objective import accuracy, cross_entropy, l2_penalty
 from jaxnorm.observers import GammaBetaRecorder, Observer, ReluSparsity, norm_layers
 from jaxnorm.train.optim import SCHEDULES, make_optimizer
@@ -13,6 +13,7 @@ from jaxnorm.train.state import TrainState, create_state
 from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
 
 __all__ = [
+    "BOOKKEEPING_FIELDS",
     "CheckpointError",
     "Checkpointer",
     "FitResult",
@@ -21,6 +22,7 @@ __all__ = [
     "ReluSparsity",
     "RunDir",
     "RunExistsError",
+    "RunLockedError",
     "SCHEDULES",
     "TrainConfig",
     "TrainState",

@@ -30,16 +30,32 @@ checkpoints and metrics written so far stay.
 
 Resuming: with ``resume=True`` (default) a run whose folder holds a checkpoint continues
 from it; its final state is bit-identical to an uninterrupted run's on the same machine.
+An unreadable newest checkpoint is passed over, with a warning, for the previous one.
+
+Safety (``fit_many``, so every study): ``_validate`` loads and checks the data and
+traces the model's initialization abstractly before any file is written; each run
+folder is then locked (one writer; :func:`~jaxnorm.train.run_folder.run_lock`) and
+prepared (identity = the config less bookkeeping;
+:func:`~jaxnorm.train.run_folder.prepare_run_dir`); ``status.json`` is rewritten at
+the start and at host sync points (at most once a second) with a heartbeat; SIGINT and
+SIGTERM are turned into a flag checked between steps (``_InterruptGuard``), so an
+interrupted run ends ``interrupted`` with its files consistent, never inside a
+compilation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import logging
 import math
 import pathlib
+import signal
+import threading
+import time
 from typing import Optional, Sequence
 
-import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,18 +72,22 @@ from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.run_groups import check_compatible, learned_filter
 from jaxnorm.train.run_folder import (
     eval_lines,
+    has_checkpoint,
     load_carry,
     load_trajectories,
     prepare_run_dir,
-    stored_status,
     prune_carries,
     record,
+    run_dir_of,
+    run_lock,
     save_carries,
+    stored_status,
+    write_status,
     write_trajectories,
 )
 from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
 from jaxnorm.train.optim import make_optimizer
-from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
+from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl
 from jaxnorm.train.state import TrainState, create_state
 from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
 
@@ -95,6 +115,14 @@ class FitResult:
     divergence: Optional[dict]
     metrics: list[dict]
     traces: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The dataclass repr prints every parameter and metric (thousands of lines).
+        params = "none" if self.state is None else f"{sum(int(np.size(x)) for x in jax.tree.leaves(self.state.params)):,}"
+        return (
+            f"FitResult(status={self.status!r}, step={self.step}, run_dir='{self.run_dir}', "
+            f"metrics={len(self.metrics)} records, params={params})"
+        )
 
 
 class _TraceCounter:
@@ -161,6 +189,7 @@ def _plan(cfg: TrainConfig) -> _Plan:
     images, labels = train.images, train.labels
     if cfg.train_subset is not None:
         images, labels = images[: cfg.train_subset], labels[: cfg.train_subset]
+    _check_finite(images, f"dataset {cfg.dataset!r} split {cfg.train_split!r}")
     n = len(labels)
     batch_size = n if cfg.full_batch else cfg.batch_size
     if batch_size > n:
@@ -168,6 +197,18 @@ def _plan(cfg: TrainConfig) -> _Plan:
     spe = steps_per_epoch(n, batch_size)
     total = spe * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, spe * cfg.epochs)
     return _Plan(cfg, images, labels, train.mean, train.std, train.num_classes, batch_size, spe, total, math.ceil(total / spe) - 1, not cfg.full_batch)
+
+
+def _check_finite(images: np.ndarray, what: str, chunk: int = 4096) -> None:
+    """Refuses data holding NaN or inf (checked once per program, in chunks to bound the
+    memory): inside training it would reach the BN running statistics, and a NaN loss
+    would report the run as diverged when its data is at fault."""
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    for i in range(0, len(images), chunk):
+        bad = ~np.isfinite(images[i : i + chunk].reshape(min(chunk, len(images) - i), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{what} holds non-finite values (NaN or inf), first in example {i + int(np.argmax(bad))}.")
 
 
 def _optimizer(c: TrainConfig, plan: _Plan):
@@ -283,7 +324,12 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
             "Train them under new names, or delete the runs that are ahead or behind."
         )
     template = unstack(state, num)[0]
-    restored = [c.restore(template) for c in ckpts]
+    restored = [c.restore(template) for c in ckpts]  # an unreadable newest falls back, with a warning
+    steps = [int(m["step"]) for _, m in restored]
+    if len(set(steps)) != 1:  # some runs fell back: all resume from the step they share
+        restored = [c.restore(template, step=min(steps)) if s != min(steps) else r for c, s, r in zip(ckpts, steps, restored)]
+    for c in ckpts:
+        c.discard_after(min(steps))  # the passed-over ones: this run saves those steps again
     state = program.place(stack([r[0] for r in restored]))
     meta = restored[0][1]
     step, start_epoch = int(meta["step"]), int(meta["next_epoch"])
@@ -316,11 +362,29 @@ def fit(
       overwrite: delete an existing run folder first.
       progress: show a tqdm progress bar.
 
+    Before anything is written, the data is loaded and checked and the model and
+    optimizer are initialized abstractly (``jax.eval_shape``), so a config error leaves
+    no folder behind it; then the run's folder is locked (one writer; see
+    :mod:`jaxnorm.train.run_folder`) and prepared. ``status.json`` carries a heartbeat
+    (step, time, pid, host) rewritten at the host sync points (at most once a second).
+
+    Interrupts: on the main thread, Ctrl-C (SIGINT) and SIGTERM are caught for the
+    duration of the call and acted on between steps (never inside a compilation or a
+    step): the run's status becomes ``interrupted`` (with the last synced step), the
+    checkpointers close, the lock is released, the previous handlers come back and
+    ``KeyboardInterrupt`` is raised. A second signal raises at once. A rerun resumes
+    from the last checkpoint.
+
     Raises:
-      RunExistsError: the folder holds a different run (nothing is overwritten).
-      CheckpointError: a checkpoint exists but cannot be restored.
+      RunExistsError: the folder holds a different run (the message names the fields
+        that differ; nothing is overwritten), or is not a jaxnorm run.
+      RunLockedError: another process is writing the run (pid and host in the message).
+      CheckpointError: checkpoints exist but none can be restored (an unreadable newest
+        one is passed over with a warning, for the previous one).
       ValueError: a batch size not divisible by the device count, an unknown
-        dataset/model/norm, or a batch larger than the training set.
+        dataset/model/norm, a model that does not fit the data's shape, data holding
+        NaN or inf, or a batch larger than the training set.
+      KeyboardInterrupt: after SIGINT or SIGTERM (see above).
     """
     return fit_many([config], observers=observers, resume=resume, overwrite=overwrite, progress=progress)[0]
 
@@ -354,7 +418,9 @@ def fit_many(
 
     Runs that already ended (``status.json`` finished or diverged, the same config) are
     not trained again: their results are read from their folders (state: the latest
-    checkpoint), and the group's other runs train on in the same program structure.
+    checkpoint), each with one INFO line on the ``jaxnorm.train`` logger, and the group's
+    other runs train on in the same program structure. Every run's folder is locked for
+    the call, and validation, heartbeat and interrupts are as in :func:`fit`.
 
     Raises:
       ValueError: the configs differ in more than the per-run fields above, mix runs
@@ -363,50 +429,123 @@ def fit_many(
     configs = list(configs)
     superset = check_compatible(configs)
     strategy = resolve_strategy(strategy, len(configs))
-    runs = [prepare_run_dir(c, resume, overwrite) for c in configs]
     observers = [GammaBetaRecorder(configs[0].record_every_steps)] if observers is None else list(observers)
     names = [o.name for o in observers]
     if len(set(names)) != len(names):
         raise ValueError(f"observer names must be unique, got {names}.")
-    # Runs that already ended (finished or diverged) are read back, not retrained: the
-    # others of the group train on, in the group's structure (the superset stays one).
-    done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
-    todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
-    trained = iter(_fit_group([c for c, _ in todo], [r for _, r in todo], superset, strategy, observers, resume, progress) if todo else [])
-    stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], superset))
-    return [next(stored) if d else next(trained) for d in done]
+    plan, module, template = _validate(configs, superset)  # before anything is written
+    # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
+    with _InterruptGuard() as guard, contextlib.ExitStack() as locks:
+        runs = []
+        for c in configs:
+            locks.enter_context(run_lock(run_dir_of(c)))
+            runs.append(prepare_run_dir(c, resume, overwrite))
+        # Runs that already ended (finished or diverged) are read back, not retrained: the
+        # others of the group train on, in the group's structure (the superset stays one).
+        done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
+        todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
+        stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], template))
+        guard.check()
+        group = ([c for c, _ in todo], [r for _, r in todo])
+        trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard) if todo else [])
+        out = [next(stored) if d else next(trained) for d in done]
+        guard.check()  # a signal during the last steps or the read-back still stops the caller
+    return out
 
 
-def _stored_results(configs: Sequence[TrainConfig], runs, superset: bool) -> list[FitResult]:
-    """FitResults of runs that ended earlier, from their folders; the state is the latest
-    checkpoint's (None if the run kept none, e.g. diverged before its first)."""
-    if not configs:
-        return []
-    plan = _plan(configs[0])
-    module = build_model(configs[0], plan.num_classes, norm="bn_ablation" if superset else None)
-    sample = jnp.asarray(plan.images[:1])
+def _validate(configs: Sequence[TrainConfig], superset: bool):
+    """Everything that can refuse the configs without training, so that an error leaves
+    no folder behind: the data (unknown dataset or split, a batch larger than the data,
+    non-finite values), the device mesh (the batch divisible by the devices), the model
+    and optimizer (unknown model or norm, a model that does not fit the data's shape, a
+    frozen pattern matching nothing: traced abstractly by ``jax.eval_shape``, nothing
+    compiled or allocated). Runs of one program share their shapes, so the first
+    config's state shapes are every run's. Returns ``(plan, module, state_template)``."""
+    cfg = configs[0]
+    plan = _plan(cfg)
+    for split in cfg.eval_splits:
+        ds = load(cfg.dataset, split)
+        _check_finite(ds.images[: cfg.eval_subset], f"dataset {cfg.dataset!r} split {split!r}")
+    parallel.check_batch_divisible(plan.batch_size, parallel.make_mesh(cfg.num_devices or 1))
+    module = build_model(cfg, plan.num_classes, norm="bn_ablation" if superset else None)
+    sample = jax.ShapeDtypeStruct((1,) + plan.images.shape[1:], jnp.asarray(plan.images[:1]).dtype)
+    try:
+        template = jax.eval_shape(lambda x: create_state(jax.random.PRNGKey(cfg.seed), module, _optimizer(cfg, plan), x), sample)
+    except ValueError:
+        raise  # the library's own, already saying what is wrong
+    except Exception as e:  # e.g. 3C3D on 8x8 digits: a layer of size 0 fails deep in an initializer
+        raise ValueError(
+            f"model {cfg.model!r} ({dict(cfg.model_kwargs)}) cannot be initialized on {cfg.dataset!r} inputs of shape "
+            f"{tuple(plan.images.shape[1:])}: {type(e).__name__}: {e}"
+        ) from e
+    return plan, module, template
+
+
+class _InterruptGuard:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (main thread only:
+    elsewhere Python cannot install handlers, and the defaults stay).
+
+    Why: the default SIGINT handler raises KeyboardInterrupt wherever Python next runs,
+    which during the first compilation tore the process down with a segfault; a flag
+    read between steps stops the run at a point where its files are consistent. A
+    second signal raises at once (a user who insists)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_InterruptGuard":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        self.received = signum
+
+    def check(self) -> None:
+        """Raises KeyboardInterrupt if a signal arrived."""
+        if self.received is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(self.received).name} received; stopped between steps")
+
+    def __exit__(self, *exc) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+
+
+_log = logging.getLogger("jaxnorm.train")
+
+
+def _stored_results(configs: Sequence[TrainConfig], runs, template) -> list[FitResult]:
+    """FitResults of runs that ended earlier, from their folders (one log line each); the
+    state is the latest checkpoint's (None if the run kept none, e.g. diverged before
+    its first)."""
     out = []
     for c, r in zip(configs, runs):
         status = read_json(r.status)
-        template = jax.eval_shape(lambda: create_state(jax.random.PRNGKey(c.seed), module, _optimizer(c, plan), sample))
+        _log.info("%s/%s: %s earlier (step %d); read from %s", c.study, c.name, status["status"], int(status["step"]), r.root)
         state = None
-        if c.checkpoint_every_epochs > 0:
+        if has_checkpoint(r):
             ckpt = Checkpointer(r.checkpoints)
             try:
-                if ckpt.latest_step() is not None:
-                    state = ckpt.restore(template)[0]
+                latest = ckpt.latest_step()
+                if latest is not None:  # exactly the last state, no fallback to an older one
+                    state = ckpt.restore(template, step=latest)[0]
             finally:
                 ckpt.close()
         out.append(FitResult(state, status["status"], int(status["step"]), r.root, status.get("divergence"), read_jsonl(r.metrics), {}))
     return out
 
 
-def _fit_group(configs, runs, superset: bool, strategy: str, observers, resume: bool, progress: bool) -> list[FitResult]:
-    """Trains the runs (their folders prepared) as one program; see :func:`fit_many`."""
+def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str, observers, resume: bool, progress: bool, guard) -> list[FitResult]:
+    """Trains the runs (their folders locked and prepared) as one program; see
+    :func:`fit_many`."""
     num = len(configs)
     cfg = configs[0]
-    plan = _plan(cfg)
-    module = build_model(cfg, plan.num_classes, norm="bn_ablation" if superset else None)
     program = _Program(plan, configs, module, observers, strategy)
     states = program.states
     if superset:
@@ -415,36 +554,49 @@ def _fit_group(configs, runs, superset: bool, strategy: str, observers, resume: 
     data = program.place((jnp.asarray(plan.images), jnp.asarray(plan.labels)))
     eval_data = _eval_data(plan, program.place)
 
-    ckpts = [Checkpointer(r.checkpoints) if cfg.checkpoint_every_epochs > 0 else None for r in runs]
+    # A run that kept checkpoints resumes from them even if this call saves none (the
+    # interval is bookkeeping, not identity).
+    ckpts = [Checkpointer(r.checkpoints) if cfg.checkpoint_every_epochs > 0 or has_checkpoint(r) else None for r in runs]
     traj = [{o.name: {"steps": [], "records": []} for o in observers if o.sink == "trajectories"} for _ in runs]
-    state, step, start_epoch, initial_losses = _restore(program, configs, runs, ckpts, traj, state, resume)
-    for r in runs:
-        write_json(r.status, {"status": "running", "step": step})
-
     # In the superset every run has γ and β; record only those its variant learns.
     keep = [learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
     info = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
-    loop = _Loop(plan, program, runs, traj, initial_losses)
-    desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
-    bar = tqdm(total=plan.total_steps, initial=step, disable=not progress, desc=desc, leave=False)
-    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    loop = _Loop(plan, program, runs, traj, guard)
+    bar = None
     try:
-        for epoch in range(start_epoch, plan.last_epoch + 1):
-            state, step = loop.epoch(state, data, seeds, epoch, step, bar)
-            if all(loop.divergence):
-                break
-            if loop.evaluates_after(epoch):
-                loop.evaluate(state, eval_data, epoch, step)
-            if loop.checkpoints_after(epoch):
-                loop.checkpoint(state, ckpts, keep, epoch, step)
-        for r, t, k in zip(runs, traj, keep):
-            write_trajectories(r, t, k)
-    except BaseException as e:
-        for r in runs:
-            write_json(r.status, {"status": "failed", "step": step, "error": f"{type(e).__name__}: {e}"})
-        raise
+        # A CheckpointError here leaves the status as it was (the run is what it was).
+        state, step, start_epoch, initial_losses = _restore(program, configs, runs, ckpts, traj, state, resume)
+        loop.start(step, initial_losses)
+        desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
+        bar = tqdm(total=plan.total_steps, initial=step, disable=not progress, desc=desc, leave=False)
+        seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+        try:
+            for epoch in range(start_epoch, plan.last_epoch + 1):
+                state, step = loop.epoch(state, data, seeds, epoch, step, bar)
+                if all(loop.divergence):
+                    break
+                guard.check()
+                if loop.evaluates_after(epoch):
+                    loop.evaluate(state, eval_data, epoch, step)
+                if loop.checkpoints_after(epoch):
+                    loop.checkpoint(state, ckpts, keep, epoch, step)
+            for r, t, k in zip(runs, traj, keep):
+                write_trajectories(r, t, k)
+        except BaseException as e:
+            # A signal the guard caught is an interruption (resumable by design); anything
+            # else -- a KeyboardInterrupt raised by other code included -- is a failure.
+            interrupted = isinstance(e, KeyboardInterrupt) and guard.received is not None
+            for i, r in enumerate(runs):
+                if loop.divergence[i]:
+                    continue  # already written as diverged, which it stays
+                if interrupted:
+                    write_status(r, "interrupted", loop.synced_step, plan.total_steps, reason=str(e))
+                else:
+                    write_status(r, "failed", loop.synced_step, plan.total_steps, error=f"{type(e).__name__}: {e}")
+            raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         for c in ckpts:
             if c is not None:
                 c.close()
@@ -454,7 +606,7 @@ def _fit_group(configs, runs, superset: bool, strategy: str, observers, resume: 
         d = loop.divergence[i]
         status = "diverged" if d else "finished"
         last = d["step"] if d else step
-        write_json(r.status, {"status": status, "step": last, "program": info, **({"divergence": d} if d else {})})
+        write_status(r, status, last, plan.total_steps, program=info, **({"divergence": d} if d else {}))
         results.append(FitResult(st, status, last, r.root, d, read_jsonl(r.metrics), dict(program.traced.counts)))
     return results
 
@@ -464,11 +616,32 @@ class _Loop:
     every ``log_every_steps`` steps (the only host syncs), evaluates and checkpoints;
     keeps each run's divergence record."""
 
-    def __init__(self, plan: _Plan, program: _Program, runs, traj, initial_losses):
-        self.plan, self.program, self.runs, self.traj = plan, program, runs, traj
+    #: At most one heartbeat (status.json per run) a second: sync points of a small
+    #: model can come every few milliseconds.
+    HEARTBEAT_S = 1.0
+
+    def __init__(self, plan: _Plan, program: _Program, runs, traj, guard):
+        self.plan, self.program, self.runs, self.traj, self.guard = plan, program, runs, traj, guard
         self.divergence: list[Optional[dict]] = [None] * program.num
-        self.initial_losses = list(initial_losses)
+        self.initial_losses: list = [None] * program.num
         self.pending, self.pending_obs = [], []
+        self.synced_step = 0  # the last step whose metrics are on the host (and in the files)
+        self._last_beat = -math.inf
+
+    def start(self, step: int, initial_losses) -> None:
+        """The restored (or initial) step: writes the first heartbeat."""
+        self.synced_step, self.initial_losses = step, list(initial_losses)
+        self.heartbeat(force=True)
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Rewrites each running run's ``status.json`` (``running``, synced step, time)."""
+        now = time.monotonic()
+        if not force and now - self._last_beat < self.HEARTBEAT_S:
+            return
+        self._last_beat = now
+        for r, d in zip(self.runs, self.divergence):
+            if not d:
+                write_status(r, "running", self.synced_step, self.plan.total_steps)
 
     def epoch(self, state, data, seeds, epoch: int, step: int, bar):
         plan, program, cfg = self.plan, self.program, self.plan.config
@@ -476,6 +649,7 @@ class _Loop:
         for s in range(plan.steps_per_epoch):
             if step >= plan.total_steps:
                 break
+            self.guard.check()  # a Python flag: no host sync
             state, m = program.train_step(state, data, perm, seeds, jnp.int32(epoch), jnp.int32(s))
             self.pending.append(m)
             step += 1
@@ -526,7 +700,11 @@ class _Loop:
                 self.divergence[i] = {"step": at, "reason": f"{what} ({value}) at step {at}"}
                 lines.append({"kind": "divergence", "epoch": epoch, **self.divergence[i]})
             append_jsonl(r.metrics, lines)
+            if self.divergence[i]:  # final for this run whatever happens to the others
+                write_status(r, "diverged", self.divergence[i]["step"], self.plan.total_steps, divergence=self.divergence[i])
         self.pending, self.pending_obs = [], []
+        self.synced_step = step
+        self.heartbeat()
         return len(host)
 
     def evaluate(self, state, eval_data, epoch: int, step: int) -> None:

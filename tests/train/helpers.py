@@ -2,8 +2,10 @@
 
 import jax
 import numpy as np
+import pytest
 
-from jaxnorm.train import TrainConfig
+import jaxnorm.train.loop as fit_module
+from jaxnorm.train import TrainConfig, fit
 
 
 def tiny_config(tmp_path, **changes) -> TrainConfig:
@@ -44,3 +46,23 @@ def max_rel_diff(a, b) -> float:
 
 def bitwise_equal(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+
+
+class Killed(KeyboardInterrupt):
+    """What ``fit_killed_at`` raises: a kill that is not a signal (the run is 'failed')."""
+
+
+def fit_killed_at(cfg, kill_step, monkeypatch, **fit_kwargs):
+    """Runs ``fit`` and kills it at the first host sync at or after ``kill_step``."""
+    real_sync = fit_module._Loop.sync
+
+    def dying_sync(self, step, epoch):
+        synced = real_sync(self, step, epoch)
+        if step >= kill_step:
+            raise Killed(f"killed at step {step}")
+        return synced
+
+    with monkeypatch.context() as m:
+        m.setattr(fit_module._Loop, "sync", dying_sync)
+        with pytest.raises(Killed):
+            fit(cfg, progress=False, **fit_kwargs)

@@ -5,28 +5,8 @@ import json
 import numpy as np
 import pytest
 
-import jaxnorm.train.loop as fit_module
 from jaxnorm.train import CheckpointError, Checkpointer, fit, read_jsonl, read_npz
-from tests.train.helpers import bitwise_equal, tiny_config
-
-
-class Killed(KeyboardInterrupt):
-    pass
-
-
-def _fit_killed_at(cfg, kill_step, monkeypatch, **fit_kwargs):
-    real_sync = fit_module._Loop.sync
-
-    def dying_sync(self, step, epoch):
-        synced = real_sync(self, step, epoch)
-        if step >= kill_step:
-            raise Killed(f"killed at step {step}")
-        return synced
-
-    with monkeypatch.context() as m:
-        m.setattr(fit_module._Loop, "sync", dying_sync)
-        with pytest.raises(Killed):
-            fit(cfg, progress=False, **fit_kwargs)
+from tests.train.helpers import bitwise_equal, fit_killed_at, tiny_config
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -37,7 +17,7 @@ def test_resumed_run_is_bit_identical(tmp_path, monkeypatch, augment):
     whole = fit(tiny_config(tmp_path, name="whole", epochs=3, **extra), progress=False)
 
     cfg = tiny_config(tmp_path, name="killed", epochs=3, **extra)
-    _fit_killed_at(cfg, kill_step=12, monkeypatch=monkeypatch)  # mid epoch 2; checkpoint at step 8
+    fit_killed_at(cfg, kill_step=12, monkeypatch=monkeypatch)  # mid epoch 2; checkpoint at step 8
     status = json.loads((tmp_path / "test" / "killed" / "status.json").read_text())
     assert status["status"] == "failed" and "Killed" in status["error"]
     assert Checkpointer(tmp_path / "test" / "killed" / "checkpoints").latest_step() == 8
