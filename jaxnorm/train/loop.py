@@ -38,7 +38,7 @@ folder is then locked (one writer; :func:`~jaxnorm.train.run_folder.run_lock`) a
 prepared (identity = the config less bookkeeping;
 :func:`~jaxnorm.train.run_folder.prepare_run_dir`); ``status.json`` is rewritten at
 the start and at host sync points (at most once a second) with a heartbeat; SIGINT and
-SIGTERM are turned into a flag checked between steps (``_InterruptGuard``), so an
+SIGTERM are turned into a flag checked between steps (``InterruptGuard``), so an
 interrupted run ends ``interrupted`` with its files consistent, never inside a
 compilation.
 """
@@ -51,8 +51,6 @@ import functools
 import logging
 import math
 import pathlib
-import signal
-import threading
 import time
 from typing import Optional, Sequence
 
@@ -69,6 +67,7 @@ from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
+from jaxnorm.train.interrupts import InterruptGuard
 from jaxnorm.train.run_groups import check_compatible, learned_filter
 from jaxnorm.train.run_folder import (
     eval_lines,
@@ -435,7 +434,7 @@ def fit_many(
         raise ValueError(f"observer names must be unique, got {names}.")
     plan, module, template = _validate(configs, superset)  # before anything is written
     # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
-    with _InterruptGuard() as guard, contextlib.ExitStack() as locks:
+    with InterruptGuard() as guard, contextlib.ExitStack() as locks:
         runs = []
         for c in configs:
             locks.enter_context(run_lock(run_dir_of(c)))
@@ -479,42 +478,6 @@ def _validate(configs: Sequence[TrainConfig], superset: bool):
             f"{tuple(plan.images.shape[1:])}: {type(e).__name__}: {e}"
         ) from e
     return plan, module, template
-
-
-class _InterruptGuard:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (main thread only:
-    elsewhere Python cannot install handlers, and the defaults stay).
-
-    Why: the default SIGINT handler raises KeyboardInterrupt wherever Python next runs,
-    which during the first compilation tore the process down with a segfault; a flag
-    read between steps stops the run at a point where its files are consistent. A
-    second signal raises at once (a user who insists)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: Optional[int] = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_InterruptGuard":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
-        self.received = signum
-
-    def check(self) -> None:
-        """Raises KeyboardInterrupt if a signal arrived."""
-        if self.received is not None:
-            raise KeyboardInterrupt(f"{signal.Signals(self.received).name} received; stopped between steps")
-
-    def __exit__(self, *exc) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
 
 
 _log = logging.getLogger("jaxnorm.train")
