@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, load_run
 from jaxnorm.results import read_json
 
@@ -555,8 +555,7 @@ def analyze(root) -> str:
       ValueError: nothing stored under ``root`` (see :func:`load_study`).
     """
     stored = load_study(root)
-    plots = pathlib.Path(root) / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(pathlib.Path(root) / "plots")
     plot_curves(stored, plots / "curves.png")
     plot_batch_size(stored, plots / "batch_size.png")
     plot_eval_stats(stored, plots / "eval_stats.png")
