@@ -125,7 +125,8 @@ def read_status(run_or_path, *, stale_after: float = STALE_AFTER_S, now: float |
     """A run's ``status.json`` as stored ({} if there is none or it is unreadable), with
     ``status`` corrected to ``interrupted`` for a ``running`` run whose writer is gone.
 
-    ``run_or_path``: a :class:`RunDir`, a run folder, or the ``status.json`` itself.
+    ``run_or_path``: a :class:`RunDir`, a run folder (or an object whose ``path`` is
+    one), or the ``status.json`` itself.
     The writer of a ``running`` run counts as gone when
 
     * it ran on this host (``host`` equals :func:`socket.gethostname`) and its ``pid`` is
@@ -139,7 +140,10 @@ def read_status(run_or_path, *, stale_after: float = STALE_AFTER_S, now: float |
     A corrected dict keeps what was stored and adds ``stored_status: "running"`` and
     ``writer_gone`` (why, in words). Other statuses are returned as stored.
     """
-    path = pathlib.Path(getattr(run_or_path, "status", run_or_path))
+    if isinstance(run_or_path, RunDir):
+        path = run_or_path.status
+    else:  # a folder or file; or an object with the folder as ``path`` (jaxnorm.analysis.runs.Run)
+        path = pathlib.Path(getattr(run_or_path, "path", run_or_path))
     if path.is_dir():
         path = path / "status.json"
     try:

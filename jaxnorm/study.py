@@ -153,7 +153,8 @@ def check_stored_setup(study: Study, setup: Any, seeds: Sequence[int], root, *, 
     """The ``study.json`` to write for training ``setup`` with ``seeds`` under ``root``.
 
     Without a stored one, or with ``overwrite``: the setup and seeds as given. Else
-    every field of the stored setup must equal the given one, except list-valued fields
+    every field of the stored setup must equal the given one (a field the stored one
+    lacks, added to the setup since, is taken as given), except list-valued fields
     (grids, seeds), which may differ and are merged (stored values first, then new ones):
     the root then holds the runs of both calls and ``study.json`` says so. Anything else
     raises :class:`SetupChangedError` naming each field with its stored and given value.
@@ -167,8 +168,8 @@ def check_stored_setup(study: Study, setup: Any, seeds: Sequence[int], root, *, 
         raise SetupChangedError(f"{root} holds the {stored.get('study')!r} study, not {study.name!r}; use another --results.")
     old = dict(stored.get("setup") or {})
     merged, differ = dict(given), []
-    for k in sorted(set(old) | set(given)):
-        a, b = old.get(k), given.get(k)
+    for k in sorted(set(old) & set(given)):  # a field one side lacks: written before it existed, or since removed
+        a, b = old[k], given[k]
         if a == b:
             continue
         if isinstance(a, list) and isinstance(b, list):

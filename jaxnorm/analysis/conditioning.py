@@ -480,7 +480,7 @@ def write_conditioning_report(root, out_dir=None, window: int = 20) -> dict[str,
     """Writes every plot and ``summary.md`` of the study below ``root`` (see the module
     docstring) into ``out_dir`` (default ``root/plots``); returns ``{file stem: path}``."""
     root = pathlib.Path(root)
-    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots")
+    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots", owned=out_dir is None)
     runs = find_conditioning_runs(root)
     written: dict[str, pathlib.Path] = {}
     for metric in available_metrics(runs):

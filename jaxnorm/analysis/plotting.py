@@ -29,14 +29,20 @@ def pyplot():
     return plt
 
 
-def fresh_report_dir(out) -> pathlib.Path:
-    """Creates the report folder ``out`` (usually ``<root>/plots``) and deletes the files
-    an earlier report wrote there (:data:`REPORT_PATTERNS`, :data:`REPORT_FILES`; not
-    recursively); returns it as a path."""
+def fresh_report_dir(out, *, owned: bool = True) -> pathlib.Path:
+    """Creates the report folder ``out`` and, if ``owned``, deletes the files an earlier
+    report wrote there (:data:`REPORT_PATTERNS`, :data:`REPORT_FILES`; not recursively);
+    returns it as a path.
+
+    ``owned``: ``out`` is a study's own ``<root>/plots`` (every analysis's default). A
+    folder the caller named instead (``out_dir=``) is not cleared: it may be any folder,
+    and a PNG there may be the user's; stale files in it are the caller's to remove.
+    """
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stale = {p for pattern in REPORT_PATTERNS for p in out.glob(pattern)} | {out / name for name in REPORT_FILES}
-    for path in stale:
-        if path.is_file() or path.is_symlink():
-            path.unlink()
+    if owned:
+        stale = {p for pattern in REPORT_PATTERNS for p in out.glob(pattern)} | {out / name for name in REPORT_FILES}
+        for path in stale:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
     return out

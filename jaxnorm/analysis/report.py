@@ -15,7 +15,8 @@
 
 The folder is first cleared of what an earlier report wrote
 (:func:`~jaxnorm.analysis.plotting.fresh_report_dir`: PNGs, ``summary.md``,
-``activity.md``), so no stale figure survives a replot.
+``activity.md``), so no stale figure survives a replot; a folder given as ``out_dir`` is
+not cleared (it may hold the user's own files).
 
 With ``by`` holding more than the learning rate, the other fields are appended to the
 names (``curves_lr0.1_model3c3d.png``); names that would still collide get the run's
@@ -52,7 +53,7 @@ def _group_suffix(key: tuple, by: Sequence[str]) -> str:
 def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), target_acc: float | None = None) -> dict[str, pathlib.Path]:
     """Writes the plots and tables for the runs below ``root``; returns ``{file stem: path}``."""
     root = pathlib.Path(root)
-    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots")
+    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots", owned=out_dir is None)
     by = tuple(by)
     if "learning_rate" not in by:
         by = ("learning_rate",) + by

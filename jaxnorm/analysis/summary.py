@@ -155,11 +155,13 @@ def _pm(mean: float, std: float, n: int, digits: int = 4) -> str:
 
 
 def _states_cell(states: Sequence[str]) -> str:
-    """``finished`` when all are; else each distinct state with its count (``2× finished;
-    interrupted at step 120 of 600``)."""
+    """The one state of all seeds (``finished``); else each distinct state with its count
+    (``2× finished; interrupted at step 120 of 600``)."""
     counts: dict[str, int] = {}
     for st in states:
         counts[st] = counts.get(st, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
     return "; ".join(st if c == 1 else f"{c}× {st}" for st, c in counts.items())
 
 

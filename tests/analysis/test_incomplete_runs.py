@@ -221,3 +221,15 @@ def test_i_the_class_counts_match_the_data_registry():
 
     assert set(NUM_CLASSES) == {base_dataset(name) for name in DATASETS}
     assert NUM_CLASSES["digits"] == load("digits", "train").num_classes
+
+
+def test_d_a_folder_the_caller_names_is_not_cleared(tmp_path):
+    (tmp_path / "mine.png").write_text("mine")
+    assert fresh_report_dir(tmp_path, owned=False) == tmp_path and (tmp_path / "mine.png").is_file()
+    assert fresh_report_dir(tmp_path) == tmp_path and not (tmp_path / "mine.png").exists()
+
+
+def test_b_read_status_takes_a_loaded_run_too(tmp_path):
+    write_run(tmp_path / "a", "bn", 0)
+    (run,) = find_runs(tmp_path)
+    assert read_status(run) == run.status == {"status": "finished", "step": 30}
