@@ -132,7 +132,7 @@ class CondRun:
 
     @property
     def status(self) -> str:
-        return "diverged" if self.diverged else str(self.run.status.get("status", "?"))
+        return self.run.state  # read_status's: a dead writer's "running" reads "interrupted"
 
     def train_loss(self) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, losses)`` of the ``train`` records with a finite loss, by step."""

@@ -105,7 +105,8 @@ def run_summary(run: Run, eval_split: str = "test", loss_target: float = 0.05) -
         "epochs_to_target": reached[0] if reached else None,
         "test_acc": test[-1]["acc"] if test else nan,
         "best_test_acc": max(m["acc"] for m in test) if test else nan,
-        "status": "diverged" if run.diverged else str(run.status.get("status", "unknown")),
+        # A run killed or still training says where it stopped ("interrupted at step 120 of 600").
+        "status": run.state if run.state in ("finished", "diverged") else run.state_note,
     }
     bn = [m for m in _lines(run, "bn_eval") if m["step"] > 0]
     if bn and not run.diverged:
