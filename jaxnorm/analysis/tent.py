@@ -251,7 +251,7 @@ def analyze_tent(root) -> str:
     runs = find_tent_runs(root)
     if not (root / "study.json").is_file() or not runs:
         raise ValueError(f"no stored TENT study under {root}.")
-    # What was evaluated is in the runs' settings.json (study.json holds the latest command's setup).
+    # What was evaluated is in the runs' settings.json (study.json holds the setup the root was trained with).
     setup = {**read_json(root / "study.json")["setup"], **next((r.settings for r in runs if r.settings), {})}
     plots = fresh_report_dir(root / "plots")
     _plots(setup, runs, plots)
