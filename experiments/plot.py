@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 
 def plot_results(root) -> str:
@@ -26,14 +27,22 @@ def plot_results(root) -> str:
 
 
 def main(argv=None) -> int:
+    """Exit status 0; 2 with ``python -m experiments.plot: error: <message>`` for a folder
+    it refuses or cannot read (``--debug``: the traceback instead); 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="an ablation results folder, e.g. results/ablation/digits")
+    parser.add_argument("--debug", action="store_true", help="re-raise errors with their traceback")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.results)
     try:
         verdict = plot_results(root)
-    except ValueError as e:
-        parser.error(str(e))
+    except (ValueError, OSError, KeyboardInterrupt) as e:
+        if args.debug:
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            print(f"{parser.prog}: interrupted.", file=sys.stderr)
+            return 130
+        parser.error(" ".join(str(e).split()))  # usage, then "prog: error: message"; exits 2
     print(verdict)
     print(f"plots and summary.md written to {root / 'plots'}")
     return 0

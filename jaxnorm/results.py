@@ -43,7 +43,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import tempfile
+import time
+import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -103,17 +106,106 @@ def append_jsonl(path, records: Iterable[Mapping]) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
-    """Every complete record of a JSON-lines file ([] if it does not exist)."""
+    """Every complete record of a JSON-lines file ([] if it does not exist).
+
+    A malformed line is skipped with a :class:`UserWarning` naming the file and the
+    1-based line number, and reading goes on: one damaged line must not silently drop
+    every record after it. Only a cut-short *last* line (no trailing newline: the write
+    of a killed run) is normal and ignored without a word; a last line that ends in a
+    newline but is not JSON is damage like any other and warned about. Blank lines are
+    passed over.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    # After a final newline split() leaves "", so lines[-1] is the cut-short tail if any.
+    cut_short = len(lines) - 1 if lines[-1] else None
     out = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a kill: nothing after it is trusted
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i != cut_short:
+                warnings.warn(f"{path}: line {i + 1} is not valid JSON ({e.msg}); skipped.", stacklevel=2)
+            continue
+        if not isinstance(record, dict):
+            warnings.warn(f"{path}: line {i + 1} is not a JSON object; skipped.", stacklevel=2)
+            continue
+        out.append(record)
     return out
+
+
+#: A ``running`` status whose heartbeat (or, in files written before heartbeats,
+#: whose newest file) is older than this many seconds, from a writer :func:`read_status`
+#: cannot check (another host, or no pid), reads as ``interrupted``. An hour: far above
+#: the engine's heartbeat interval (every sync point) on any setup here, so a live run
+#: on another node is not called dead; a dead one is recognised within the hour.
+STALE_AFTER_S = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists under another user (PermissionError): alive as far as we can tell
+    return True
+
+
+def read_status(run_or_path, *, stale_after: float = STALE_AFTER_S, now: float | None = None) -> dict:
+    """A run's ``status.json`` as stored ({} if there is none or it is unreadable), with
+    ``status`` corrected to ``interrupted`` for a ``running`` run whose writer is gone.
+
+    ``run_or_path``: a :class:`RunDir`, a run folder (or an object whose ``path`` is
+    one), or the ``status.json`` itself.
+    The writer of a ``running`` run counts as gone when
+
+    * it ran on this host (``host`` equals :func:`socket.gethostname`) and its ``pid`` is
+      not a live process (``os.kill(pid, 0)`` raises ProcessLookupError);
+    * it ran on another host, or the file has no ``pid`` (written before the engine
+      stored one), and its ``heartbeat`` -- for an old file without one, the newest
+      modification time of the folder's ``status.json`` and ``metrics.jsonl``, which
+      the old engine appended to while training -- is more than ``stale_after``
+      seconds (:data:`STALE_AFTER_S`) before ``now``.
+
+    A corrected dict keeps what was stored and adds ``stored_status: "running"`` and
+    ``writer_gone`` (why, in words). Other statuses are returned as stored.
+    """
+    if isinstance(run_or_path, RunDir):
+        path = run_or_path.status
+    else:  # a folder or file; or an object with the folder as ``path`` (jaxnorm.analysis.runs.Run)
+        path = pathlib.Path(getattr(run_or_path, "path", run_or_path))
+    if path.is_dir():
+        path = path / "status.json"
+    try:
+        status = read_json(path) if path.is_file() else {}
+    except (ValueError, OSError):
+        warnings.warn(f"{path} is not readable JSON; the run's status is unknown.", stacklevel=2)
+        return {}
+    if not isinstance(status, dict) or status.get("status") != "running":
+        return status if isinstance(status, dict) else {}
+    now = time.time() if now is None else now
+    pid, host = status.get("pid"), status.get("host")
+    gone = None
+    if pid is not None and host == socket.gethostname():
+        if not _pid_alive(int(pid)):
+            gone = f"process {pid} on this host is gone"
+    else:
+        beat = status.get("heartbeat")
+        if beat is None:
+            files = [p for p in (path, path.parent / "metrics.jsonl") if p.is_file()]
+            beat = max((p.stat().st_mtime for p in files), default=None)
+        if beat is not None and now - float(beat) > stale_after:
+            where = f"on {host}" if host else "(no pid stored)"
+            gone = f"writer {where} silent for {now - float(beat):.0f} s (> {stale_after:g} s)"
+    if gone is None:
+        return status
+    return {**status, "status": "interrupted", "stored_status": "running", "writer_gone": gone}
 
 
 def rewrite_jsonl(path, records: Iterable[Mapping]) -> None:

@@ -23,28 +23,47 @@ A study is an object with (the :class:`Study` protocol):
 resumed by ``fit_many`` itself) and :func:`main` is the command line every study shares::
 
     python -m experiments.<study> [--config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
-        [--results DIR] [--plot-only] [--overwrite] [--no-progress] [study flags]
+        [--results DIR] [--plot-only] [--overwrite] [--no-progress] [--quiet] [--debug]
+        [study flags]
 
 ``--quick`` shrinks the setup first and explicit study flags apply after it, so a flag
 given on the command line is never overridden by ``--quick``. Errors a user can fix (an
-unknown config, a bad ``--shard``, a run folder that holds another run) are printed as
-one line, not a traceback, and the command exits with status 2; Ctrl-C exits with 130.
+unknown config, a bad ``--shard``, a run folder that holds another run, a setup that
+differs from the stored one) are printed as one line, ``<prog>: error: <message>``, not a
+traceback, and the command exits with status 2 (``--debug`` re-raises them with the
+traceback); Ctrl-C exits with 130. The INFO lines of the ``jaxnorm`` loggers (e.g. the
+engine's one line per run it skips because it finished earlier) are printed as they
+come, one line each, unless ``--quiet`` (which also turns off the progress bars).
+
+What is stored is never rewritten by a changed command (:func:`check_stored_setup`):
+``study.json`` records the setup the runs under a root were trained with, and a call
+whose setup differs from it is refused, naming the fields, before anything is written
+-- unless ``--overwrite``, which replaces the stored setup and deletes and retrains the
+runs (the engine also refuses any single run whose config differs, naming the fields).
+Lists of values (seeds, the setup's grids such as scales, norms or learning-rate scales)
+may grow: ``study.json`` then holds the union, which is what the root holds. Finished runs
+are skipped (one line each), interrupted ones resume, and a study's ``after`` step skips
+measurements already stored. ``--plot-only`` analyses what ``study.json`` describes, not
+the current flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from jaxnorm.results import write_json
+from jaxnorm.results import read_json, write_json
 from jaxnorm.train import CheckpointError, FitResult, RunExistsError, TrainConfig, fit_many
 
 
@@ -115,6 +134,66 @@ def run_location(root: pathlib.Path) -> dict:
     return {"results_dir": str(root.parent.parent), "study": f"{root.parent.name}/{root.name}"}
 
 
+class SetupChangedError(ValueError):
+    """A study root holds runs of another setup than the one asked for (the message
+    names the differing fields)."""
+
+
+def read_study(root) -> dict | None:
+    """The ``study.json`` of a study root (None if there is none)."""
+    path = pathlib.Path(root) / "study.json"
+    return read_json(path) if path.is_file() else None
+
+
+def _union(stored: list, given: list) -> list:
+    return stored + [v for v in given if v not in stored]
+
+
+def check_stored_setup(study: Study, setup: Any, seeds: Sequence[int], root, *, overwrite: bool = False) -> dict:
+    """The ``study.json`` to write for training ``setup`` with ``seeds`` under ``root``.
+
+    Without a stored one, or with ``overwrite``: the setup and seeds as given. Else
+    every field of the stored setup must equal the given one (a field the stored one
+    lacks, added to the setup since, is taken as given), except list-valued fields
+    (grids, seeds), which may differ and are merged (stored values first, then new ones):
+    the root then holds the runs of both calls and ``study.json`` says so. Anything else
+    raises :class:`SetupChangedError` naming each field with its stored and given value.
+    """
+    given = _jsonable(dataclasses.asdict(setup))
+    new = {"study": study.name, "setup": given, "seeds": [int(s) for s in seeds]}
+    stored = read_study(root)
+    if stored is None or overwrite:
+        return new
+    if stored.get("study") not in (None, study.name):
+        raise SetupChangedError(f"{root} holds the {stored.get('study')!r} study, not {study.name!r}; use another --results.")
+    old = dict(stored.get("setup") or {})
+    merged, differ = dict(given), []
+    for k in sorted(set(old) & set(given)):  # a field one side lacks: written before it existed, or since removed
+        a, b = old[k], given[k]
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            merged[k] = _union(a, b)
+        else:
+            differ.append(f"{k} (stored {a!r}, given {b!r})")
+    if differ:
+        raise SetupChangedError(
+            f"{root} holds runs of another setup: {'; '.join(differ)}. Use another --results, the stored flags, "
+            "or --overwrite to delete and retrain."
+        )
+    return {**new, "setup": merged, "seeds": _union([int(s) for s in stored.get("seeds") or []], new["seeds"])}
+
+
+def _remove_other_runs(root: pathlib.Path, groups: Sequence[RunGroup]) -> None:
+    """Deletes the run folders below ``root`` that none of ``groups`` writes (a replaced
+    setup's runs: ``--overwrite`` with another setup must not leave them to the analysis)."""
+    keep = {(pathlib.Path(c.results_dir) / c.study / c.name).resolve() for g in groups for c in g.configs}
+    for cfg in sorted(root.rglob("config.json")):
+        run = cfg.parent
+        if run.resolve() not in keep and "plots" not in run.relative_to(root).parts:
+            shutil.rmtree(run)
+
+
 def run_study(
     study: Study,
     setup: Any,
@@ -126,11 +205,21 @@ def run_study(
     progress: bool = True,
 ) -> list[FitResult]:
     """Trains the setup's groups of this shard (skipping finished runs, resuming
-    interrupted ones) and runs each group's ``after`` step; writes ``study.json`` (the
-    setup and seeds, what the analysis describes) under the study's root first."""
+    interrupted ones) and runs each group's ``after`` step.
+
+    First, before anything is written, the setup is checked against the root's stored
+    ``study.json`` (:func:`check_stored_setup`: SetupChangedError for another setup);
+    then ``study.json`` (the setup and seeds, what the analysis describes) is written.
+    With ``overwrite`` and a setup that differs from the stored one, the run folders of
+    the old setup that the new one does not have are deleted too (every shard's runs
+    are the new setup's, so a sharded ``--overwrite`` keeps the other shards' runs)."""
     root = study_root(study, setup, results)
-    groups = shard_of(study.groups(setup, list(seeds), root), shard)
-    write_json(root / "study.json", {"study": study.name, "setup": _jsonable(dataclasses.asdict(setup)), "seeds": list(seeds)})
+    every = study.groups(setup, list(seeds), root)
+    groups = shard_of(every, shard)
+    info, previous = check_stored_setup(study, setup, seeds, root, overwrite=overwrite), read_study(root)
+    if overwrite and previous is not None and previous.get("setup") != info["setup"]:
+        _remove_other_runs(root, every)
+    write_json(root / "study.json", info)
     out: list[FitResult] = []
     bar = tqdm(groups, desc=f"{study.name}/{setup.name}", unit="group", disable=not progress)
     for group in bar:
@@ -157,6 +246,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     parser.add_argument("--plot-only", action="store_true", help="only plots and summary.md, from the stored files")
     parser.add_argument("--overwrite", action="store_true", help="delete and retrain runs that already exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no info lines (errors only)")
+    parser.add_argument("--debug", action="store_true", help="re-raise errors with their traceback")
     study.add_arguments(parser)
     return parser
 
@@ -185,6 +276,68 @@ def enable_compilation_cache(results: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 
+#: The errors a user can fix, printed as one line by the command lines (``--debug``
+#: re-raises them): bad values, stored runs or setups that differ, broken checkpoints,
+#: missing files. RunExistsError's subclasses are caught with it.
+USER_ERRORS = (ValueError, RunExistsError, CheckpointError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def cli_logging(quiet: bool = False):
+    """Prints the INFO lines of the ``jaxnorm`` loggers on stderr, bare (no level, no
+    time), for the duration of a command; nothing with ``quiet``. Local to the command
+    line: the handler is removed and the level restored on exit, and importing jaxnorm
+    configures no logging at all."""
+    logger = logging.getLogger("jaxnorm")
+    if quiet:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def report_error(prog: str, error: BaseException, debug: bool = False) -> int:
+    """The exit status of a command line that ``error`` ended: 130 for Ctrl-C, else 2 with
+    ``<prog>: error: <message>`` on stderr (one line); ``debug`` re-raises instead."""
+    if debug:
+        raise error
+    if isinstance(error, KeyboardInterrupt):
+        print(f"{prog}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def restore_setup(setup: Any, stored: Mapping) -> Any:
+    """``setup`` with the fields of a stored ``study.json`` setup (JSON lists back to
+    tuples, nested configs through their ``from_dict``); ``setup`` itself if the stored
+    values do not make a valid setup of this kind."""
+    fields = {f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}
+    changes = {}
+    for k, v in stored.items():
+        if k not in fields or _jsonable(fields[k]) == v:
+            continue
+        cur = fields[k]
+        if isinstance(v, list) and isinstance(cur, (tuple, list)):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        elif isinstance(v, dict) and hasattr(type(cur), "from_dict"):
+            v = type(cur).from_dict(v)
+        changes[k] = v
+    try:
+        return dataclasses.replace(setup, **changes) if changes else setup
+    except (TypeError, ValueError):
+        return setup
+
+
 def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
     """The shared command line (module docstring). Returns the exit status."""
     parser = build_parser(study)
@@ -194,28 +347,29 @@ def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
         parse_shard(args.shard)
     except ValueError as e:
         parser.error(str(e))
+    progress = not (args.no_progress or args.quiet)
     try:
-        overrides = {k: v for k, v in vars(args).items() if k not in _SHARED}
-        setup = setup_with(study.setups[args.config], overrides, quick=args.quick)
-        seeds = args.seeds if args.seeds is not None else list(getattr(setup, "seeds", (0,)))
-        root = study_root(study, setup, args.results)
-        t0 = time.time()
-        if not args.plot_only:
-            run_study(study, setup, seeds=seeds, results=args.results, shard=args.shard, overwrite=args.overwrite, progress=not args.no_progress)
-            if args.shard != "1/1":
-                print(f"shard {args.shard} trained in {time.time() - t0:.1f} s; analyze all shards with --plot-only")
-                return 0
-        verdict = study.analyze(setup, root)
-    except (ValueError, RunExistsError, CheckpointError, FileNotFoundError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume.", file=sys.stderr)
-        return 130
+        with cli_logging(args.quiet):
+            overrides = {k: v for k, v in vars(args).items() if k not in _SHARED}
+            setup = setup_with(study.setups[args.config], overrides, quick=args.quick)
+            seeds = args.seeds if args.seeds is not None else list(getattr(setup, "seeds", (0,)))
+            root = study_root(study, setup, args.results)
+            t0 = time.time()
+            if not args.plot_only:
+                run_study(study, setup, seeds=seeds, results=args.results, shard=args.shard, overwrite=args.overwrite, progress=progress)
+                if args.shard != "1/1":
+                    print(f"shard {args.shard} trained in {time.time() - t0:.1f} s; analyze all shards with --plot-only")
+                    return 0
+            stored = read_study(root)
+            if stored is not None:  # the analysis describes what was trained, not the current flags
+                setup = restore_setup(setup, stored.get("setup") or {})
+            verdict = study.analyze(setup, root)
+    except (*USER_ERRORS, KeyboardInterrupt) as e:
+        return report_error(parser.prog, e, args.debug)
     if verdict:
         print(verdict)
     print(f"done in {time.time() - t0:.1f} s; plots and summary.md in {root / 'plots'}")
     return 0
 
 
-_SHARED = {"config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress"}
+_SHARED = {"config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug"}

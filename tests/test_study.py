@@ -110,3 +110,79 @@ def test_ctrl_c_exits_130(tmp_path, capsys):
 
     assert main(Interrupted(), ["--results", str(tmp_path)]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+# --- issue 13: stored setups, one-line errors, --debug, the engine's info lines -------
+
+
+def _study_json(tmp_path, name="toy-quick"):
+    return json.loads((tmp_path / "toy" / name / "study.json").read_text())
+
+
+def test_a_changed_setup_is_refused_before_anything_is_written(tmp_path, capsys):
+    args = ["--quick", "--results", str(tmp_path), "--no-progress"]
+    assert main(ToyStudy(), args) == 0
+    before = _study_json(tmp_path)
+    metrics = (tmp_path / "toy" / "toy-quick" / "lr0.1_s0" / "metrics.jsonl").read_text()
+    assert main(ToyStudy(), [*args, "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "steps (stored 3, given 5)" in err and "--overwrite" in err and "Traceback" not in err
+    assert _study_json(tmp_path) == before
+    assert (tmp_path / "toy" / "toy-quick" / "lr0.1_s0" / "metrics.jsonl").read_text() == metrics
+
+
+def test_seeds_and_grids_may_grow_and_study_json_holds_the_union(tmp_path):
+    args = ["--quick", "--results", str(tmp_path), "--no-progress"]
+    assert main(ToyStudy(), [*args, "--seeds", "1"]) == 0
+    assert main(ToyStudy(), [*args, "--seeds", "0"]) == 0
+    assert _study_json(tmp_path)["seeds"] == [1, 0]
+    study = ToyStudy()
+    study.setups = {"toy": ToySetup(lrs=(0.1, 0.05, 0.2))}
+    assert main(study, [*args, "--seeds", "0"]) == 0
+    assert _study_json(tmp_path)["setup"]["lrs"] == [0.1, 0.05, 0.2]
+
+
+def test_overwrite_replaces_the_setup_and_removes_the_old_setups_runs(tmp_path):
+    args = ["--quick", "--results", str(tmp_path), "--no-progress"]
+    assert main(ToyStudy(), args) == 0
+    study = ToyStudy()
+    study.setups = {"toy": ToySetup(lrs=(0.2, 0.3))}
+    assert main(study, [*args, "--steps", "4"]) == 2 and study.analyzed == []
+    assert main(study, [*args, "--steps", "4", "--overwrite"]) == 0
+    root = tmp_path / "toy" / "toy-quick"
+    assert _study_json(tmp_path)["setup"]["steps"] == 4
+    assert sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) == ["lr0.2_s0", "lr0.3_s0"]
+
+
+def test_plot_only_analyzes_the_stored_setup_not_the_flags(tmp_path):
+    study = ToyStudy()
+    assert main(study, ["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
+    assert main(study, ["--quick", "--results", str(tmp_path), "--plot-only", "--steps", "99"]) == 0
+    setup, _ = study.analyzed[-1]
+    assert setup.steps == 3
+
+
+def test_errors_are_one_line_and_debug_reraises(tmp_path, capsys):
+    class Broken(ToyStudy):
+        def groups(self, setup, seeds, root):
+            raise FileNotFoundError("no such dataset file\n  (second line)")
+
+    assert main(Broken(), ["--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "python -m experiments.toy: error: no such dataset file (second line)\n"
+    with pytest.raises(FileNotFoundError):
+        main(Broken(), ["--results", str(tmp_path), "--debug"])
+
+
+def test_the_cli_prints_jaxnorm_info_lines_bare_and_only_while_it_runs(tmp_path, capsys):
+    import logging
+
+    class Logging(ToyStudy):
+        def groups(self, setup, seeds, root):
+            logging.getLogger("jaxnorm.train").info("toy/run: finished earlier")
+            return super().groups(setup, seeds, root)
+
+    assert main(Logging(), ["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
+    assert "toy/run: finished earlier\n" in capsys.readouterr().err.splitlines(keepends=True)
+    assert main(Logging(), ["--quick", "--results", str(tmp_path), "--quiet"]) == 0
+    assert "finished earlier" not in capsys.readouterr().err
+    assert not logging.getLogger("jaxnorm").handlers  # nothing left configured after the command

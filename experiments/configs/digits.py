@@ -8,7 +8,9 @@ the work and γ/β add a little on top -- the thesis's main finding, on a proble
 run anywhere.
 
 Launch: ``python -m experiments.ablation`` (or ``make demo``). Runtime: about 1 min on a
-2-core CPU (five variants unrolled in one program), seconds on a GPU.
+2-core CPU (five variants unrolled in one program), seconds on a GPU. A checkpoint after
+every epoch: a killed demo resumes from its last epoch, and a second ``make demo`` reads
+the finished runs back (one line each) instead of training them again.
 """
 
 from jaxnorm.train import TrainConfig
@@ -28,7 +30,9 @@ def get_config():
         eval_batch_size=512,
         log_every_steps=50,
         record_every_steps=5,
-        checkpoint_every_epochs=0,
+        # Every epoch, so a killed demo resumes; measured: no cost above noise
+        # (88 vs 90 s for 4 epochs x 5 variants on 2 busy cores).
+        checkpoint_every_epochs=1,
         study="ablation",
         name="digits",
     )

@@ -73,11 +73,11 @@ def _by(runs) -> tuple[str, ...]:
 
 def analyze_ablation(root, target_acc: float | None = None) -> str:
     """Writes the ablation report of ``root`` (module docstring) and returns a one-line
-    verdict: per group, each variant's mean final test accuracy and how many of the BN
-    variants beat vanilla. ValueError for a folder that is not an ablation root or holds
-    no runs."""
+    verdict: per group, each variant's mean final test accuracy (``(not final)`` after a
+    variant with a seed that did not finish) and how many of the BN variants beat
+    vanilla. ValueError for a folder that is not an ablation root or holds no runs."""
     root = check_ablation_root(root)
-    runs = find_runs(root)
+    runs = find_runs(root, include_empty=True)
     if not runs:
         raise ValueError(f"no stored runs under {root}.")
     by = _by(runs)
@@ -88,7 +88,8 @@ def analyze_ablation(root, target_acc: float | None = None) -> str:
     parts = []
     for key, rows in groups.items():
         name = ", ".join(("lr " if k == "learning_rate" else "") + fmt_value(v) for k, v in key if v not in ("", None))
-        accs = ", ".join(f"{r['variant']} {r['final_test_acc']:.4f}" for r in rows if not math.isnan(r["final_test_acc"]))
+        accs = ", ".join(f"{r['variant']} {r['final_test_acc']:.4f}" + ("" if r["all_finished"] else " (not final)")
+                         for r in rows if not math.isnan(r["final_test_acc"]))
         beats = [r["beats_vanilla"] for r in rows if r["beats_vanilla"] is not None]
         parts.append(f"{name}: final test acc {accs or '—'}" + (f"; {sum(beats)}/{len(beats)} beat vanilla" if beats else ""))
     return "; ".join(parts)

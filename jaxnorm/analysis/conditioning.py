@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from jaxnorm.analysis.runs import Run, find_runs  # noqa: E402
+from jaxnorm.analysis.plotting import fresh_report_dir
 from jaxnorm.results import read_json, write_json  # noqa: E402
 
 __all__ = [
@@ -131,7 +132,7 @@ class CondRun:
 
     @property
     def status(self) -> str:
-        return "diverged" if self.diverged else str(self.run.status.get("status", "?"))
+        return self.run.state  # read_status's: a dead writer's "running" reads "interrupted"
 
     def train_loss(self) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, losses)`` of the ``train`` records with a finite loss, by step."""
@@ -479,8 +480,7 @@ def write_conditioning_report(root, out_dir=None, window: int = 20) -> dict[str,
     """Writes every plot and ``summary.md`` of the study below ``root`` (see the module
     docstring) into ``out_dir`` (default ``root/plots``); returns ``{file stem: path}``."""
     root = pathlib.Path(root)
-    out = pathlib.Path(out_dir) if out_dir is not None else root / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots", owned=out_dir is None)
     runs = find_conditioning_runs(root)
     written: dict[str, pathlib.Path] = {}
     for metric in available_metrics(runs):

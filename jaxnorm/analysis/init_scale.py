@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.results import read_json
 
@@ -537,8 +537,7 @@ def write_report(root) -> str:
     th = _thresholds(study_setup(root))
     summaries = {r.name: summarize(r, **th) for r in runs}
     plt = pyplot()
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(root / "plots")
     norms = _norms(runs)
     colors = _c_colors(plt, [r.c for r in runs])
     _plot_losses(plt, plots / "loss.png", runs, norms, colors, summaries, runs[0].run.config.get("log_every_steps"))

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, load_run
 from jaxnorm.results import read_json
 
@@ -105,7 +105,8 @@ def run_summary(run: Run, eval_split: str = "test", loss_target: float = 0.05) -
         "epochs_to_target": reached[0] if reached else None,
         "test_acc": test[-1]["acc"] if test else nan,
         "best_test_acc": max(m["acc"] for m in test) if test else nan,
-        "status": "diverged" if run.diverged else str(run.status.get("status", "unknown")),
+        # A run killed or still training says where it stopped ("interrupted at step 120 of 600").
+        "status": run.state if run.state in ("finished", "diverged") else run.state_note,
     }
     bn = [m for m in _lines(run, "bn_eval") if m["step"] > 0]
     if bn and not run.diverged:
@@ -555,8 +556,7 @@ def analyze(root) -> str:
       ValueError: nothing stored under ``root`` (see :func:`load_study`).
     """
     stored = load_study(root)
-    plots = pathlib.Path(root) / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(pathlib.Path(root) / "plots")
     plot_curves(stored, plots / "curves.png")
     plot_batch_size(stored, plots / "batch_size.png")
     plot_eval_stats(stored, plots / "eval_stats.png")

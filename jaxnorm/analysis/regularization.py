@@ -28,7 +28,7 @@ import pathlib
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, load_run, variant_order
 from jaxnorm.results import read_json
 
@@ -229,8 +229,7 @@ def write_report(root) -> str:
     info, runs = load_results(root)
     grid = Grid(info, runs)
     plt = pyplot()
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(root / "plots")
     _plot_gaps(plt, plots / "gap.png", grid, runs)
     _plot_grid(plt, plots / "grid.png", grid, runs)
     _plot_weight_norms(plt, plots / "weight_norms.png", grid, runs)

@@ -10,7 +10,13 @@
 * ``sparsity_lr<lr>.png`` -- per learning-rate group with ``relu_sparsity`` records,
   :func:`~jaxnorm.analysis.sparsity.plot_sparsity`;
 * ``activity.md`` -- the activity metrics of every run with γ/β records;
-* ``summary.md`` -- the summary table, then the activity table.
+* ``summary.md`` -- the summary table (with each run's state; a run with an empty
+  ``metrics.jsonl`` is a "no records" row, not left out), then the activity table.
+
+The folder is first cleared of what an earlier report wrote
+(:func:`~jaxnorm.analysis.plotting.fresh_report_dir`: PNGs, ``summary.md``,
+``activity.md``), so no stale figure survives a replot; a folder given as ``out_dir`` is
+not cleared (it may hold the user's own files).
 
 With ``by`` holding more than the learning rate, the other fields are appended to the
 names (``curves_lr0.1_model3c3d.png``); names that would still collide get the run's
@@ -27,6 +33,7 @@ from jaxnorm.analysis.activity import activity_metrics, activity_table_md
 from jaxnorm.analysis.contours import plot_gamma_beta
 from jaxnorm.analysis.curves import plot_curves
 from jaxnorm.analysis.gammabeta import gamma_beta_arrays
+from jaxnorm.analysis.plotting import fresh_report_dir
 from jaxnorm.analysis.runs import find_runs, fmt_value, group_key, group_runs
 from jaxnorm.analysis.sparsity import plot_sparsity, sparsity_table_md
 from jaxnorm.analysis.summary import summary_markdown
@@ -46,12 +53,12 @@ def _group_suffix(key: tuple, by: Sequence[str]) -> str:
 def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), target_acc: float | None = None) -> dict[str, pathlib.Path]:
     """Writes the plots and tables for the runs below ``root``; returns ``{file stem: path}``."""
     root = pathlib.Path(root)
-    out = pathlib.Path(out_dir) if out_dir is not None else root / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_report_dir(pathlib.Path(out_dir) if out_dir is not None else root / "plots", owned=out_dir is None)
     by = tuple(by)
     if "learning_rate" not in by:
         by = ("learning_rate",) + by
-    runs = find_runs(root)
+    listed = find_runs(root, include_empty=True)  # the summary lists runs without records too
+    runs = [r for r in listed if r.metrics]
     written: dict[str, pathlib.Path] = {}
 
     for key, group in group_runs(runs, by).items():
@@ -83,8 +90,9 @@ def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), tar
     (out / "activity.md").write_text(activity)
     written["activity"] = out / "activity.md"
 
-    summary = f"# Summary of {root}\n\n{len(runs)} runs.\n\n"
-    summary += summary_markdown(runs, target_acc, by=by) if runs else "No runs found.\n"
+    unfinished = [r for r in listed if not r.finished]
+    summary = f"# Summary of {root}\n\n{len(listed)} runs" + (f", {len(unfinished)} not finished" if unfinished else "") + ".\n\n"
+    summary += summary_markdown(listed, target_acc, by=by) if listed else "No runs found.\n"
     for key, group in group_runs(runs, by).items():
         table = sparsity_table_md(group)
         if table:

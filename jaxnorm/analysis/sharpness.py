@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, find_runs, variant_order
 from jaxnorm.results import read_json
 
@@ -169,8 +169,7 @@ def analyze(root) -> str:
     rows = [run_row(r, setup) for r in runs]
     norms = variant_order(r["norm"] for r in rows)
     rows.sort(key=lambda r: (norms.index(r["norm"]), r["lr"], r["seed"]))
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(root / "plots")
     plt = pyplot()
     _plot_sharpness(plt, plots / "sharpness.png", rows, norms, runs, setup)
     _plot_densities(plt, plots / "density.png", rows, norms)

@@ -25,7 +25,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.results import read_json
 
@@ -218,8 +218,7 @@ def write_report(root, labels: Optional[Mapping[str, str]] = None) -> str:
     study, runs = load_study(root)
     labels = dict(labels or {})
     plt = pyplot()
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(root / "plots")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {v: cycle[i % len(cycle)] for i, v in enumerate(runs)}
     s = study.get("setup", {})

@@ -34,8 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import pyplot
-from jaxnorm.results import read_json, read_jsonl, read_npz
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.results import read_json, read_jsonl, read_npz, read_status
 
 __all__ = ["MODE_ORDER", "TentRun", "analyze_tent", "clean_error", "error_table", "find_tent_runs", "paired", "summary_markdown"]
 
@@ -52,7 +52,7 @@ class TentRun:
     def __init__(self, path: pathlib.Path):
         self.path = path
         self.config = read_json(path / "config.json")
-        self.status = read_json(path / "status.json") if (path / "status.json").is_file() else {}
+        self.status = read_status(path)
         ad = path / "adaptation"
         done = (ad / "settings.json").is_file()
         self.settings = read_json(ad / "settings.json") if done else {}
@@ -251,10 +251,9 @@ def analyze_tent(root) -> str:
     runs = find_tent_runs(root)
     if not (root / "study.json").is_file() or not runs:
         raise ValueError(f"no stored TENT study under {root}.")
-    # What was evaluated is in the runs' settings.json (study.json holds the latest command's setup).
+    # What was evaluated is in the runs' settings.json (study.json holds the setup the root was trained with).
     setup = {**read_json(root / "study.json")["setup"], **next((r.settings for r in runs if r.settings), {})}
-    plots = root / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = fresh_report_dir(root / "plots")
     _plots(setup, runs, plots)
     (plots / "summary.md").write_text(summary_markdown(setup, runs))
     records = [r for run in runs for r in run.records]

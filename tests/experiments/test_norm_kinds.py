@@ -143,6 +143,21 @@ def test_a_diverged_run_is_reported(tmp_path):
     assert "| diverged |" in md and "| finished |" in md
 
 
+def test_a_killed_run_is_reported_as_interrupted_with_its_step(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    _stored_study(tmp_path)
+    name = an.run_name("curves", "mlp", "layer", 0)
+    _run(tmp_path, name, "layer", "layer", [0.6], [0.7], [0.3], status="running")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process
+    write_json(tmp_path / name / "status.json", {"status": "running", "step": 1, "total_steps": 2, "pid": dead.pid, "host": socket.gethostname()})
+    md = an.summary_markdown(an.load_study(tmp_path))
+    assert "| interrupted at step 1 of 2 |" in md and not any(line.endswith("| running |") for line in md.splitlines())
+
+
 def test_rows_columns_invariants():
     """A matrix with distinct row and column scales: each normalization standardizes its
     own direction up to epsilon (|std − 1| <= ε / (2 var)), not the other one."""

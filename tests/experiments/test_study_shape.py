@@ -18,7 +18,8 @@ MAX_LINES = 300
 #: What a training loop of its own is made of: gradients of a training objective,
 #: optimizer updates, compiled loops. The engine (jaxnorm.train) owns all of them.
 FORBIDDEN = ("value_and_grad", "apply_updates", "jax.grad(", "fori_loop", "optax.sgd", "tx.update(", "jax.jit(")
-SHARED_FLAGS = ("--config", "--quick", "--seeds", "--shard", "--results", "--plot-only", "--overwrite", "--no-progress")
+SHARED_FLAGS = ("--config", "--quick", "--seeds", "--shard", "--results", "--plot-only", "--overwrite", "--no-progress",
+                "--quiet", "--debug")
 
 
 def source(name: str) -> str:
@@ -54,3 +55,13 @@ def test_every_study_takes_the_shared_flags(name, capsys):
     with pytest.raises(SystemExit) as e:
         module.main(["--shard", "0/2"])
     assert e.value.code == 2 and "--shard" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_prints_a_user_error_as_one_line_and_debug_reraises(name, tmp_path, capsys):
+    module = importlib.import_module(f"experiments.{name}")
+    assert module.main(["--plot-only", "--results", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m experiments.{name}: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises((ValueError, FileNotFoundError)):
+        module.main(["--plot-only", "--results", str(tmp_path), "--quiet", "--debug"])

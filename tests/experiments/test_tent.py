@@ -55,7 +55,17 @@ def test_quick_study_writes_records_plots_and_summary(tmp_path, capsys):
     assert tent.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
     assert (out / "metrics.jsonl").stat().st_mtime_ns == stamp
     assert tent.main(["--quick", "--tent-lr", "0.5", "--results", str(tmp_path), "--no-progress"]) == 2
-    assert "holds an evaluation with other settings (tent_lr)" in capsys.readouterr().err
+    # Refused before anything is written, by the stored study.json (issue 13); the
+    # adaptation step's own check of settings.json stays behind it.
+    assert "tent_lr (stored 0.01, given 0.5)" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").stat().st_mtime_ns == stamp
+    from types import SimpleNamespace
+
+    from jaxnorm.study import setup_with
+
+    other = setup_with(tent.STUDY.setups["digits"], {"tent_lr": 0.5}, quick=True)
+    with pytest.raises(ValueError, match=r"holds an evaluation with other settings \(tent_lr\)"):
+        tent.adapt_trained(other, [SimpleNamespace(run_dir=run, status="finished")])
     assert (out / "metrics.jsonl").stat().st_mtime_ns == stamp
 
     # --plot-only redraws everything from the stored files (the evaluated settings, not the flags).
