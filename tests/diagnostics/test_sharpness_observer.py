@@ -20,7 +20,7 @@ from jaxnorm.diagnostics import hessian_loss_fn
 from jaxnorm.observers import Sharpness
 from jaxnorm.train import build_model, create_state, fit, make_optimizer, read_jsonl
 from tests.train.helpers import tiny_config
-from tests.train.test_resume import _fit_killed_at
+from tests.train.helpers import fit_killed_at
 
 DIGITS = load("digits", "train")
 PROBE = (DIGITS.images[:8], DIGITS.labels[:8])
@@ -141,7 +141,7 @@ def test_fit_records_sharpness_and_resumes_it_exactly(tmp_path, monkeypatch):
     assert all(m["bn_mode"] == "batch" and m["method"] == "lanczos" and m["sharpness"] > 0 for m in lines)
 
     killed = cfg.replace(name="killed")
-    _fit_killed_at(killed, kill_step=12, monkeypatch=monkeypatch, observers=make())
+    fit_killed_at(killed, kill_step=12, monkeypatch=monkeypatch, observers=make())
     resumed = fit(killed, observers=make(), progress=False)
     assert sharpness_lines(read_jsonl(resumed.run_dir / "metrics.jsonl")) == sharpness_lines(whole.metrics)
     kept = sorted(int(p.stem) for p in (resumed.run_dir / "observer_state").glob("*.npz"))

@@ -33,9 +33,12 @@ def test_per_device_bn_equals_ghost_batches_of_the_per_device_size(tmp_path, one
         progress=False,
     )
     # Groups of 4 examples make BN's statistics sensitive to rounding, amplified over 16
-    # momentum steps: 1e-4 absolute is still 30x below the gap to synchronized BN.
-    assert max_abs_diff(local.state, ghost.state) < 1e-4
-    assert max_abs_diff(local.state, one_device.state) > 3e-3  # and it is a different function
+    # momentum steps. Measured on one Intel machine: 5.6e-5 with XLA's default code
+    # generation, 1.3e-4 at LLVM level 0 (the suite's, conftest.py) -- so rounding alone
+    # moves it by 2x; 1e-3 leaves ~8x over the larger. The gap to synchronized BN (a
+    # different function) is 5.3, over 1000x that tolerance, so the test still separates them.
+    assert max_abs_diff(local.state, ghost.state) < 1e-3
+    assert max_abs_diff(local.state, one_device.state) > 0.5  # and it is a different function
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
