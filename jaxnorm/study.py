@@ -294,14 +294,18 @@ def cli_logging(quiet: bool = False):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # Not passed on to the root logger too: a library imported on the way (absl, via
+    # orbax) may have given the root a handler, which would print every line twice.
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def report_error(prog: str, error: BaseException, debug: bool = False) -> int:

@@ -186,3 +186,24 @@ def test_the_cli_prints_jaxnorm_info_lines_bare_and_only_while_it_runs(tmp_path,
     assert main(Logging(), ["--quick", "--results", str(tmp_path), "--quiet"]) == 0
     assert "finished earlier" not in capsys.readouterr().err
     assert not logging.getLogger("jaxnorm").handlers  # nothing left configured after the command
+
+
+def test_an_info_line_is_printed_once_when_the_root_logger_has_a_handler(tmp_path, capsys):
+    """absl (imported by orbax) may give the root logger a stderr handler; the CLI's line
+    must not be printed a second time through it."""
+    import logging
+    import sys
+
+    class Logging(ToyStudy):
+        def groups(self, setup, seeds, root):
+            logging.getLogger("jaxnorm.train").info("toy/run: finished earlier")
+            return super().groups(setup, seeds, root)
+
+    root_handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        assert main(Logging(), ["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert capsys.readouterr().err.count("finished earlier") == 1
+    assert logging.getLogger("jaxnorm").propagate  # restored after the command
