@@ -7,7 +7,8 @@ from jaxnorm.train import TrainConfig
 
 
 def deepobs_config(*, as_published_code: bool, **fields) -> TrainConfig:
-    """Plain SGD, constant learning rate, cross-entropy + L2 on weights, the DeepOBS
+    """Plain SGD, constant learning rate, cross-entropy + L2 on the weights (the thesis's
+    text; DeepOBS-PyTorch also decays BN's γ: pass ``l2_scope='all_but_bias'``), the DeepOBS
     augmentation, train on the 40k split, report train_eval and test every epoch.
 
     ``as_published_code=True`` reproduces what the thesis's published code did instead of

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional
 from jaxnorm._registry import lookup
 from jaxnorm.data.augmentation import AugmentConfig
 from jaxnorm.modes import check_bn_mode
-from jaxnorm.objective import LOSSES
+from jaxnorm.objective import LOSSES, check_l2_scope
 from jaxnorm.train.optim import OPTIMIZERS
 
 EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
@@ -82,8 +82,12 @@ class TrainConfig:
         ``momentum`` in [0, 1) (at 1 or above the heavy-ball sum grows without bound). The learning rate, momentum and
         weight decay are data (in the optimizer state): runs that differ only in them
         train as one program in :func:`~jaxnorm.train.fit_many`.
-      weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||W||²`` added to the
-        loss (weights only); for ``adamw`` decoupled decay of the weights.
+      weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||θ||²`` added to the
+        loss; for ``adamw`` decoupled decay; θ ranges over ``l2_scope``.
+      l2_scope: which parameters λ covers (:data:`jaxnorm.objective.L2_SCOPES`):
+        ``'weights'`` (default: the kernels, the thesis's text) or ``'all_but_bias'``
+        (DeepOBS-PyTorch's behaviour: every parameter not named ``bias``, so BN's γ
+        too). Structure: runs trained as one program share it.
       augment: :class:`jaxnorm.data.AugmentConfig` for training batches, or None for
         normalization only.
       train_split, eval_splits: dataset splits; evaluation runs on each eval split.
@@ -151,6 +155,7 @@ class TrainConfig:
     schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    l2_scope: str = "weights"
     augment: Optional[AugmentConfig] = None
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("train_eval", "test")
@@ -207,6 +212,7 @@ class TrainConfig:
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise ValueError(f"TrainConfig.divergence_factor must be > 1 or None, got {self.divergence_factor}.")
         lookup(LOSSES, self.loss, "TrainConfig.loss")
+        check_l2_scope(self.l2_scope, where="TrainConfig.l2_scope")
         lookup({k: k for k in OPTIMIZERS}, self.optimizer, "TrainConfig.optimizer")
         if self.frozen is not None:
             try:

@@ -217,6 +217,7 @@ def _optimizer(c: TrainConfig, plan: _Plan):
         momentum=c.momentum,
         nesterov=c.nesterov,
         weight_decay=c.weight_decay,
+        l2_scope=c.l2_scope,
         schedule=c.schedule,
         schedule_kwargs=c.schedule_kwargs,
         warmup_steps=c.warmup_steps,
@@ -257,6 +258,7 @@ class _Program:
             mean=plan.mean,
             std=plan.std,
             loss=cfg.loss,
+            l2_scope=cfg.l2_scope,
             augment_config=cfg.augment,
             batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
         )

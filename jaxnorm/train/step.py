@@ -19,7 +19,7 @@ import optax
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
 from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
-from jaxnorm.objective import accuracy, get_loss, l2_penalty
+from jaxnorm.objective import accuracy, check_l2_scope, get_loss, l2_penalty
 from jaxnorm.train.optim import hyperparams
 from jaxnorm.train.state import TrainState
 
@@ -35,6 +35,7 @@ def make_train_step(
     std,
     loss="ce",
     weight_decay: Optional[float] = None,
+    l2_scope: str = "weights",
     augment_config: Optional[AugmentConfig] = None,
     batch_sharding=None,
 ) -> Callable:
@@ -47,11 +48,15 @@ def make_train_step(
       mean, std: per-channel normalization constants of the dataset.
       loss: the per-example loss: a name from :data:`jaxnorm.objective.LOSSES` or a
         callable ``(logits, labels) -> (b,)``.
-      weight_decay: λ of the objective's ``0.5 λ Σ ||W||²`` (weights only). None (the
+      weight_decay: λ of the objective's L2 term ``0.5 λ Σ ||θ||²``. None (the
         default): the optimizer state's ``l2`` hyperparameter
         (:func:`jaxnorm.train.optim.hyperparams`; 0 if it has none) -- data, so runs
         with different λ share the step (``adamw`` decays the weights itself: its
         ``l2`` is 0).
+      l2_scope: the parameters θ the L2 term covers, a name from
+        :data:`jaxnorm.objective.L2_SCOPES` (``'weights'``: the kernels;
+        ``'all_but_bias'``: DeepOBS-PyTorch's, BN's γ included). A ``bn_ablation``
+        run's switched-off γ is left out (:func:`jaxnorm.objective.l2_penalty`).
       augment_config: training augmentation; None: normalization only.
       batch_sharding: if given, the batch is constrained to it (data parallelism).
 
@@ -62,6 +67,7 @@ def make_train_step(
     the key is historical), ``acc`` (batch accuracy).
     """
     per_example_loss = get_loss(loss)
+    check_l2_scope(l2_scope)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
@@ -86,7 +92,8 @@ def make_train_step(
                 variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
             )
             data_term = jnp.mean(per_example_loss(logits, y))
-            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params)
+            # The switches are the superset's per-run γ on/off (batch_stats; constants).
+            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params, l2_scope, state.batch_stats)
             return objective, (data_term, jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
 
         (objective, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
