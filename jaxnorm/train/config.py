@@ -30,6 +30,7 @@ from jaxnorm.objective import LOSSES, check_l2_scope
 from jaxnorm.train.optim import OPTIMIZERS
 
 EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
+TRAIN_EVAL_MODES = ("fixed", "deepobs")  # the stored train_eval split, or DeepOBS-PyTorch's redraw
 
 _OPTIONAL_INTEGER_FIELDS = ("max_steps", "train_subset", "eval_subset", "num_devices")
 _INTEGER_FIELDS = (
@@ -112,8 +113,17 @@ class TrainConfig:
 
     Evaluation and bookkeeping (of these, only the fields in ``BOOKKEEPING_FIELDS`` leave a
     run's identity unchanged; ``eval_bn_mode``, ``eval_batch_size``, ``divergence_factor``,
-    ``num_devices`` and ``sync_bn`` can change its numbers):
+    ``num_devices``, ``sync_bn`` and ``train_eval_mode`` can change its numbers):
       eval_every_epochs: evaluate every k epochs (and after the last).
+      train_eval_mode: how the ``'train_eval'`` split (the training-loss set) is formed:
+        ``'fixed'`` (default) -- the stored split, the same examples every evaluation,
+        normalized only; ``'deepobs'`` -- DeepOBS-PyTorch's behaviour: as many examples
+        as that split holds (after ``eval_subset``, at most the training set's size),
+        redrawn at every evaluation from all of the run's training examples and passed
+        through the training ``augment`` (:func:`jaxnorm.train.step.make_drawn_evaluate`;
+        DeepOBS-PyTorch draws from the 50k images that also hold its validation set:
+        here from the training split only, the splits staying disjoint). Needs
+        ``'train_eval'`` in ``eval_splits``.
       eval_bn_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
         (BN uses each eval batch's statistics, as TENT's baseline does); the
         vocabulary of :mod:`jaxnorm.modes`.
@@ -168,6 +178,7 @@ class TrainConfig:
     tag: str = ""
 
     eval_every_epochs: int = 1
+    train_eval_mode: str = "fixed"
     eval_bn_mode: str = "running"
     divergence_factor: Optional[float] = None
     eval_batch_size: int = 500
@@ -213,6 +224,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.divergence_factor must be > 1 or None, got {self.divergence_factor}.")
         lookup(LOSSES, self.loss, "TrainConfig.loss")
         check_l2_scope(self.l2_scope, where="TrainConfig.l2_scope")
+        if self.train_eval_mode not in TRAIN_EVAL_MODES:
+            raise ValueError(f"TrainConfig.train_eval_mode must be one of {list(TRAIN_EVAL_MODES)}, got {self.train_eval_mode!r}.")
+        if self.train_eval_mode == "deepobs" and "train_eval" not in self.eval_splits:
+            raise ValueError(f"TrainConfig.train_eval_mode='deepobs' redraws the 'train_eval' split, which eval_splits {list(self.eval_splits)} lacks.")
         lookup({k: k for k in OPTIMIZERS}, self.optimizer, "TrainConfig.optimizer")
         if self.frozen is not None:
             try:

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
-from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
+from jaxnorm.data.batching import TRAIN_EVAL_STEP, batch_indices, iterate_eval, step_key
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
 from jaxnorm.objective import accuracy, check_l2_scope, get_loss, l2_penalty
 from jaxnorm.train.optim import hyperparams
@@ -139,13 +139,64 @@ def make_evaluate(module, *, mean, std, bn_mode: str = "running", loss="ce") -> 
         Padded batches would bias the statistics, so :func:`layout_eval` drops the
         incomplete last batch in this mode.
     """
+    one_batch = _eval_batch(module, mean, std, bn_mode, loss)
+
+    def evaluate(state: TrainState, images, labels, mask):
+        return _scan_totals(lambda batch: one_batch(state, *batch), (images, labels, mask))
+
+    return evaluate
+
+
+def make_drawn_evaluate(
+    module, *, size: int, batch_size: int, mean, std, bn_mode: str = "running", loss="ce", augment_config: Optional[AugmentConfig] = None
+) -> Callable:
+    """Builds ``evaluate(state, data, seed, epoch) -> {'loss_sum', 'correct', 'count'}``
+    on a training-loss set redrawn at every evaluation, as DeepOBS-PyTorch's ``train_eval``
+    set is (Schneider et al., "DeepOBS: A Deep Learning Optimizer Benchmark Suite", 2019):
+    ``size`` examples drawn without replacement from all of ``data = (images, labels)``
+    (the device-resident training set) and passed through the training augmentation
+    ``augment_config`` (None: normalization only).
+
+    The draw and the augmentation use ``step_key(seed, epoch, TRAIN_EVAL_STEP)`` (a step
+    no epoch reaches): a function of ``(seed, epoch)`` alone, so a resumed run redraws the
+    same set, and ``seed``/``epoch`` are traced (one compilation for every evaluation).
+    Batches and BN modes as in :func:`make_evaluate` (``'batch'``: the incomplete last
+    batch is dropped, so ``count`` is ``size`` rounded down to whole batches).
+
+    Raises:
+      ValueError: ``size`` or ``batch_size`` < 1, or (``'batch'`` mode) ``batch_size > size``.
+    """
+    if size < 1 or batch_size < 1:
+        raise ValueError(f"a drawn evaluation set needs size and batch_size >= 1, got {size} and {batch_size}.")
+    if bn_mode == "batch" and batch_size > size:
+        raise ValueError(f"eval batch size {batch_size} exceeds the {size} examples of the drawn set.")
+    one_batch = _eval_batch(module, mean, std, bn_mode, loss, augment_config)
+    num_batches = size // batch_size if bn_mode == "batch" else -(-size // batch_size)
+    total = num_batches * batch_size
+
+    def evaluate(state: TrainState, data, seed, epoch):
+        images, labels = data
+        draw_key, aug_key = jax.random.split(step_key(seed, epoch, TRAIN_EVAL_STEP))
+        drawn = jax.random.permutation(draw_key, labels.shape[0])[:size]  # without replacement
+        # Padding repeats the first drawn index; its mask is 0 (batch mode pads nothing).
+        idx = jnp.concatenate([drawn, jnp.broadcast_to(drawn[:1], (max(total - size, 0),))])[:total]
+        mask = (jnp.arange(total) < size).astype(jnp.float32)
+        batches = (idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size), jnp.arange(num_batches))
+        return _scan_totals(lambda b: one_batch(state, images[b[0]], labels[b[0]], b[1], jax.random.fold_in(aug_key, b[2])), batches)
+
+    return evaluate
+
+
+def _eval_batch(module, mean, std, bn_mode: str, loss, augment_config: Optional[AugmentConfig] = None):
+    """``(state, x, y, mask[, key]) -> totals`` of one evaluation batch: normalized (or,
+    with ``augment_config`` and a key, augmented as in training), then the masked sums."""
     check_bn_mode(bn_mode, ("running", "batch"))
     per_example_loss = get_loss(loss)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
-    def one_batch(state, x, y, m):
-        x = normalize(x, mean, std)
+    def one_batch(state, x, y, m, key=None):
+        x = normalize(x, mean, std) if augment_config is None else augment(key, x, augment_config, mean, std)
         logits = apply_in_mode(module, state.variables, x, bn_mode=bn_mode)
         return {
             "loss_sum": jnp.sum(per_example_loss(logits, y) * m),
@@ -153,16 +204,17 @@ def make_evaluate(module, *, mean, std, bn_mode: str = "running", loss="ce") -> 
             "count": jnp.sum(m),
         }
 
-    def evaluate(state: TrainState, images, labels, mask):
-        def body(carry, batch):
-            out = one_batch(state, *batch)
-            return jax.tree.map(jnp.add, carry, out), None
+    return one_batch
 
-        zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        totals, _ = jax.lax.scan(body, zero, (images, labels, mask))
-        return totals
 
-    return evaluate
+def _scan_totals(batch_totals, batches):
+    """The per-batch totals summed over ``batches`` (leading axis) in one ``lax.scan``."""
+
+    def body(carry, batch):
+        return jax.tree.map(jnp.add, carry, batch_totals(batch)), None
+
+    zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+    return jax.lax.scan(body, zero, batches)[0]
 
 
 def layout_eval(images, labels, batch_size: int, *, drop_remainder: bool = False):
