@@ -86,6 +86,19 @@ def test_the_loop_redraws_train_eval_every_epoch_with_one_compilation(tmp_path):
     assert all(a["loss"] != b["loss"] for a, b in zip(lines["fixed"], lines["deepobs"]))
 
 
+def test_a_resumed_run_redraws_the_same_sets(tmp_path, monkeypatch):
+    """The draw is a function of (seed, epoch): killed in epoch 2 and resumed from the
+    epoch-1 checkpoint, the run reports the uninterrupted run's train_eval numbers."""
+    from tests.train.helpers import fit_killed_at, tiny_config
+
+    cfg = tiny_config(tmp_path, epochs=3, momentum=0.0, eval_subset=64, train_eval_mode="deepobs")
+    whole = fit(cfg.replace(name="whole"), progress=False)
+    fit_killed_at(cfg.replace(name="resumed"), kill_step=12, monkeypatch=monkeypatch)  # checkpoint at step 8
+    resumed = fit(cfg.replace(name="resumed"), progress=False)
+    lines = lambda r: [(m["epoch"], m["loss"], m["acc"]) for m in r.metrics if m["kind"] == "eval" and m["split"] == "train_eval"]
+    assert len(lines(whole)) == 3 and lines(resumed) == lines(whole)
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [
