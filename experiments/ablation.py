@@ -4,13 +4,15 @@ Trains ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta`` and ``bn_gamma_beta`` of a
 config (``experiments/configs/``) with the same seed, as one compiled program
 (``fit_many``), for each learning-rate scale, BN placement and seed asked for -- one group
 per (scale, placement, seed), so ``--shard`` splits exactly there -- recording γ/β every 5
-steps and the ReLU sparsity after each BN layer on a probe batch; then the plots and
+steps and the ReLU sparsity after each BN layer a ReLU follows (All-CNN-C's ninth too) on a
+probe batch; placements are :func:`positions_preset`'s; then the plots and
 ``summary.md`` (``jaxnorm.analysis.ablation``; again from the stored files with
 ``--plot-only`` or ``python -m experiments.plot <results dir>``).
 
     python -m experiments.ablation                                  # digits default (make demo): ~1 min on 2 CPU cores
     python -m experiments.ablation --config cifar10_3c3d --lr-scale 0.1 1 10
     python -m experiments.ablation --config cifar10_3c3d --positions default first penultimate first3 last3 with_last
+    python -m experiments.ablation --config cifar100_allcnnc --positions last_conv   # one BN, after conv9 (Fig. A.13 C)
     python -m experiments.ablation --config cifar100_allcnnc --shard 2/3   # one SLURM array task of three
     python -m experiments.ablation --config cifar10_3c3d --published-code  # what the thesis's code did (own folder)
     python -m experiments.ablation --quick                          # 20 steps on 512 examples: ~45 s
@@ -43,30 +45,38 @@ from jaxnorm.study import RunGroup
 from jaxnorm.train import TrainConfig, build_model
 
 STRATEGIES = ("auto", "vmap", "loop", "map")
-PLACEMENTS = ("default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl")
+PLACEMENTS = ("default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl", "last_conv")
 
 
-def positions_preset(name: str, num_layers: int) -> tuple[int, ...] | None:
+def positions_preset(name: str, num_layers: int, num_convs: int | None = None) -> tuple[int, ...] | None:
     """``bn_positions`` of the thesis's placement studies, for a net of ``num_layers``
-    weight layers (the last is the output layer).
+    weight layers (the last is the output layer) whose first ``num_convs`` are convs.
 
     default: after every layer but the last; with_last: after every layer; first: after
     the first only; penultimate: after the last hidden layer only; first3/last3 and
     first4/last4: the first/last three or four hidden layers; last4_incl: the last four
-    layers, the output layer included (All-CNN-C, thesis Fig. A.16 C).
+    layers, the output layer included (All-CNN-C, thesis Fig. A.16 C); last_conv: after
+    the last conv only (thesis Fig. A.13 C: All-CNN-C's conv9, 3C3D's conv3).
+
+    Raises:
+      ValueError: an unknown name; ``last_conv`` without ``num_convs`` in [1, num_layers].
     """
     L, hidden = num_layers, list(range(num_layers - 1))
     on = {
         "default": None, "with_last": list(range(L)), "first": [0], "penultimate": [L - 2], "first3": hidden[:3],
         "last3": hidden[-3:], "first4": hidden[:4], "last4": hidden[-4:], "last4_incl": list(range(L))[-4:],
+        "last_conv": [(num_convs or 0) - 1],
     }  # fmt: skip
     if name not in on:
         raise ValueError(f"unknown BN placement {name!r}; known: {sorted(on)}")
+    if name == "last_conv" and not (num_convs is not None and 1 <= num_convs <= L):
+        raise ValueError(f"BN placement 'last_conv' needs the number of convs in [1, {L}], got {num_convs}.")
     return None if on[name] is None else tuple(int(i in on[name]) for i in range(L))
 
 
-def num_weight_layers(config: TrainConfig) -> int:
-    """How many weight layers (``bn_positions`` flags) the config's model has."""
+def weight_layers(config: TrainConfig) -> tuple[str, ...]:
+    """The names of the config's model's weight layers (``conv*``/``dense*``; one
+    ``bn_positions`` flag each). Every model here puts its convs before its dense layers."""
     import jax
     import jax.numpy as jnp
 
@@ -76,7 +86,20 @@ def num_weight_layers(config: TrainConfig) -> int:
     shape = load(config.dataset, config.train_split).images.shape[1:]
     model = get_model(config.model, norm="bn", **{**dict(config.model_kwargs), "bn_positions": None})
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, *shape)), train=False))
-    return sum(k.startswith(("conv", "dense")) for k in variables["params"])
+    return tuple(k for k in variables["params"] if k.startswith(("conv", "dense")))
+
+
+def num_weight_layers(config: TrainConfig) -> int:
+    """How many weight layers (``bn_positions`` flags) the config's model has."""
+    return len(weight_layers(config))
+
+
+def unrectified_norms(config: TrainConfig, module) -> frozenset[str]:
+    """The norm slots no ReLU follows (what :class:`ReluSparsity` must skip): the output
+    layer's ``norm<L>``, which feeds the logits -- unless the model rectifies its output
+    layer too (``rectifies_output``: All-CNN-C has a ReLU after conv9, before the spatial
+    mean, so its ``norm9`` under ``with_last`` is the thesis's key case and is probed)."""
+    return frozenset() if getattr(module, "rectifies_output", False) else frozenset({f"norm{num_weight_layers(config)}"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +158,11 @@ class AblationSetup:
     def base_config(self) -> TrainConfig:
         return get_config(self.config, **({"as_published_code": True} if self.published_code else {}))
 
-    def run_configs(self, base: TrainConfig, num_layers: int, scale: float, placement: str, seed: int, results) -> list[TrainConfig]:
-        """The variants' configs of one (scale, placement, seed) group."""
+    def run_configs(self, base: TrainConfig, layers: Sequence[str], scale: float, placement: str, seed: int, results) -> list[TrainConfig]:
+        """The variants' configs of one (scale, placement, seed) group; ``layers`` are the
+        model's weight layers (:func:`weight_layers`)."""
         model_kwargs, tag = dict(base.model_kwargs), base.tag
-        bn_positions = positions_preset(placement, num_layers)
+        bn_positions = positions_preset(placement, len(layers), sum(n.startswith("conv") for n in layers))
         if bn_positions is not None:
             model_kwargs["bn_positions"] = bn_positions
             tag = "+".join(t for t in (base.tag, placement) if t)
@@ -163,8 +187,7 @@ def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list
     probe = normalize(train.images[:n], train.mean, train.std)
     module = build_model(cfg, train.num_classes, norm="bn_ablation" if len({c.norm for c in configs}) > 1 else None)
     every = max(1, min(10 * cfg.record_every_steps, (cfg.max_steps or 10**9) // 4))
-    last = f"norm{num_weight_layers(cfg)}"  # feeds the logits, not a ReLU
-    return [GammaBetaRecorder(cfg.record_every_steps), ReluSparsity(module, probe, every=every, skip={last})]
+    return [GammaBetaRecorder(cfg.record_every_steps), ReluSparsity(module, probe, every=every, skip=unrectified_norms(cfg, module))]
 
 
 class AblationStudy:
@@ -183,7 +206,7 @@ class AblationStudy:
 
     def groups(self, setup: AblationSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
         base = setup.base_config()
-        layers = num_weight_layers(base)
+        layers = weight_layers(base)
         out = []
         for scale in setup.lr_scale:
             for placement in setup.positions:

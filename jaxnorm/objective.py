@@ -1,8 +1,17 @@
-"""The training objective: a per-example loss by name, plus L2 on weights only.
+"""The training objective: a per-example loss by name, plus an L2 term over a scope.
 
-``objective = mean_i loss(logits_i, y_i) + 0.5 * λ * Σ_W ||W||²`` where W ranges over
-the weight kernels (leaves named ``kernel``): biases and BatchNorm's γ/β are not decayed
-(source document 001 / DeepOBS: "L2 regularization on weights only").
+``objective = mean_i loss(logits_i, y_i) + 0.5 * λ * Σ_{θ in scope} ||θ||²``. The L2
+scopes (:data:`L2_SCOPES`):
+
+* ``'weights'`` (the default) -- the weight kernels (leaves named ``kernel``): biases and
+  the norm layers' γ/β are not decayed. This is what the text of "Dissecting BatchNorm:
+  An Ablation Study on the Core Components" (master thesis, University of Tübingen, 2023)
+  states: "ℓ2 regularization on the weights (but not the biases)" (Appendix B).
+* ``'all_but_bias'`` -- every parameter not named ``bias``, so BatchNorm's γ (``scale``)
+  too: what DeepOBS-PyTorch (Schneider et al., "DeepOBS: A Deep Learning Optimizer
+  Benchmark Suite", 2019; ``get_regularization_groups`` of its PyTorch test problems)
+  actually decays, since it penalizes each parameter whose name lacks ``bias`` and
+  PyTorch names γ ``weight``. β is a ``bias`` in both frameworks, so it stays undecayed.
 
 Losses (:data:`LOSSES`; every one maps ``(logits (b, C), integer labels (b,))`` to a
 per-example ``(b,)`` float32 vector):
@@ -19,7 +28,7 @@ or a callable of the same contract (:func:`get_loss`).
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Mapping, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +39,71 @@ from jaxnorm._registry import lookup
 PerExampleLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+#: The parameter sets an L2 term may cover (module docstring).
+L2_SCOPES = ("weights", "all_but_bias")
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None))
+
+
 def is_weight(path) -> bool:
     """True for a params leaf that is a weight kernel (name ``kernel``)."""
-    last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+    return _leaf_name(path) == "kernel"
 
 
-def l2_penalty(params) -> jax.Array:
-    """``0.5 * Σ ||W||²`` over the weight kernels (multiply by λ)."""
-    leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for p, x in jax.tree_util.tree_leaves_with_path(params) if is_weight(p)]
-    return 0.5 * sum(leaves) if leaves else jnp.zeros((), jnp.float32)
+def in_l2_scope(path, scope: str = "weights") -> bool:
+    """Whether the params leaf at ``path`` is in the L2 ``scope`` (:data:`L2_SCOPES`).
+
+    Raises:
+      ValueError: an unknown scope (the message lists the known ones).
+    """
+    check_l2_scope(scope)
+    return is_weight(path) if scope == "weights" else _leaf_name(path) != "bias"
+
+
+def check_l2_scope(scope: str, where: str = "l2_scope") -> str:
+    """``scope`` if it is one of :data:`L2_SCOPES`, else a ValueError naming ``where``."""
+    if scope not in L2_SCOPES:
+        raise ValueError(f"{where} must be one of {list(L2_SCOPES)} (the parameters the L2 term covers), got {scope!r}.")
+    return scope
+
+
+def _scale_switch(switches, path):
+    """The ``use_scale`` 0/1 switch of the ``bn_ablation`` norm layer whose γ is at
+    ``path`` (from its ``batch_stats``), or None (not a γ, or no switch: a plain norm)."""
+    if switches is None or _leaf_name(path) != "scale":
+        return None
+    node = switches
+    for key in path[:-1]:
+        node = node.get(getattr(key, "key", None)) if isinstance(node, Mapping) else None
+        if node is None:
+            return None
+    return node.get("use_scale") if isinstance(node, Mapping) else None
+
+
+def l2_penalty(params, scope: str = "weights", switches=None) -> jax.Array:
+    """``0.5 * Σ ||θ||²`` over the params leaves in ``scope`` (:data:`L2_SCOPES`;
+    multiply by λ).
+
+    ``switches``: a ``bn_ablation`` model's ``batch_stats`` (None: no switches). A γ that
+    the run's variant switches off (``use_scale`` 0; the layer then uses exactly 1 in its
+    place) is weighted by that switch, so the superset's objective equals the variant's
+    own, whose γ does not exist, and the unused γ gets no decay gradient. Only
+    ``'all_but_bias'`` covers γ at all.
+
+    Raises:
+      ValueError: an unknown scope.
+    """
+    check_l2_scope(scope)
+    terms = []
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        if in_l2_scope(path, scope):
+            term = jnp.sum(jnp.square(x.astype(jnp.float32)))
+            switch = _scale_switch(switches, path)
+            terms.append(term if switch is None else term * switch)
+    return 0.5 * sum(terms) if terms else jnp.zeros((), jnp.float32)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

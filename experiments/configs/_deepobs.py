@@ -7,8 +7,11 @@ from jaxnorm.train import TrainConfig
 
 
 def deepobs_config(*, as_published_code: bool, **fields) -> TrainConfig:
-    """Plain SGD, constant learning rate, cross-entropy + L2 on weights, the DeepOBS
-    augmentation, train on the 40k split, report train_eval and test every epoch.
+    """Plain SGD, constant learning rate, cross-entropy + L2 on the weights (the thesis's
+    text; DeepOBS-PyTorch also decays BN's γ: pass ``l2_scope='all_but_bias'``), the DeepOBS
+    augmentation, train on the 40k split, report train_eval and test every epoch (the fixed
+    train_eval split; DeepOBS-PyTorch redraws it, augmented, every time:
+    ``train_eval_mode='deepobs'``).
 
     ``as_published_code=True`` reproduces what the thesis's published code did instead of
     what its text says: its L2 term never reached the loss (``weight_decay=0``). The

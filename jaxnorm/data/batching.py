@@ -24,7 +24,9 @@ Evaluation covers every example exactly once with fixed-shape padded batches::
 
 Random streams: ``step_key(seed, epoch, step) = fold_in(fold_in(PRNGKey(seed), epoch), step)``;
 the epoch's shuffle uses ``step_key(seed, epoch, SHUFFLE_STEP)`` with ``SHUFFLE_STEP = 2**32 - 1``,
-a step index no epoch reaches, so data order and augmentation never share random bits.
+a step index no epoch reaches, so data order and augmentation never share random bits; the
+DeepOBS-style redrawn ``train_eval`` set of epoch ``e`` uses ``step_key(seed, e, TRAIN_EVAL_STEP)``
+(``2**32 - 2``, equally unreachable).
 Note these are ``jax.random`` (threefry) streams: the same JAX version and configuration
 reproduce them exactly; a JAX upgrade may change them (the train/validation partition in
 :mod:`jaxnorm.data.splits` does not depend on JAX and never changes).
@@ -38,6 +40,8 @@ import numpy as np
 
 SHUFFLE_STEP = 2**32 - 1
 """The (unreachable) step index whose key shuffles an epoch."""
+TRAIN_EVAL_STEP = 2**32 - 2
+"""The (unreachable) step index whose key draws and augments an epoch's ``train_eval`` set."""
 
 
 def step_key(seed: int, epoch, step) -> jax.Array:

@@ -46,7 +46,13 @@ class AllCNNC(nn.Module):
       input_dropout, hidden_dropout: the dropout rates (0.2, 0.5).
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
         ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+
+    ``rectifies_output`` (a class constant, not an option): a ReLU follows the output
+    layer too (conv9, before the spatial mean), so a ``norm9`` feeds a ReLU like every
+    other norm slot; models without it feed their last layer straight to the logits.
     """
+
+    rectifies_output = True  # unannotated: a class constant, not a dataclass field
 
     num_classes: int = 100
     norm: str = "vanilla"

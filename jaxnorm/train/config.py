@@ -26,10 +26,11 @@ from typing import Any, Mapping, Optional
 from jaxnorm._registry import lookup
 from jaxnorm.data.augmentation import AugmentConfig
 from jaxnorm.modes import check_bn_mode
-from jaxnorm.objective import LOSSES
+from jaxnorm.objective import LOSSES, check_l2_scope
 from jaxnorm.train.optim import OPTIMIZERS
 
 EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
+TRAIN_EVAL_MODES = ("fixed", "deepobs")  # the stored train_eval split, or DeepOBS-PyTorch's redraw
 
 _OPTIONAL_INTEGER_FIELDS = ("max_steps", "train_subset", "eval_subset", "num_devices")
 _INTEGER_FIELDS = (
@@ -82,8 +83,12 @@ class TrainConfig:
         ``momentum`` in [0, 1) (at 1 or above the heavy-ball sum grows without bound). The learning rate, momentum and
         weight decay are data (in the optimizer state): runs that differ only in them
         train as one program in :func:`~jaxnorm.train.fit_many`.
-      weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||W||²`` added to the
-        loss (weights only); for ``adamw`` decoupled decay of the weights.
+      weight_decay: λ. For ``sgd``/``adam`` the L2 term ``0.5 λ Σ ||θ||²`` added to the
+        loss; for ``adamw`` decoupled decay; θ ranges over ``l2_scope``.
+      l2_scope: which parameters λ covers (:data:`jaxnorm.objective.L2_SCOPES`):
+        ``'weights'`` (default: the kernels, the thesis's text) or ``'all_but_bias'``
+        (DeepOBS-PyTorch's behaviour: every parameter not named ``bias``, so BN's γ
+        too). Structure: runs trained as one program share it.
       augment: :class:`jaxnorm.data.AugmentConfig` for training batches, or None for
         normalization only.
       train_split, eval_splits: dataset splits; evaluation runs on each eval split.
@@ -108,8 +113,17 @@ class TrainConfig:
 
     Evaluation and bookkeeping (of these, only the fields in ``BOOKKEEPING_FIELDS`` leave a
     run's identity unchanged; ``eval_bn_mode``, ``eval_batch_size``, ``divergence_factor``,
-    ``num_devices`` and ``sync_bn`` can change its numbers):
+    ``num_devices``, ``sync_bn`` and ``train_eval_mode`` can change its numbers):
       eval_every_epochs: evaluate every k epochs (and after the last).
+      train_eval_mode: how the ``'train_eval'`` split (the training-loss set) is formed:
+        ``'fixed'`` (default) -- the stored split, the same examples every evaluation,
+        normalized only; ``'deepobs'`` -- DeepOBS-PyTorch's behaviour: as many examples
+        as that split holds (after ``eval_subset``, at most the training set's size),
+        redrawn at every evaluation from all of the run's training examples and passed
+        through the training ``augment`` (:func:`jaxnorm.train.step.make_drawn_evaluate`;
+        DeepOBS-PyTorch draws from the 50k images that also hold its validation set:
+        here from the training split only, the splits staying disjoint). Needs
+        ``'train_eval'`` in ``eval_splits``.
       eval_bn_mode: ``'running'`` (BN uses running statistics; default) or ``'batch'``
         (BN uses each eval batch's statistics, as TENT's baseline does); the
         vocabulary of :mod:`jaxnorm.modes`.
@@ -151,6 +165,7 @@ class TrainConfig:
     schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    l2_scope: str = "weights"
     augment: Optional[AugmentConfig] = None
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("train_eval", "test")
@@ -163,6 +178,7 @@ class TrainConfig:
     tag: str = ""
 
     eval_every_epochs: int = 1
+    train_eval_mode: str = "fixed"
     eval_bn_mode: str = "running"
     divergence_factor: Optional[float] = None
     eval_batch_size: int = 500
@@ -207,6 +223,11 @@ class TrainConfig:
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise ValueError(f"TrainConfig.divergence_factor must be > 1 or None, got {self.divergence_factor}.")
         lookup(LOSSES, self.loss, "TrainConfig.loss")
+        check_l2_scope(self.l2_scope, where="TrainConfig.l2_scope")
+        if self.train_eval_mode not in TRAIN_EVAL_MODES:
+            raise ValueError(f"TrainConfig.train_eval_mode must be one of {list(TRAIN_EVAL_MODES)}, got {self.train_eval_mode!r}.")
+        if self.train_eval_mode == "deepobs" and "train_eval" not in self.eval_splits:
+            raise ValueError(f"TrainConfig.train_eval_mode='deepobs' redraws the 'train_eval' split, which eval_splits {list(self.eval_splits)} lacks.")
         lookup({k: k for k in OPTIMIZERS}, self.optimizer, "TrainConfig.optimizer")
         if self.frozen is not None:
             try:

@@ -12,7 +12,9 @@ writes ``results/<study>/<run>/`` (see :mod:`jaxnorm.results`). The loop:
 * pulls metrics to the host only every ``log_every_steps`` steps and at epoch ends
   (the loop's only host syncs), checking there for divergence;
 * evaluates every ``eval_every_epochs`` epochs on each eval split (one compiled call
-  per split), checkpoints every ``checkpoint_every_epochs`` epochs.
+  per split; with ``train_eval_mode='deepobs'`` the ``train_eval`` set is redrawn and
+  augmented on the device from (seed, epoch), by one compiled call traced once),
+  checkpoints every ``checkpoint_every_epochs`` epochs.
 
 The pieces: :func:`~jaxnorm.train.run_groups.check_compatible` decides whether the
 configs can share one program (:mod:`jaxnorm.train.run_groups`); ``_plan`` loads the data
@@ -88,7 +90,7 @@ from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
 from jaxnorm.train.optim import make_optimizer
 from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl
 from jaxnorm.train.state import TrainState, create_state
-from jaxnorm.train.step import layout_eval, make_evaluate, make_train_step
+from jaxnorm.train.step import layout_eval, make_drawn_evaluate, make_evaluate, make_train_step
 
 
 @dataclasses.dataclass
@@ -217,6 +219,7 @@ def _optimizer(c: TrainConfig, plan: _Plan):
         momentum=c.momentum,
         nesterov=c.nesterov,
         weight_decay=c.weight_decay,
+        l2_scope=c.l2_scope,
         schedule=c.schedule,
         schedule_kwargs=c.schedule_kwargs,
         warmup_steps=c.warmup_steps,
@@ -257,12 +260,21 @@ class _Program:
             mean=plan.mean,
             std=plan.std,
             loss=cfg.loss,
+            l2_scope=cfg.l2_scope,
             augment_config=cfg.augment,
             batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
         )
         self.train_step = jit(self.traced("train_step", map_over_runs(step_fn, strategy, (0, None, 0, 0, None, None), num)), donate_argnums=(0,))
         evaluate = make_evaluate(module, mean=plan.mean, std=plan.std, bn_mode=cfg.eval_bn_mode, loss=cfg.loss)
         self.evaluate = jit(self.traced("evaluate", map_over_runs(evaluate, strategy, (0, None, None, None), num)))
+        if cfg.train_eval_mode == "deepobs":
+            size = min(len(load(cfg.dataset, "train_eval").labels[: cfg.eval_subset]), len(plan.labels))
+            drawn = make_drawn_evaluate(
+                module, size=size, batch_size=min(cfg.eval_batch_size, size), mean=plan.mean, std=plan.std,
+                bn_mode=cfg.eval_bn_mode, loss=cfg.loss, augment_config=cfg.augment,
+            )  # fmt: skip
+            # Each run draws with its own seed; the epoch is traced: one compilation.
+            self.evaluate_drawn = jit(self.traced("evaluate_drawn", map_over_runs(drawn, strategy, (0, None, 0, None), num)))
         # Observers copy out of the state: the next step donates (invalidates) its buffers.
         # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
         self._observe = {
@@ -279,6 +291,12 @@ class _Program:
         self.states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c, tx in zip(configs, txs)]
         self.carries: dict = {}
 
+    def evaluate_split(self, state, arrays, epoch: int):
+        """One split's totals: a laid-out split, or (:class:`_Drawn`) the redrawn train_eval set."""
+        if isinstance(arrays, _Drawn):
+            return self.evaluate_drawn(state, arrays.data, arrays.seeds, jnp.int32(epoch))
+        return self.evaluate(state, *arrays)
+
     def start_carries(self, state) -> None:
         self.carries = {name: init(state) for name, init in self._init_carry.items()}
 
@@ -289,10 +307,24 @@ class _Program:
         return record
 
 
-def _eval_data(plan: _Plan, place) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Drawn:
+    """The inputs of the redrawn train_eval set (``train_eval_mode='deepobs'``): the
+    device-resident training data and the runs' seeds."""
+
+    data: tuple
+    seeds: jax.Array
+
+
+def _eval_data(plan: _Plan, place, data=None, seeds=None) -> dict:
+    """Each eval split laid out on the device; with ``train_eval_mode='deepobs'`` the
+    train_eval entry is a :class:`_Drawn` over the training ``data`` instead."""
     cfg = plan.config
     out = {}
     for split in cfg.eval_splits:
+        if split == "train_eval" and cfg.train_eval_mode == "deepobs":
+            out[split] = _Drawn(data, seeds)
+            continue
         ds = load(cfg.dataset, split)
         images, labels = ds.images[: cfg.eval_subset], ds.labels[: cfg.eval_subset]
         laid = layout_eval(images, labels, min(cfg.eval_batch_size, len(labels)), drop_remainder=cfg.eval_bn_mode == "batch")
@@ -515,7 +547,8 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
         states = [st.replace(batch_stats=set_ablation_variant(st.batch_stats, c.norm)) for st, c in zip(states, configs)]
     state = program.place(stack(states))
     data = program.place((jnp.asarray(plan.images), jnp.asarray(plan.labels)))
-    eval_data = _eval_data(plan, program.place)
+    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    eval_data = _eval_data(plan, program.place, data, seeds)
 
     # A run that kept checkpoints resumes from them even if this call saves none (the
     # interval is bookkeeping, not identity).
@@ -532,7 +565,6 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
         loop.start(step, initial_losses)
         desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
         bar = tqdm(total=plan.total_steps, initial=step, disable=not progress, desc=desc, leave=False)
-        seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
         try:
             for epoch in range(start_epoch, plan.last_epoch + 1):
                 state, step = loop.epoch(state, data, seeds, epoch, step, bar)
@@ -671,7 +703,7 @@ class _Loop:
         return len(host)
 
     def evaluate(self, state, eval_data, epoch: int, step: int) -> None:
-        totals = jax.device_get({split: self.program.evaluate(state, *arrays) for split, arrays in eval_data.items()})
+        totals = jax.device_get({split: self.program.evaluate_split(state, arrays, epoch) for split, arrays in eval_data.items()})
         for i, r in enumerate(self.runs):
             if not self.divergence[i]:
                 append_jsonl(r.metrics, eval_lines(_run_slice(totals, i), epoch, step))

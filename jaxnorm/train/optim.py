@@ -7,9 +7,9 @@ Optimizers (:data:`OPTIMIZERS`):
 * ``adam`` -- Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization"); weight
   decay, like SGD's, is the L2 term of the objective (coupled);
 * ``adamw`` -- Adam with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight
-  Decay Regularization"): ``update = -lr·(adam + λ·W)`` on the weight kernels only; the
-  objective then has no L2 term. Equals ``optax.adamw(schedule, weight_decay=λ,
-  mask=kernels)``.
+  Decay Regularization"): ``update = -lr·(adam + λ·W)`` on the weight kernels (or the
+  ``l2_scope``'s parameters); the objective then has no L2 term. Equals
+  ``optax.adamw(schedule, weight_decay=λ, mask=kernels)``.
 
 Hyperparameters as data: the learning rate, momentum and weight decay live in the
 optimizer state (``optax.inject_hyperparams``; read them with :func:`hyperparams`), so
@@ -54,7 +54,7 @@ from optax import contrib
 from jaxnorm._registry import lookup
 from jaxnorm._tree import param_paths
 from jaxnorm.diagnostics.step_tracker import track_step_conditioning as _step_tracker
-from jaxnorm.objective import is_weight
+from jaxnorm.objective import check_l2_scope, in_l2_scope
 
 
 def _constant(steps_per_epoch: int, decay_steps: int):
@@ -102,11 +102,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 COUPLED_DECAY = ("sgd", "adam")
 
 
-def _kernel_mask(params):
-    return jax.tree_util.tree_map_with_path(lambda p, _: is_weight(p), params)
+def _decay_mask(scope: str):
+    return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: in_l2_scope(p, scope), params)
 
 
-def _inner(learning_rate, momentum, weight_decay, l2, *, optimizer: str, use_momentum: bool, nesterov: bool, b1, b2, eps, multiplier):
+def _inner(learning_rate, momentum, weight_decay, l2, *, optimizer: str, use_momentum: bool, nesterov: bool, b1, b2, eps, multiplier, l2_scope):
     """The optimizer proper; ``learning_rate``, ``momentum``, ``weight_decay`` and ``l2``
     arrive as arrays from the optimizer state (``optax.inject_hyperparams``). ``l2`` is
     not used here: it is the objective's L2 coefficient, which the train step reads
@@ -118,7 +118,7 @@ def _inner(learning_rate, momentum, weight_decay, l2, *, optimizer: str, use_mom
     else:
         parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
         if optimizer == "adamw":
-            parts.append(optax.add_decayed_weights(weight_decay, mask=_kernel_mask))
+            parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask(l2_scope)))
     if multiplier is not None:
         parts.append(optax.scale_by_schedule(multiplier))
     parts.append(optax.scale_by_learning_rate(learning_rate))
@@ -168,6 +168,7 @@ def make_optimizer(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    l2_scope: str = "weights",
     schedule: str = "constant",
     schedule_kwargs: Mapping | None = None,
     warmup_steps: int = 0,
@@ -187,6 +188,10 @@ def make_optimizer(
       nesterov: Nesterov momentum (SGD).
       weight_decay: λ (data). ``sgd``/``adam``: the objective's L2 term, applied by the
         train step (:data:`COUPLED_DECAY`); ``adamw``: decoupled decay of the kernels.
+      l2_scope: ``adamw`` only: which parameters it decays, a name from
+        :data:`jaxnorm.objective.L2_SCOPES` (``'all_but_bias'``: every leaf not named
+        ``bias``; a ``bn_ablation`` run's switched-off γ is then decayed too, unused: the
+        layer uses 1 in its place). The coupled optimizers' scope is the train step's.
       schedule: a name from :data:`SCHEDULES`; schedule_kwargs: its options
         (``epochs``/``factor`` for step; ``factor``/``patience``/``rtol``/``cooldown``/
         ``min_scale`` for plateau; ``alpha`` for cosine; ``end`` for linear).
@@ -204,7 +209,7 @@ def make_optimizer(
 
     Raises:
       ValueError: unknown optimizer or schedule, non-positive learning rate, negative
-        momentum or weight decay, momentum with Adam, a negative warmup, warmup with
+        momentum or weight decay, an unknown ``l2_scope``, momentum with Adam, a negative warmup, warmup with
         ``plateau``, ``cosine``/``linear`` without ``total_steps``, unknown optimizer
         options, or an invalid ``frozen`` regex; at ``init``, a ``frozen`` regex that
         matches no parameter (the message lists the parameter paths).
@@ -215,6 +220,7 @@ def make_optimizer(
         raise ValueError(f"momentum must be >= 0, got {momentum}.")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    check_l2_scope(l2_scope)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {list(OPTIMIZERS)}")
     if optimizer != "sgd" and (momentum or nesterov):
@@ -239,7 +245,7 @@ def make_optimizer(
     use_momentum = momentum_structure(momentum)
     core = optax.inject_hyperparams(
         lambda learning_rate, momentum, weight_decay, l2: _inner(
-            learning_rate, momentum, weight_decay, l2, optimizer=optimizer, use_momentum=use_momentum, nesterov=nesterov, multiplier=multiplier, **adam
+            learning_rate, momentum, weight_decay, l2, optimizer=optimizer, use_momentum=use_momentum, nesterov=nesterov, multiplier=multiplier, l2_scope=l2_scope, **adam
         )
     )(
         learning_rate=float(learning_rate),

@@ -17,9 +17,9 @@ import numpy as np
 import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
-from jaxnorm.data.batching import batch_indices, iterate_eval, step_key
+from jaxnorm.data.batching import TRAIN_EVAL_STEP, batch_indices, iterate_eval, step_key
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
-from jaxnorm.objective import accuracy, get_loss, l2_penalty
+from jaxnorm.objective import accuracy, check_l2_scope, get_loss, l2_penalty
 from jaxnorm.train.optim import hyperparams
 from jaxnorm.train.state import TrainState
 
@@ -35,6 +35,7 @@ def make_train_step(
     std,
     loss="ce",
     weight_decay: Optional[float] = None,
+    l2_scope: str = "weights",
     augment_config: Optional[AugmentConfig] = None,
     batch_sharding=None,
 ) -> Callable:
@@ -47,11 +48,15 @@ def make_train_step(
       mean, std: per-channel normalization constants of the dataset.
       loss: the per-example loss: a name from :data:`jaxnorm.objective.LOSSES` or a
         callable ``(logits, labels) -> (b,)``.
-      weight_decay: λ of the objective's ``0.5 λ Σ ||W||²`` (weights only). None (the
+      weight_decay: λ of the objective's L2 term ``0.5 λ Σ ||θ||²``. None (the
         default): the optimizer state's ``l2`` hyperparameter
         (:func:`jaxnorm.train.optim.hyperparams`; 0 if it has none) -- data, so runs
         with different λ share the step (``adamw`` decays the weights itself: its
         ``l2`` is 0).
+      l2_scope: the parameters θ the L2 term covers, a name from
+        :data:`jaxnorm.objective.L2_SCOPES` (``'weights'``: the kernels;
+        ``'all_but_bias'``: DeepOBS-PyTorch's, BN's γ included). A ``bn_ablation``
+        run's switched-off γ is left out (:func:`jaxnorm.objective.l2_penalty`).
       augment_config: training augmentation; None: normalization only.
       batch_sharding: if given, the batch is constrained to it (data parallelism).
 
@@ -62,6 +67,7 @@ def make_train_step(
     the key is historical), ``acc`` (batch accuracy).
     """
     per_example_loss = get_loss(loss)
+    check_l2_scope(l2_scope)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
@@ -86,7 +92,8 @@ def make_train_step(
                 variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
             )
             data_term = jnp.mean(per_example_loss(logits, y))
-            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params)
+            # The switches are the superset's per-run γ on/off (batch_stats; constants).
+            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params, l2_scope, state.batch_stats)
             return objective, (data_term, jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
 
         (objective, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -132,13 +139,64 @@ def make_evaluate(module, *, mean, std, bn_mode: str = "running", loss="ce") -> 
         Padded batches would bias the statistics, so :func:`layout_eval` drops the
         incomplete last batch in this mode.
     """
+    one_batch = _eval_batch(module, mean, std, bn_mode, loss)
+
+    def evaluate(state: TrainState, images, labels, mask):
+        return _scan_totals(lambda batch: one_batch(state, *batch), (images, labels, mask))
+
+    return evaluate
+
+
+def make_drawn_evaluate(
+    module, *, size: int, batch_size: int, mean, std, bn_mode: str = "running", loss="ce", augment_config: Optional[AugmentConfig] = None
+) -> Callable:
+    """Builds ``evaluate(state, data, seed, epoch) -> {'loss_sum', 'correct', 'count'}``
+    on a training-loss set redrawn at every evaluation, as DeepOBS-PyTorch's ``train_eval``
+    set is (Schneider et al., "DeepOBS: A Deep Learning Optimizer Benchmark Suite", 2019):
+    ``size`` examples drawn without replacement from all of ``data = (images, labels)``
+    (the device-resident training set) and passed through the training augmentation
+    ``augment_config`` (None: normalization only).
+
+    The draw and the augmentation use ``step_key(seed, epoch, TRAIN_EVAL_STEP)`` (a step
+    no epoch reaches): a function of ``(seed, epoch)`` alone, so a resumed run redraws the
+    same set, and ``seed``/``epoch`` are traced (one compilation for every evaluation).
+    Batches and BN modes as in :func:`make_evaluate` (``'batch'``: the incomplete last
+    batch is dropped, so ``count`` is ``size`` rounded down to whole batches).
+
+    Raises:
+      ValueError: ``size`` or ``batch_size`` < 1, or (``'batch'`` mode) ``batch_size > size``.
+    """
+    if size < 1 or batch_size < 1:
+        raise ValueError(f"a drawn evaluation set needs size and batch_size >= 1, got {size} and {batch_size}.")
+    if bn_mode == "batch" and batch_size > size:
+        raise ValueError(f"eval batch size {batch_size} exceeds the {size} examples of the drawn set.")
+    one_batch = _eval_batch(module, mean, std, bn_mode, loss, augment_config)
+    num_batches = size // batch_size if bn_mode == "batch" else -(-size // batch_size)
+    total = num_batches * batch_size
+
+    def evaluate(state: TrainState, data, seed, epoch):
+        images, labels = data
+        draw_key, aug_key = jax.random.split(step_key(seed, epoch, TRAIN_EVAL_STEP))
+        drawn = jax.random.permutation(draw_key, labels.shape[0])[:size]  # without replacement
+        # Padding repeats the first drawn index; its mask is 0 (batch mode pads nothing).
+        idx = jnp.concatenate([drawn, jnp.broadcast_to(drawn[:1], (max(total - size, 0),))])[:total]
+        mask = (jnp.arange(total) < size).astype(jnp.float32)
+        batches = (idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size), jnp.arange(num_batches))
+        return _scan_totals(lambda b: one_batch(state, images[b[0]], labels[b[0]], b[1], jax.random.fold_in(aug_key, b[2])), batches)
+
+    return evaluate
+
+
+def _eval_batch(module, mean, std, bn_mode: str, loss, augment_config: Optional[AugmentConfig] = None):
+    """``(state, x, y, mask[, key]) -> totals`` of one evaluation batch: normalized (or,
+    with ``augment_config`` and a key, augmented as in training), then the masked sums."""
     check_bn_mode(bn_mode, ("running", "batch"))
     per_example_loss = get_loss(loss)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
-    def one_batch(state, x, y, m):
-        x = normalize(x, mean, std)
+    def one_batch(state, x, y, m, key=None):
+        x = normalize(x, mean, std) if augment_config is None else augment(key, x, augment_config, mean, std)
         logits = apply_in_mode(module, state.variables, x, bn_mode=bn_mode)
         return {
             "loss_sum": jnp.sum(per_example_loss(logits, y) * m),
@@ -146,16 +204,17 @@ def make_evaluate(module, *, mean, std, bn_mode: str = "running", loss="ce") -> 
             "count": jnp.sum(m),
         }
 
-    def evaluate(state: TrainState, images, labels, mask):
-        def body(carry, batch):
-            out = one_batch(state, *batch)
-            return jax.tree.map(jnp.add, carry, out), None
+    return one_batch
 
-        zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        totals, _ = jax.lax.scan(body, zero, (images, labels, mask))
-        return totals
 
-    return evaluate
+def _scan_totals(batch_totals, batches):
+    """The per-batch totals summed over ``batches`` (leading axis) in one ``lax.scan``."""
+
+    def body(carry, batch):
+        return jax.tree.map(jnp.add, carry, batch_totals(batch)), None
+
+    zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+    return jax.lax.scan(body, zero, batches)[0]
 
 
 def layout_eval(images, labels, batch_size: int, *, drop_remainder: bool = False):

@@ -92,9 +92,59 @@ def test_positions_presets():
     assert ablation.positions_preset("first3", 6) == (1, 1, 1, 0, 0, 0)
     assert ablation.positions_preset("last3", 6) == (0, 0, 1, 1, 1, 0)
     assert ablation.positions_preset("last4_incl", 9) == (0, 0, 0, 0, 0, 1, 1, 1, 1)
-    assert set(ablation.PLACEMENTS) == {"default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl"}
+    assert ablation.positions_preset("last_conv", 6, 3) == (0, 0, 1, 0, 0, 0)
+    assert ablation.positions_preset("last_conv", 9, 9) == (0,) * 8 + (1,)
+    assert set(ablation.PLACEMENTS) == {"default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl", "last_conv"}
     with pytest.raises(ValueError, match="unknown BN placement"):
         ablation.positions_preset("middle", 6)
+    for convs in (None, 0, 7):  # an MLP has no conv; more convs than layers is a caller's bug
+        with pytest.raises(ValueError, match="'last_conv' needs the number of convs in \\[1, 6\\]"):
+            ablation.positions_preset("last_conv", 6, convs)
+
+
+def _group_configs(tmp_path, config, positions):
+    setup = setup_with(ablation.STUDY.setups[config], {"positions": positions}, quick=True)
+    return [g.configs for g in ablation.STUDY.groups(setup, [0], tmp_path / "ablation" / setup.name)]
+
+
+def _abstract_state(cfg, module):
+    """The run's initial state as shapes only (nothing compiled or allocated)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnorm.train import create_state, make_optimizer
+
+    return jax.eval_shape(lambda: create_state(jax.random.PRNGKey(0), module, make_optimizer(0.1), jnp.zeros((1, 32, 32, 3))))
+
+
+@pytest.mark.parametrize("config, convs, norm", [("cifar10_3c3d", 3, "norm3"), ("cifar100_allcnnc", 9, "norm9")])
+def test_last_conv_places_exactly_one_norm_after_the_last_conv(tmp_path, config, convs, norm):
+    """Thesis Fig. A.13 C: one BN layer, after the last conv (3C3D's conv3 before its dense
+    layers; All-CNN-C's conv9, all nine being convs)."""
+    from jaxnorm.train import build_model
+
+    with tfds.testing.mock_data(num_examples=40):
+        (configs,) = _group_configs(tmp_path, config, ["last_conv"])
+    for c in configs:
+        assert c.tag == "last_conv" and c.name.endswith("_last_conv_s0")
+        assert c.model_kwargs["bn_positions"] == tuple(int(i == convs - 1) for i in range(len(c.model_kwargs["bn_positions"])))
+    bn = next(c for c in configs if c.norm == "bn_gamma_beta")
+    params = _abstract_state(bn, build_model(bn, 100)).params
+    assert [k for k in params if k.startswith("norm")] == [norm]
+
+
+@pytest.mark.parametrize("config, probed", [("cifar100_allcnnc", {f"norm{i}" for i in range(1, 10)}), ("cifar10_3c3d", {f"norm{i}" for i in range(1, 6)})])
+def test_relu_sparsity_probes_every_norm_a_relu_follows(tmp_path, config, probed):
+    """``with_last``: All-CNN-C's norm9 feeds a ReLU (the thesis's key case) and is probed;
+    3C3D's norm6 feeds the logits and is not. Shapes only: which layers, not values."""
+    import jax
+
+    with tfds.testing.mock_data(num_examples=40):
+        (configs,) = _group_configs(tmp_path, config, ["with_last"])
+        observers = ablation.observers_for(configs, probe_size=4)
+    (sparsity,) = [o for o in observers if o.name == "relu_sparsity"]
+    record = jax.eval_shape(sparsity, _abstract_state(configs[0], sparsity.module))
+    assert set(record) == probed
 
 
 def test_placements_and_lr_scales_are_groups_of_one_root(tmp_path):

@@ -177,6 +177,7 @@ def test_hessian_loss_fn_takes_the_loss_by_name():
         ({"warmup_steps": -2}, "warmup_steps"),
         ({"divergence_factor": 0.5}, "divergence_factor"),
         ({"eval_bn_mode": "train"}, "'train' is now called 'batch'"),
+        ({"l2_scope": "gamma"}, r"TrainConfig.l2_scope must be one of \['weights', 'all_but_bias'\]"),
     ],
 )
 def test_new_config_fields_are_validated(changes, match):
@@ -218,3 +219,28 @@ def test_an_unfinished_run_of_a_group_trains_on_while_the_ended_ones_are_read_ba
     again = fit_many(group, observers=[], progress=False)
     assert again[0].traces == {} and again[1].traces["train_step"] == 1
     assert rel_diff(again[1].state.params, first[1].state.params) < REL
+
+
+def test_l2_scope_reaches_the_loop_and_is_part_of_the_run_identity(tmp_path):
+    """DeepOBS-PyTorch's scope adds BN's γ to the L2 term: at the first step (γ = 1 in the
+    two norm layers of 32 features) the objective exceeds the weights-only one by exactly
+    λ·0.5·64, the data terms being equal (same initial parameters). A run folder of one
+    scope is refused for the other; a config.json from before the field reads 'weights'."""
+    from jaxnorm.train.run_folder import BOOKKEEPING_FIELDS, RunExistsError
+
+    lam = 0.01
+    first = {}
+    for scope in ("weights", "all_but_bias"):
+        cfg = tiny_config(tmp_path, max_steps=1, log_every_steps=1, weight_decay=lam, l2_scope=scope, name=scope, checkpoint_every_epochs=0)
+        (m,) = [m for m in fit(cfg, progress=False).metrics if m["kind"] == "train"]
+        first[scope] = m
+    assert first["weights"]["ce"] == first["all_but_bias"]["ce"]
+    extra = (first["all_but_bias"]["loss"] - first["all_but_bias"]["ce"]) - (first["weights"]["loss"] - first["weights"]["ce"])
+    # Each loss is a float32 O(1) value (rounding ~1e-7); the difference is 0.32.
+    assert extra == pytest.approx(lam * 0.5 * 64, abs=1e-5)
+    assert "l2_scope" not in BOOKKEEPING_FIELDS
+    with pytest.raises(RunExistsError, match="l2_scope: stored 'weights', new 'all_but_bias'"):
+        fit(tiny_config(tmp_path, max_steps=1, log_every_steps=1, weight_decay=lam, l2_scope="all_but_bias", name="weights", checkpoint_every_epochs=0), progress=False)
+    old = TrainConfig().to_dict()
+    del old["l2_scope"]
+    assert TrainConfig.from_dict(old).l2_scope == "weights"

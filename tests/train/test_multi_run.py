@@ -102,3 +102,17 @@ def test_the_five_ablation_variants_train_as_one_program(tmp_path):
 def test_mixing_non_ablation_norms_is_refused(tmp_path):
     with pytest.raises(ValueError, match="only among the ablation variants"):
         fit_many([tiny_config(tmp_path, name="a", norm="bn"), tiny_config(tmp_path, name="b", norm="layer")])
+
+
+def test_the_superset_with_deepobs_l2_equals_each_variants_own_run(tmp_path):
+    """l2_scope='all_but_bias' decays γ; in the superset a variant without γ still holds one
+    (switched off, used as 1). It must add nothing to that run's L2 term nor move: the
+    losses are the variant's own network's (rounding as in the test above) and the γ of
+    bn stays exactly 1."""
+    base = tiny_config(tmp_path, max_steps=6, weight_decay=0.05, l2_scope="all_but_bias", checkpoint_every_epochs=0)
+    many = fit_many([base.replace(norm=v, name=f"m_{v}") for v in ("bn", "bn_gamma")], strategy="vmap", progress=False)
+    for v, r in zip(("bn", "bn_gamma"), many):
+        single = fit(base.replace(norm=v, name=f"s_{v}"), progress=False)
+        losses = lambda run: [m["loss"] for m in run.metrics if m["kind"] == "train"]
+        np.testing.assert_allclose(losses(r), losses(single), rtol=1e-5, atol=1e-6)
+    assert all(np.all(np.asarray(many[0].state.params[k]["scale"]) == 1.0) for k in many[0].state.params if k.startswith("norm"))
