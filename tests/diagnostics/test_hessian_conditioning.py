@@ -151,12 +151,26 @@ def test_few_lanczos_steps_give_a_lower_bound_above_the_directional_form(net):
     assert float(low.kappa) >= float(low.directional)
 
 
+def test_lanczos_start_vector_can_be_given():
+    """From the top eigenvector one Lanczos step is exact (H v = λ v), whatever ĝ is."""
+    _, loss, params, ref, _, _ = built("tanh")
+    vals, vecs = np.linalg.eigh(ref["h"])
+    top = vecs[:, np.argmax(np.abs(vals))]
+    v0 = ravel_pytree(params)[1](jnp.asarray(top, jnp.float32))
+    hc = hessian_condition_number(loss, params, order=1, v0=v0)
+    np.testing.assert_allclose(float(hc.kappa), ref["kappa"], rtol=1e-4)
+
+
 def test_hessian_forms_are_nan_at_a_zero_gradient_and_check_the_order():
     w0 = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
     loss = lambda p: 0.5 * sum(jnp.sum((p[k] - w0[k]) ** 2) for k in p)  # minimum at w0: g = 0
     hc = hessian_condition_number(loss, w0, order=2)
     assert np.isnan(float(hc.kappa)) and np.isnan(float(hc.directional))
     assert np.isnan(float(directional_condition_number(loss, w0)))
+    # A zero direction has no unit vector: NaN, not a silent 0.
+    moved = jax.tree.map(lambda a: a + 1.0, w0)
+    dirs = {"a": jnp.stack([jnp.ones(3), jnp.zeros(3)]), "b": jnp.zeros((2, 2, 2))}
+    assert np.isnan(float(directional_condition_number(loss, moved, dirs)))
     with pytest.raises(ValueError, match="order"):
         hessian_condition_number(loss, w0, order=0)
     with pytest.raises(ValueError, match="order"):
@@ -261,6 +275,11 @@ def test_sweep_argument_errors():
             kappa_w_sweep(loss, p, etas)
     with pytest.raises(ValueError, match="rtol"):
         kappa_w_sweep(loss, p, [1e-3], rtol=0.0)
+    module, variables = model("mlp_vanilla")
+    x, y = batch()
+    for etas in ([], [0.0]):
+        with pytest.raises(ValueError, match="η|etas"):
+            kappa_x_sweep(module, variables, x, y, etas, key=jax.random.PRNGKey(0))
 
 
 # ---------------------------------------------------------------- the plateau verdict
