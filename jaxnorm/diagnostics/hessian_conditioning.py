@@ -34,7 +34,7 @@ can exceed the directional limit and even ‖H‖₂·‖w‖/‖g‖ -- always 
 loss at large η (third-order terms), and typical for ReLU networks at practical η,
 whose gradient is piecewise smooth: once a step crosses an activation kink the
 gradient jumps by an amount that does not shrink with η, so the ratio carries a
-``jump/η`` term, and the Hessian (almost everywhere that of the linear region w lies
+``jump/η`` term, and the Hessian (almost everywhere that of the activation region w lies
 in) does not see the jump at all. Only for η below the distance to the nearest kink
 crossing does the ReLU ratio return to the directional value of w's region (if float32
 round-off has not taken over first, below). Measured: an 11-layer orthogonal ReLU net
@@ -128,7 +128,7 @@ def hessian_condition_number(loss_fn: Loss, params: Any, *, order: int = 20, v0:
     Args:
       loss_fn: ``loss(params) -> scalar`` for one fixed batch, e.g.
         :func:`~jaxnorm.diagnostics.hessian.hessian_loss_fn`; differentiable twice
-        (almost everywhere, for ReLU nets: then H is the Hessian of the linear region
+        (almost everywhere, for ReLU nets: then H is the Hessian of the activation region
         w lies in, which the finite-difference κ_W can disagree with; module docstring).
       params: the weights w, any pytree of float arrays.
       order: Lanczos steps (static), in [1, number of parameters]; one HVP each.

@@ -217,8 +217,10 @@ def test_tanh_sweep_plateaus_at_the_directional_hessian_value():
 
 def test_relu_sweep_exceeds_the_hessian_value_where_a_step_crosses_a_kink():
     """Piecewise smooth loss: below the first kink crossing the sweep plateaus at the
-    directional value of w's linear region; at larger η the step changes which side of
-    a ReLU some pre-activation is on, and κ_W exceeds even Def. 2.4's ‖H‖‖w‖/‖g‖."""
+    directional value of w's activation region (fixed ReLU on/off pattern); at larger η
+    the step changes which side of a ReLU some pre-activation is on, and κ_W exceeds
+    even Def. 2.4's ‖H‖‖w‖/‖g‖ (measured: 15.4 at η = 3e-3 against 14.0; directional
+    6.16)."""
     _, loss, params, ref, hc, sweep = built("relu")
     vals = np.asarray(sweep.values, np.float64)
     g = ravel_pytree(jax.grad(loss)(params))[0]
