@@ -70,6 +70,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnorm.diagnostics._mapping import map_batched, map_chunks
 from jaxnorm.diagnostics.hessian import _lanczos_flat, flat_hvp, hvp
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
+from jaxnorm.diagnostics.masking import GradientMask, flatten
 from jaxnorm.diagnostics.per_example import per_example_grads
 from jaxnorm.diagnostics.step_consistency import kappa_w, weight_perturbations
 
@@ -167,7 +168,12 @@ def hessian_condition_number(loss_fn: Loss, params: Any, *, order: int = 20, v0:
 
 
 def directional_condition_number(
-    loss_fn: Loss, params: Any, directions: Any = None, *, chunk_size: Optional[int] = None
+    loss_fn: Loss,
+    params: Any,
+    directions: Any = None,
+    *,
+    mask: Optional[GradientMask] = None,
+    chunk_size: Optional[int] = None,
 ) -> jax.Array:
     """``max_k ‖H d̂_k‖·‖w‖/‖g‖``: the η → 0 limit of Def. 2.5's κ_W with perturbations
     ``ω_k = η·d_k`` (any scale, either sign; module docstring), <= Def. 2.4's κ.
@@ -177,16 +183,20 @@ def directional_condition_number(
       directions: params-shaped with a leading ``(n,)`` axis (e.g.
         :func:`~jaxnorm.diagnostics.step_consistency.weight_perturbations`); default
         the gradient itself (n = 1): ``‖H ĝ‖·‖w‖/‖g‖``, the limit for Def. 2.7.
+      mask: every norm on these coordinates only (§1.6), as
+        :func:`~jaxnorm.diagnostics.step_consistency.weight_space_metrics` takes them:
+        ``‖(H d)_M‖·‖w_M‖/(‖d_M‖·‖g_M‖)``, the limit of the masked κ_W.
       chunk_size: HVPs evaluated this many at a time (None: all at once).
 
     Returns:
-      a float32 scalar; NaN where ‖g‖ = 0 or a direction is 0.
+      a float32 scalar; NaN where ‖g‖ = 0 or a direction is 0 (on the mask).
     """
+    norm = _norm if mask is None else (lambda t: jnp.linalg.norm(flatten(t, 0, mask)))
     g = jax.grad(loss_fn)(params)
     if directions is None:
         directions = jax.tree.map(lambda a: a[None], g)
-    hd = map_batched(lambda d: jnp.stack([_norm(hvp(loss_fn, params, d)), _norm(d)]), directions, chunk_size)
-    return jnp.max(_safe_ratio(hd[:, 0], hd[:, 1])) * _safe_ratio(_norm(params), _norm(g))
+    hd = map_batched(lambda d: jnp.stack([norm(hvp(loss_fn, params, d)), norm(d)]), directions, chunk_size)
+    return jnp.max(_safe_ratio(hd[:, 0], hd[:, 1])) * _safe_ratio(norm(params), norm(g))
 
 
 class Plateau(NamedTuple):
@@ -269,6 +279,7 @@ def kappa_w_sweep(
     directions: Any = None,
     relative: bool = False,
     rtol: float = 0.05,
+    mask: Optional[GradientMask] = None,
     chunk_size: Optional[int] = None,
 ) -> KappaSweep:
     """Def. 2.5's κ_W at every step size of a grid, its η → 0 limit and a plateau verdict.
@@ -295,6 +306,9 @@ def kappa_w_sweep(
         limited-targeted pair ``±ḡ/‖ḡ‖_∞`` (Def. 2.7, what the thesis's results used).
       relative: step sizes relative to ‖w‖ (above).
       rtol: agreement within a plateau (:func:`plateau`).
+      mask: the ratio's norms on these coordinates only (§1.6), as the study's κ_W
+        with a mask; the perturbations still move every weight (and ``relative``
+        scales by the full ‖w‖).
       chunk_size: perturbed gradients evaluated this many at a time.
 
     Returns:
@@ -316,15 +330,21 @@ def kappa_w_sweep(
     if relative:
         fd = fd * (jnp.linalg.norm(fw) / jnp.linalg.norm(fd, axis=1, keepdims=True))
 
+    if mask is None:
+        pick = lambda v: v
+    else:
+        # The mask selects coordinates of the params pytree: back to trees, then masked.
+        pick = lambda v: flatten(jax.vmap(unravel)(v), 1, mask) if v.ndim == 2 else flatten(unravel(v), 0, mask)
+
     def at(eta):
         omegas = eta * fd
         gk = map_batched(lambda om: ravel_pytree(grad(jax.tree.map(jnp.add, params, unravel(om))))[0], omegas, chunk_size)
         # Def. 2.5 on the perturbation as built (η·d_k); w + ω is rounded once more inside
         # the loss, which is the u·‖w‖ round-off term of the module docstring.
-        return kappa_w(f0, gk.astype(dt), omegas, fw)
+        return kappa_w(pick(f0), pick(gk.astype(dt)), pick(omegas), pick(fw))
 
     values = map_chunks(at, grid)
-    limit = directional_condition_number(loss_fn, params, directions, chunk_size=chunk_size)
+    limit = directional_condition_number(loss_fn, params, directions, mask=mask, chunk_size=chunk_size)
     return KappaSweep(grid, values, limit, plateau(values, rtol, limit))
 
 

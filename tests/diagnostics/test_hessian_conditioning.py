@@ -25,11 +25,13 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm.diagnostics import (
     directional_condition_number,
+    flatten,
     hessian_condition_number,
     input_condition_number,
     kappa_w_sweep,
     kappa_x_sweep,
     plateau,
+    random_mask,
     weight_perturbations,
     weight_space_metrics,
 )
@@ -256,6 +258,16 @@ def test_sweep_reproduces_the_study_value_and_relative_steps(net):
     rho = (2 * ref["e_g"] + U32 * ref["h_norm"] * np.linalg.norm(ref["w"])) / (ref["step"](1e-3) * ref["hg"])
     i = int(np.argmin(np.abs(ETAS - 1e-3)))
     np.testing.assert_allclose(float(sweep.values[i]), study, rtol=2 * rho)
+    # With a mask (§1.6): the study's masked κ_W, and a masked limit from the dense H.
+    mask = random_mask(jax.random.PRNGKey(5), params, 0.5)
+    masked = float(jax.jit(lambda q, o: weight_space_metrics(loss, q, o, mask=mask))(params, om)["kappa_w"])
+    msw = jax.jit(lambda q: kappa_w_sweep(loss, q, [1e-3], mask=mask))(params)
+    np.testing.assert_allclose(float(msw.values[0]), masked, rtol=2 * rho)
+    unravel = ravel_pytree(params)[1]
+    mvec = lambda v: np.asarray(flatten(unravel(jnp.asarray(v, jnp.float32)), 0, mask), np.float64)
+    gh = ref["h"] @ ref["g"]
+    want = np.linalg.norm(mvec(gh)) / np.linalg.norm(mvec(ref["g"])) * np.linalg.norm(mvec(ref["w"])) / np.linalg.norm(mvec(ref["g"]))
+    np.testing.assert_allclose(float(msw.limit), want, rtol=1e-5)
     w_norm = np.linalg.norm(ref["w"])
     dirs = jax.tree.map(lambda a: jnp.stack([a, -3 * a]), g)
     rel = jax.jit(lambda q, d: kappa_w_sweep(loss, q, [1e-4], directions=d, relative=True).values)
