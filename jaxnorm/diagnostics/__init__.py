@@ -16,6 +16,10 @@ step-consistency and batch-dissonance metrics of source document 002.
 * :mod:`~jaxnorm.diagnostics.hessian` -- ``hvp`` (forward-over-reverse), ``power_iteration``,
   ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``spectral_density`` (SLQ),
   ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN ``'batch'`` or ``'running'``, any loss of :mod:`jaxnorm.objective`).
+* :mod:`~jaxnorm.diagnostics.hessian_conditioning` -- Def. 2.4's κ = ‖H‖‖w‖/‖g‖ and the
+  directional ‖Hĝ‖‖w‖/‖g‖ (``hessian_condition_number``, ``directional_condition_number``),
+  the η sweeps of κ_W and κ_X with a plateau verdict (``kappa_w_sweep``, ``kappa_x_sweep``,
+  ``plateau``): when the finite-difference κ is a lower bound of Def. 2.4 and when not.
 * :mod:`~jaxnorm.observers.conditioning` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
 * :mod:`~jaxnorm.observers.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every
@@ -51,6 +55,16 @@ from jaxnorm.diagnostics.hessian import (
     spectral_density,
     top_eigenpairs,
 )
+from jaxnorm.diagnostics.hessian_conditioning import (
+    HessianConditioning,
+    KappaSweep,
+    Plateau,
+    directional_condition_number,
+    hessian_condition_number,
+    kappa_w_sweep,
+    kappa_x_sweep,
+    plateau,
+)
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
 from jaxnorm.diagnostics.per_example import (
@@ -75,6 +89,14 @@ from jaxnorm.diagnostics.step_consistency import (
 from jaxnorm.diagnostics.step_tracker import find_step_conditioning, track_step_conditioning
 
 __all__ = [
+    "HessianConditioning",
+    "KappaSweep",
+    "Plateau",
+    "directional_condition_number",
+    "hessian_condition_number",
+    "kappa_w_sweep",
+    "kappa_x_sweep",
+    "plateau",
     "top_eigenpairs",
     "spectral_density",
     "power_iteration",

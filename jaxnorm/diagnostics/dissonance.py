@@ -8,6 +8,15 @@ computes ``K`` without materializing ``G``). The rows are either mini-batch grad
 is part of the result (diversity depends on it), so compare at equal ``n``.
 
 All are invariant to scaling every gradient by one constant (e.g. the loss by c > 0).
+
+Over the *same* n gradients, diversity and coherence are reciprocal up to n:
+``diversity × coherence × n = (Σ‖g_i‖²/‖Σg_i‖²)·(‖Σg_i‖²/(n Σ‖g_i‖²))·n = 1`` exactly
+(to float32 rounding when computed; tested). So the per-example diversity of one batch
+(Yin et al.) and the per-example coherence (Def. 3.13) of that batch carry the same
+information, ``per_example_diversity × coherence × b = 1``; report one of them. The
+identity does not link Def. 3.12 over n *batch* gradients with the coherence of one
+batch's per-example gradients, nor the Def. 4.1 forms (their coherence uses ḡ(w), not
+the mean of the perturbed gradients).
 An all-zero set makes the ratios 0/0; the result is then NaN.
 """
 
@@ -87,7 +96,8 @@ def gradient_confusion(g: jax.Array, pairs: Optional[jax.Array] = None) -> jax.A
 def diversity_from_gram(k: jax.Array) -> jax.Array:
     """Gradient diversity (Def. 3.12; Yin et al. 2018): ``Σ‖g_i‖² / ‖Σ g_i‖² = tr K / ΣK``.
 
-    1/n for n identical gradients, 1 for orthogonal ones, > 1 when they cancel."""
+    1/n for n identical gradients, 1 for orthogonal ones, > 1 when they cancel. Over the
+    same gradients, ``diversity × coherence × n = 1`` (module docstring)."""
     return _safe_div(jnp.trace(k), jnp.sum(k))
 
 
@@ -101,7 +111,8 @@ def coherence_from_gram(k: jax.Array) -> jax.Array:
     """Gradient coherence (Def. 3.13; Chatterjee & Zielinski 2020):
     ``Σ_i <ḡ, g_i> / Σ_i ‖g_i‖² = ‖Σ g_i‖² / (n Σ‖g_i‖²) = ΣK / (n tr K)``.
 
-    1 for identical gradients, 1/n for orthogonal ones."""
+    1 for identical gradients, 1/n for orthogonal ones. Over the same gradients,
+    ``diversity × coherence × n = 1`` (module docstring)."""
     return _safe_div(jnp.sum(k), k.shape[0] * jnp.trace(k))
 
 

@@ -10,6 +10,17 @@ biases, γ, β).
 * κ_W (Def. 2.5, the approximate best lower bound on the relative condition number of
   the gradient w.r.t. the weights, same batch i = j):
   ``max_k ‖ḡ(w + ω_k) − ḡ(w)‖ · ‖w‖ / (‖ω_k‖ · ‖ḡ(w)‖)``.
+  Its η → 0 limit is the directional ``max_k ‖H ω̂_k‖·‖w‖/‖ḡ‖`` (H the Hessian of the
+  loss), which for a twice-differentiable loss is <= Def. 2.4's relative condition
+  number ``‖H‖₂·‖w‖/‖ḡ‖`` -- the "lower bound" of the definition's title holds *in the
+  limit*. At a finite η it need not: third-order terms, and for ReLU nets the gradient
+  jumps at activation kinks crossed by the step, can put κ_W above the directional
+  value and above ‖H‖₂·‖w‖/‖ḡ‖ (an 11-layer ReLU net on digits: 418 at η = 1e-3
+  against a directional 72.3); very small η lose it to float32 round-off instead.
+  Check the η before reading κ_W as a condition number:
+  :func:`~jaxnorm.diagnostics.hessian_conditioning.kappa_w_sweep` (plateau verdict),
+  :func:`~jaxnorm.diagnostics.hessian_conditioning.hessian_condition_number` (Def. 2.4
+  and the directional form, from HVPs).
 * Def. 4.1, step-consistency forms of the batch-dissonance metrics over the perturbed
   gradients ``ḡ_k = ḡ(w + ω_k)``: the minimum weight-gradient cosine similarity
   ``min_k cos(ḡ_k, ḡ(w))`` (eq. 4.1), the weight-gradient diversity

@@ -153,6 +153,28 @@ def test_confusion_diversity_coherence_match_numpy(grads):
     np.testing.assert_allclose(cos, [[ref_cos(a, b) for b in g64] for a in g64], atol=RTOL)
 
 
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_diversity_times_coherence_times_n_is_one(grads, scale):
+    """Over the same n gradients (per-example: n = b), Def. 3.12 × Def. 3.13 × n = 1:
+    ``(Σ‖g_i‖²/‖Σg_i‖²)·(‖Σg_i‖²/(n Σ‖g_i‖²))·n``. Tolerances from the rounding:
+    the Gram forms share every sum, so only the 2 divisions, n·tr K, the product and ×n
+    round (n = 8 is exact): |err| <= 5u(1 + 5u) < 6u. The matrix forms compute ‖Σg_i‖²
+    by one expression but Σ‖g_i‖² in two summation orders; each sum of N = n·d
+    non-negative terms (each square rounded too) is within γ_N = N u/(1 − N u) of the
+    exact value (Higham, Accuracy and Stability, §4.2), so |err| <= 2γ_N + 6u."""
+    g = (grads * scale).astype(np.float32)
+    n, d = g.shape
+    k = (g.astype(np.float64) @ g.T.astype(np.float64)).astype(np.float32)
+    product = float(diversity_from_gram(k)) * float(coherence_from_gram(k)) * n
+    assert abs(product - 1.0) <= 6 * U32
+    gamma = n * d * U32 / (1 - n * d * U32)
+    product = float(gradient_diversity(g)) * float(gradient_coherence(g)) * n
+    assert abs(product - 1.0) <= 2 * gamma + 6 * U32
+
+
 def test_given_pairs_restrict_the_minimum(grads):
     """Confusion over a pair set is the worst cosine among those pairs only: choosing the
     pair with the most negative cosine gives the all-pairs value, a positive pair gives 0."""
