@@ -76,6 +76,8 @@ __all__ = [
 #: than a factor of 20). Plot and table order.
 CONDITIONING_METRICS: dict[str, tuple[str, bool]] = {
     "kappa_w": ("κ_W, weight-space condition number (Def. 2.5)", True),
+    "kappa_w_hessian": ("κ, Hessian form ‖H‖·‖w‖/‖∇L‖ (Def. 2.4)", True),
+    "kappa_w_directional": ("κ_W's η→0 limit ‖Hĝ‖·‖w‖/‖∇L‖", True),
     "kappa_sgd": ("κ_W from the SGD step (in training, §2.2)", True),
     "cosine_sgd": ("cos(g_t, g_t−1), consecutive training gradients", False),
     "min_cosine": ("min cosine similarity after ω (Def. 4.1)", False),

@@ -12,6 +12,8 @@ Metrics (source document 002; definitions in the modules named):
 
 =============================  ==========================================================
 ``kappa_w``                    κ_W, Def. 2.5 (:mod:`~jaxnorm.diagnostics.step_consistency`)
+``kappa_w_hessian``            Def. 2.4, ‖H‖₂·‖w‖/‖∇L‖ (Lanczos; :mod:`~jaxnorm.diagnostics.hessian_conditioning`)
+``kappa_w_directional``        ‖H ĝ‖·‖w‖/‖∇L‖: κ_W's η → 0 limit along the gradient
 ``min_cosine``                 Def. 4.1, eq. 4.1
 ``weight_gradient_diversity``  Def. 4.1, eq. 4.2
 ``weight_gradient_coherence``  Def. 4.1, eq. 4.3
@@ -24,7 +26,12 @@ Metrics (source document 002; definitions in the modules named):
 ``coherence``                  Def. 3.13 over one batch's per-example gradients
 =============================  ==========================================================
 
-Batch gradients (κ_W, Def. 4.1, confusion, diversity) are training's gradients
+The two Hessian forms are the differentiable values the finite-difference κ_W is
+compared with: κ_W at finite η can sit above both when its steps cross ReLU kinks (see
+:mod:`~jaxnorm.diagnostics.hessian_conditioning`). ``kappa_w_directional`` uses the
+mask (§1.6) as κ_W does; ``kappa_w_hessian`` is unmasked (‖H‖₂ of the whole Hessian).
+
+Batch gradients (κ_W, the Hessian forms, Def. 4.1, confusion, diversity) are training's gradients
 (``bn_mode='batch'``: BatchNorm with the batch's statistics, differentiated through);
 per-example quantities use ``bn_mode`` (default ``'frozen'``; see
 :mod:`~jaxnorm.diagnostics.per_example`).
@@ -42,6 +49,7 @@ from jaxnorm.modes import check_bn_mode
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.dissonance import confusion_from_gram, gradient_coherence, gradient_diversity
 from jaxnorm.diagnostics.effective_rank import relative_gradient_rank
+from jaxnorm.diagnostics.hessian_conditioning import directional_condition_number, hessian_condition_number
 from jaxnorm.diagnostics.input_conditioning import input_condition_number
 from jaxnorm.diagnostics.masking import flatten, random_mask
 from jaxnorm.diagnostics.per_example import batch_loss_fn, per_example_grads
@@ -50,9 +58,10 @@ from jaxnorm.diagnostics.step_consistency import PERTURBATIONS, weight_perturbat
 __all__ = ["METRICS", "GradientConditioning"]
 
 WEIGHT_SPACE = ("kappa_w", "min_cosine", "weight_gradient_diversity", "weight_gradient_coherence")
+HESSIAN = ("kappa_w_hessian", "kappa_w_directional")
 PER_EXAMPLE = ("weight_rank", "input_rank", "per_example_diversity", "coherence")
 BATCHES = ("confusion", "diversity")
-METRICS: tuple[str, ...] = WEIGHT_SPACE + ("kappa_x",) + PER_EXAMPLE + BATCHES
+METRICS: tuple[str, ...] = WEIGHT_SPACE + HESSIAN + ("kappa_x",) + PER_EXAMPLE + BATCHES
 
 
 class GradientConditioning:
@@ -78,6 +87,8 @@ class GradientConditioning:
       input_examples: m, the examples κ_X is averaged over (eq. 3.16; <= batch_size).
         κ_X costs n per-example gradient passes over m examples, the dearest metric.
       eta: perturbation scale η.
+      hessian_order: Lanczos steps for ``kappa_w_hessian`` (one HVP each; at most the
+        number of parameters).
       mask_fraction: compute on a random ``fraction`` of each parameter leaf's
         coordinates (§1.6; None: all), drawn once here.
       chunk_size: per-example gradients this many at a time.
@@ -110,6 +121,7 @@ class GradientConditioning:
         num_input_perturbations: int = 8,
         input_examples: int = 16,
         eta: float = 1e-3,
+        hessian_order: int = 20,
         mask_fraction: Optional[float] = None,
         chunk_size: Optional[int] = None,
         weight_decay: float = 0.0,
@@ -130,6 +142,8 @@ class GradientConditioning:
             raise ValueError(f"num_input_perturbations must lie in [1, batch_size={batch_size}], got {num_input_perturbations}.")
         if not eta > 0:
             raise ValueError(f"the perturbation scale eta must be > 0, got {eta}.")
+        if not (isinstance(hessian_order, int) and hessian_order >= 1):
+            raise ValueError(f"hessian_order must be an integer >= 1, got {hessian_order!r}.")
         max_w = {"limited_targeted": 2, "targeted": batch_size}.get(weight_perturbation)
         if num_weight_perturbations < 1 or (max_w is not None and num_weight_perturbations > max_w):
             raise ValueError(
@@ -148,6 +162,7 @@ class GradientConditioning:
         self.weight_perturbation, self.n_w, self.n_x = weight_perturbation, num_weight_perturbations, num_input_perturbations
         self.m_x = input_examples
         self.eta, self.chunk_size, self.weight_decay, self.seed = eta, chunk_size, weight_decay, seed
+        self.hessian_order = hessian_order
         self.mask = None
         if mask_fraction is not None:
             shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), self.images[:1])
@@ -181,8 +196,13 @@ class GradientConditioning:
             }.items():
                 if m in wanted:
                     out[m] = fn()
-        if wanted & set(WEIGHT_SPACE):
+        if wanted & set(WEIGHT_SPACE + HESSIAN):
             loss = batch_loss_fn(self.module, variables, x, y, bn_mode="batch", weight_decay=self.weight_decay)
+        if "kappa_w_hessian" in wanted:
+            out["kappa_w_hessian"] = hessian_condition_number(loss, params, order=self.hessian_order).kappa
+        if "kappa_w_directional" in wanted:
+            out["kappa_w_directional"] = directional_condition_number(loss, params, mask=self.mask)
+        if wanted & set(WEIGHT_SPACE):
             omegas = weight_perturbations(
                 self.weight_perturbation,
                 k_w,

@@ -72,6 +72,30 @@ def test_every_metric_is_finite_under_jit(module):
     assert later["coherence"] != out["coherence"]
 
 
+def test_the_hessian_forms_are_the_library_functions_on_the_observers_batch(module):
+    """kappa_w_hessian / kappa_w_directional equal hessian_condition_number /
+    directional_condition_number on the batch the observer draws (its first batch,
+    training's BN), and the directional form is at most Def. 2.4's (‖Hĝ‖ <= the Lanczos
+    estimate of ‖H‖, which takes the max with ‖Hĝ‖ by construction)."""
+    from jaxnorm.diagnostics.hessian_conditioning import directional_condition_number, hessian_condition_number
+    from jaxnorm.diagnostics.per_example import batch_loss_fn
+
+    obs = observer(module, metrics=("kappa_w_hessian", "kappa_w_directional"), hessian_order=8)
+    state = create_state(jax.random.PRNGKey(0), module, make_optimizer(0.1), POOL[0][:1])
+    out = jax.device_get(jax.jit(obs)(state))
+    xs, ys, _ = obs._batches(state.step)
+    loss = batch_loss_fn(module, state.variables, xs[0], ys[0], bn_mode="batch")
+    want_h = float(hessian_condition_number(loss, state.params, order=8).kappa)
+    want_d = float(directional_condition_number(loss, state.params))
+    # Same functions, compiled as part of another program: float32 reassociation only.
+    # ‖H v‖ sums a few hundred products per coordinate; 1e-4 relative is ~10x over n·u.
+    np.testing.assert_allclose(out["kappa_w_hessian"], want_h, rtol=1e-4)
+    np.testing.assert_allclose(out["kappa_w_directional"], want_d, rtol=1e-4)
+    assert 0 < out["kappa_w_directional"] <= out["kappa_w_hessian"] * (1 + 1e-4)
+    with pytest.raises(ValueError, match="hessian_order"):
+        observer(module, hessian_order=0)
+
+
 def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
     """A 4-step fit with GradientConditioning (one cheap metric: every metric was compiled
     above) and StepConditioning, both every 2 steps: lines at steps 0 (before training),
