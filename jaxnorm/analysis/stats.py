@@ -24,7 +24,8 @@ Contract:
   dropped). A pair with a non-finite side is dropped and counted in ``excluded``. The
   interval excludes zero exactly when the t-test's p < 1 − confidence (same statistic,
   same t distribution).
-* Zero variance of the differences (every seed's difference the same ``d``): the t
+* Zero variance of the differences (every seed's difference the same ``d``, up to the
+  rounding of the subtraction, 4·eps·max(|a|, |b|)): the t
   statistic is ±∞ (``d ≠ 0``) or 0/0 (``d = 0``); scipy returns NaN for both. Here the
   limits are used: half-width 0 and p = 0 for ``d ≠ 0``, p = 1 for ``d = 0`` (two
   variants that both reach 100% training accuracy on every seed are "not different",
@@ -97,15 +98,16 @@ class Interval:
     def high(self) -> float:
         return self.mean + self.half_width
 
-    def format(self, digits: int = 4, scale: float = 1.0, sign: bool = False) -> str:
-        """``0.1234 ± 0.0012``; ``0.1234 (n = 1: no interval)`` for one value; ``—`` for
+    def format(self, digits: int = 4, scale: float = 1.0, sign: bool = False, say_single: bool = True) -> str:
+        """``0.1234 ± 0.0012``; ``0.1234 (n = 1: no interval)`` for one value (``0.1234``
+        without ``say_single``: for a table whose n column and caption say it); ``—`` for
         none. ``scale`` multiplies both (e.g. 100 for percentage points), ``sign`` writes
         ``+`` for positive means."""
         if self.n == 0 or not math.isfinite(self.mean):
             return "—"
         m = f"{self.mean * scale:{'+' if sign else ''}.{digits}f}"
         if self.n < 2:
-            return f"{m} (n = 1: no interval)"
+            return f"{m} (n = 1: no interval)" if say_single else m
         return f"{m} ± {self.half_width * scale:.{digits}f}"
 
 
@@ -174,6 +176,12 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONF
     y = np.asarray([math.nan if v is None else float(v) for v in b], dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     d = x[ok] - y[ok]
+    # A spread of the differences within their rounding (each a − b is exact to
+    # eps·max(|a|, |b|)) is no variance: 0.3 − 0.2 and 0.4 − 0.3 differ in the last bit.
+    scale = float(np.max(np.maximum(np.abs(x[ok]), np.abs(y[ok])))) if d.size else 0.0
+    flat = d.size > 0 and float(np.ptp(d)) <= 4 * np.finfo(np.float64).eps * scale
+    if flat:
+        d = np.full_like(d, float(d.mean()))
     diff = Interval(_mean(d), _t_half_width(d, confidence), int(d.size),
                     int(ok.size - d.size), confidence)
     pos, neg = int(np.sum(d > 0)), int(np.sum(d < 0))

@@ -89,6 +89,8 @@ def test_paired_zero_variance_uses_the_limits():
     assert same.p_sign == 1.0
     shifted = paired_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
     assert shifted.p_t == 0.0 and shifted.excludes_zero() == 1
+    rounded = paired_test([0.3, 0.4, 0.5], [0.2, 0.3, 0.4])  # 0.1 up to the last bit: still no variance
+    assert rounded.p_t == 0.0 and rounded.diff.half_width == 0.0 and rounded.diff.mean == pytest.approx(0.1)
 
 
 def test_paired_pairs_with_a_non_finite_side_are_excluded_and_counted():
