@@ -10,7 +10,10 @@ baselines (vanilla, standard BatchNorm ``bn_gamma_beta``) are drawn thicker and 
 
 With several seeds per variant the line is the mean over seeds with its 95% t-interval
 as a band (:func:`jaxnorm.analysis.stats.mean_interval`), taken at each epoch over the
-seeds evaluated there (no band where one seed is). A series with a single evaluation
+seeds evaluated there (no band where one seed is). On the log-scale loss panel mean and
+interval are those of log(loss), drawn back as exp: the geometric mean over seeds and a
+band that stays positive (an arithmetic interval of three seeds reaches below zero,
+which a log axis cannot draw). Accuracy bands are cut to [0, 1], the range of the mean. A series with a single evaluation
 (a ``--quick`` run) is drawn as a marker with its interval as an error bar: a line
 through one point draws nothing. A diverged run is drawn up to its last evaluation and
 marked there with an ``x``; the legend says ``[diverged]``.
@@ -78,18 +81,27 @@ def draw_curves(runs, title: str = ""):
             label = LABELS.get(plain, plain) + (f" [{tag}]" if tag else "") + (f" (n={len(vr)})" if len(vr) > 1 else "")
             if any(r.diverged for r in vr):
                 label += " [diverged]"
+            if log:  # the band of log(loss) (module docstring); a non-positive loss is not drawn
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    vals = np.log(np.where(vals > 0, vals, np.nan))
             mean, half, _ = mean_band(vals) if epochs.size else (np.array([]),) * 3
+            lo, hi = mean - half, mean + half
+            if log:
+                mean, lo, hi = np.exp(mean), np.exp(lo), np.exp(hi)
+                vals = np.exp(vals)
+            elif key == "acc":
+                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             x, ok = epochs + 1, np.isfinite(mean)
+            band = ok & np.isfinite(half)
             if ok.sum() == 1:  # one point: a marker (and its interval), else nothing shows
-                yerr = np.where(np.isfinite(half[ok]), half[ok], 0.0)
+                yerr = np.where(band, [mean - lo, hi - mean], 0.0)[:, ok]
                 line = ax.errorbar(x[ok], mean[ok], yerr=yerr, fmt="o", ms=7, capsize=4, label=label, color=color).lines[0]
             else:
                 (line,) = ax.plot(x, mean, label=label, **style)
             color = line.get_color()
-            band = ok & np.isfinite(half)
             if band.sum() > 1:
-                ax.fill_between(x[band], (mean - half)[band], (mean + half)[band], color=color, alpha=0.15, lw=0)
-            drawn += [mean[ok], (mean + np.nan_to_num(half))[ok], (mean - np.nan_to_num(half))[ok]]
+                ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
+            drawn += [mean[ok], lo[band], hi[band]]
             for i, r in enumerate(vr):
                 if not r.diverged:
                     continue
@@ -104,8 +116,6 @@ def draw_curves(runs, title: str = ""):
         positive = values[np.isfinite(values) & (values > 0)]
         if log and positive.size:
             ax.set_yscale("log")
-            # A band's lower edge can be ≤ 0 (a wide interval); the axis stops at the
-            # smallest positive value drawn instead of at the float minimum.
             ax.set_ylim(positive.min() / 1.5, positive.max() * 1.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name + (" (log)" if log and positive.size else ""))
@@ -114,7 +124,7 @@ def draw_curves(runs, title: str = ""):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
     if any(len(v) > 1 for v in by_variant.values()):
-        fig.text(0.995, 0.005, f"mean over seeds, band: {CONFIDENCE:.0%} t-interval", ha="right", va="bottom", fontsize=7)
+        fig.text(0.995, 0.005, f"mean over seeds (log loss panel: geometric mean), band: its {CONFIDENCE:.0%} t-interval", ha="right", va="bottom", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -65,6 +65,10 @@ def test_curves_band_is_the_t_interval_and_the_loss_panel_is_log(tmp_path):
     fig, axes = draw_curves(runs)
     assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
     assert all(len(ax.collections) == 1 for ax in axes)  # one band per panel (one variant)
+    # the log panel draws the geometric mean over seeds: exp of the mean of log(loss)
+    losses = np.array([r.eval_series("train_eval", "loss")[1] for r in runs])
+    assert np.allclose(axes[0].lines[0].get_ydata(), np.exp(np.log(losses).mean(0)), rtol=1e-12)
+    assert np.all(axes[0].collections[0].get_paths()[0].vertices[:, 1] > 0)  # the band stays positive
     plt.close(fig)
 
 
