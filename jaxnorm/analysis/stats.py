@@ -159,13 +159,14 @@ class Paired:
         head = self.diff.format(digits, scale, sign=True)
         if self.n < 2:
             return f"{self.diff.mean * scale:+.{digits}f} (n = 1: no test)"
-        return f"{head} (p = {_fmt_p(self.p_t)}; sign {self.positive}+/{self.negative}−, p = {_fmt_p(self.p_sign)})"
+        return f"{head} (p {_fmt_p(self.p_t)}; sign {self.positive}+/{self.negative}−, p {_fmt_p(self.p_sign)})"
 
 
 def _fmt_p(p: float) -> str:
+    """``= 0.012``, ``< 0.001``, ``= —`` (no test)."""
     if not math.isfinite(p):
-        return "—"
-    return f"{p:.2g}" if p >= 1e-3 else "< 0.001"
+        return "= —"
+    return f"= {p:.2g}" if p >= 1e-3 else "< 0.001"
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Paired:

@@ -112,3 +112,4 @@ def test_verdict_combines_criteria():
     assert verdict((higher, -1), (higher, +1)) == "no"  # significantly worse on one criterion
     assert verdict((paired_test([0.1], [0.2]), -1)) == "no test"
     assert isinstance(lower.diff, Interval) and "sign 0+/3−, p = 0.25" in lower.format()
+    assert "(p < 0.001;" in paired_test([1.0, 2.0, 3.0], [0.0, 1.01, 2.0]).format()
