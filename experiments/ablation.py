@@ -1,14 +1,18 @@
-"""The BatchNorm ablation study (source document 001): five variants of one problem.
+"""The BatchNorm ablation study of "Dissecting BatchNorm: An Ablation Study on the Core
+Components" (master thesis, University of Tübingen, 2023): five variants of one problem.
 
 Trains ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta`` and ``bn_gamma_beta`` of a named
-config (``experiments/configs/``) with the same seed, as one compiled program
-(``fit_many``), for each learning-rate scale, BN placement and seed asked for -- one group
-per (scale, placement, seed), so ``--shard`` splits exactly there -- recording γ/β every 5
-steps and the ReLU sparsity after each BN layer on a probe batch; then the plots and
-``summary.md`` (``jaxnorm.analysis.ablation``; again from the stored files with
-``--plot-only`` or ``python -m experiments.plot <results dir>``).
+config (``experiments/configs/``) with the same seeds (three by default, two with
+``--quick``), as one compiled program (``fit_many``), for each learning-rate scale and BN
+placement asked for. The digits configs train all seeds of a (scale, placement) in that
+one program, so ``--shard`` splits by (scale, placement); the CIFAR configs train one
+program per (scale, placement, seed), and ``--shard`` splits there. γ/β are recorded
+every 5 steps and the ReLU sparsity after each BN layer on a probe batch; then the plots
+and ``summary.md`` with 95% intervals over seeds and paired tests against vanilla
+(``jaxnorm.analysis.ablation``; again from the stored files with ``--plot-only`` or
+``python -m experiments.plot <results dir>``).
 
-    python -m experiments.ablation                                  # digits default (make demo): ~1 min on 2 CPU cores
+    python -m experiments.ablation                                  # digits default (make demo): ~2 min on 2 CPU cores
     python -m experiments.ablation --config cifar10_3c3d --lr-scale 0.1 1 10
     python -m experiments.ablation --config cifar10_3c3d --positions default first penultimate first3 last3 with_last
     python -m experiments.ablation --config cifar100_allcnnc --shard 2/3   # one SLURM array task of three
@@ -43,6 +47,8 @@ from jaxnorm.study import RunGroup
 from jaxnorm.train import TrainConfig, build_model
 
 STRATEGIES = ("auto", "vmap", "loop", "map")
+#: Seeds a ``--quick`` setup keeps (the first of the setup's).
+QUICK_SEEDS = 2
 PLACEMENTS = ("default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl")
 
 
@@ -92,6 +98,10 @@ class AblationSetup:
       published_code: what the thesis's published code did instead of its text (DeepOBS configs).
       strategy: ``fit_many``'s multi-run strategy.
       seeds: default seeds.
+      seeds_together: train the seeds of one (scale, placement) as one program with the
+        variants (one compilation; ``--shard`` then splits by scale and placement), else
+        one program per seed (the CIFAR configs: 15 full-size runs in one program would
+        hold 15 models' state at once, and a SLURM array splits the seeds).
       is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
         ``quick_subset`` examples.
       probe_size: examples in the ReLU-sparsity probe batch.
@@ -104,6 +114,7 @@ class AblationSetup:
     published_code: bool = False
     strategy: str = "auto"
     seeds: tuple = (0,)
+    seeds_together: bool = False
     is_quick: bool = False
     quick_steps: int = 20
     quick_subset: int = 512
@@ -130,7 +141,9 @@ class AblationSetup:
         return self.config + ("-published" if self.published_code else "") + ("-quick" if self.is_quick else "")
 
     def quick(self) -> "AblationSetup":
-        return dataclasses.replace(self, is_quick=True)
+        # Two seeds: the fewest that give an interval and a paired test, so a quick run
+        # (and the tests) goes through the same statistics as the full one.
+        return dataclasses.replace(self, is_quick=True, seeds=self.seeds[:QUICK_SEEDS])
 
     def base_config(self) -> TrainConfig:
         return get_config(self.config, **({"as_published_code": True} if self.published_code else {}))
@@ -169,7 +182,10 @@ def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list
 
 class AblationStudy:
     name = "ablation"
-    setups = {name: AblationSetup(config=name) for name in CONFIGS}
+    # Three seeds by default, so that every number of the summary carries a 95% interval
+    # and every comparison with vanilla a paired test (issue 14); the digits configs
+    # train them in one program, the CIFAR ones one program per seed.
+    setups = {name: AblationSetup(config=name, seeds=(0, 1, 2), seeds_together=name.startswith("digits")) for name in CONFIGS}
     default = "digits"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -187,8 +203,12 @@ class AblationStudy:
         out = []
         for scale in setup.lr_scale:
             for placement in setup.positions:
-                for seed in seeds:
-                    configs = tuple(setup.run_configs(base, layers, scale, placement, seed, root.parent.parent))
+                per_seed = [setup.run_configs(base, layers, scale, placement, seed, root.parent.parent) for seed in seeds]
+                # Seeds differ only in ``seed`` (and name), which fit_many trains in one
+                # program: one compilation for all of them instead of one per seed.
+                programs = [sum(per_seed, [])] if setup.seeds_together else per_seed
+                for runs in programs:
+                    configs = tuple(runs)
                     out.append(RunGroup(configs, observers=functools.partial(observers_for, configs, setup.probe_size), strategy=setup.strategy))
         return out
 
