@@ -2,11 +2,12 @@
 Components" (master thesis, University of Tübingen, 2023): five variants of one problem.
 
 Trains ``vanilla``, ``bn``, ``bn_gamma``, ``bn_beta`` and ``bn_gamma_beta`` of a named
-config (``experiments/configs/``) with the same seeds (three by default, two with
-``--quick``), as one compiled program (``fit_many``), for each learning-rate scale and BN
-placement asked for. The digits configs train all seeds of a (scale, placement) in that
-one program, so ``--shard`` splits by (scale, placement); the CIFAR configs train one
-program per (scale, placement, seed), and ``--shard`` splits there. γ/β are recorded
+config (``experiments/configs/``) with the same seed as one compiled program
+(``fit_many``), for each learning-rate scale, BN placement and seed asked for (three
+seeds by default, two with ``--quick``) -- one group per (scale, placement, seed), so
+``--shard`` splits there. On a GPU/TPU (``fit_many``'s batched ``'vmap'``) the digits
+configs train all seeds of a (scale, placement) in that one program instead
+(:func:`seeds_in_one_program`), and ``--shard`` splits by (scale, placement). γ/β are recorded
 every 5 steps and the ReLU sparsity after each BN layer on a probe batch; then the plots
 and ``summary.md`` with 95% intervals over seeds and paired tests against vanilla
 (``jaxnorm.analysis.ablation``; again from the stored files with ``--plot-only`` or
@@ -17,7 +18,7 @@ and ``summary.md`` with 95% intervals over seeds and paired tests against vanill
     python -m experiments.ablation --config cifar10_3c3d --positions default first penultimate first3 last3 with_last
     python -m experiments.ablation --config cifar100_allcnnc --shard 2/3   # one SLURM array task of three
     python -m experiments.ablation --config cifar10_3c3d --published-code  # what the thesis's code did (own folder)
-    python -m experiments.ablation --quick                          # 20 steps on 512 examples: ~45 s
+    python -m experiments.ablation --quick                          # two seeds, 20 steps on 512 examples
 
 (The config may also be given as the first argument, ``python -m experiments.ablation
 cifar10_3c3d``, as before the shared command line.)
@@ -99,9 +100,11 @@ class AblationSetup:
       strategy: ``fit_many``'s multi-run strategy.
       seeds: default seeds.
       seeds_together: train the seeds of one (scale, placement) as one program with the
-        variants (one compilation; ``--shard`` then splits by scale and placement), else
-        one program per seed (the CIFAR configs: 15 full-size runs in one program would
-        hold 15 models' state at once, and a SLURM array splits the seeds).
+        variants when that program is batched (``strategy`` resolving to ``'vmap'``:
+        GPU/TPU; :func:`seeds_in_one_program`); ``--shard`` then splits by scale and
+        placement. Else, and always for the CIFAR configs (15 full-size runs in one
+        program would hold 15 models' state at once, and a SLURM array splits the
+        seeds), one program per seed.
       is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
         ``quick_subset`` examples.
       probe_size: examples in the ReLU-sparsity probe batch.
@@ -165,6 +168,23 @@ class AblationSetup:
         return [cfg.replace(norm=v, name=f"{v}{suffix}_s{seed}") for v in self.variants]
 
 
+def seeds_in_one_program(setup: AblationSetup, num_seeds: int) -> bool:
+    """Whether the seeds of one (scale, placement) train as one program with the variants:
+    ``setup.seeds_together`` and the program batched (``fit_many``'s strategy resolving to
+    ``'vmap'``).
+
+    Why not on CPU: there ``'auto'`` is ``'loop'``, the step unrolled once per run, so a
+    program of 15 runs compiles about three times as long as one of 5, while the programs
+    of the other seeds (the same HLO: the seed is data) come from the persistent
+    compilation cache. Measured, the digits demo (3 seeds × 5 variants, 10 epochs) on the
+    shared 2-core machine: 356 s wall, 229 s CPU as one program; 237 s wall, 154 s CPU as
+    three; bit-identical results."""
+    from jaxnorm.train.multi_run import resolve_strategy
+
+    runs = num_seeds * len(setup.variants)
+    return setup.seeds_together and num_seeds > 1 and resolve_strategy(setup.strategy, runs) == "vmap"
+
+
 def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list:
     """The γ/β recorder and the ReLU-sparsity probe (the first ``probe_size`` training
     examples) for one group's runs."""
@@ -204,9 +224,7 @@ class AblationStudy:
         for scale in setup.lr_scale:
             for placement in setup.positions:
                 per_seed = [setup.run_configs(base, layers, scale, placement, seed, root.parent.parent) for seed in seeds]
-                # Seeds differ only in ``seed`` (and name), which fit_many trains in one
-                # program: one compilation for all of them instead of one per seed.
-                programs = [sum(per_seed, [])] if setup.seeds_together else per_seed
+                programs = [sum(per_seed, [])] if seeds_in_one_program(setup, len(seeds)) else per_seed
                 for runs in programs:
                     configs = tuple(runs)
                     out.append(RunGroup(configs, observers=functools.partial(observers_for, configs, setup.probe_size), strategy=setup.strategy))

@@ -36,8 +36,8 @@ def test_digits_default_quick_trains_the_five_variants_and_reports(tmp_path, cap
     for r in runs:
         status = json.loads((r / "status.json").read_text())
         assert status["status"] == "finished" and status["step"] == 3
-        # the seeds train in one program with the variants
-        assert status["program"]["runs"] == 5 * len(seeds) and status["program"]["superset"] == "bn_ablation"
+        # on CPU one program per seed (ablation.seeds_in_one_program)
+        assert status["program"]["runs"] == 5 and status["program"]["superset"] == "bn_ablation"
         cfg = json.loads((r / "config.json").read_text())
         assert cfg["seed"] == int(r.name[-1]) and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
         assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(tmp_path)
@@ -122,24 +122,29 @@ def test_placements_and_lr_scales_are_groups_of_one_root(tmp_path):
 
 
 def test_groups_are_the_jobs_and_shards_split_them(tmp_path):
-    # digits: the seeds of one (scale, placement) train in one program with the variants
-    setup = setup_with(ablation.STUDY.setups["digits"], {"lr_scale": [1, 2], "positions": ["default", "first"]}, quick=True)
+    # digits with a batched program (vmap: GPU/TPU): the seeds of one (scale, placement) train
+    # in one program with the variants
+    grid = {"lr_scale": [1, 2], "positions": ["default", "first"]}
+    setup = setup_with(ablation.STUDY.setups["digits"], {**grid, "strategy": "vmap"}, quick=True)
     groups = ablation.STUDY.groups(setup, [0, 1], tmp_path / "ablation" / setup.name)
     assert len(groups) == 2 * 2 and all(len(g.configs) == 10 for g in groups)
     assert len({c.study + "/" + c.name for g in groups for c in g.configs}) == 40
     assert {len({c.seed for c in g.configs}) for g in groups} == {2}
+    # unrolled (loop: what auto is on CPU): one program per (scale, placement, seed)
+    loop = setup_with(ablation.STUDY.setups["digits"], {**grid, "strategy": "loop"}, quick=True)
+    groups = ablation.STUDY.groups(loop, [0, 1], tmp_path / "ablation" / loop.name)
+    assert len(groups) == 2 * 2 * 2 and {len({c.seed for c in g.configs}) for g in groups} == {1}
     # the CIFAR configs: one (scale, placement, seed) per program
-    cifar = setup_with(ablation.STUDY.setups["cifar10_3c3d"], {"lr_scale": [1, 2]}, quick=True)
+    cifar = setup_with(ablation.STUDY.setups["cifar10_3c3d"], {"lr_scale": [1, 2], "strategy": "vmap"}, quick=True)
     assert not cifar.seeds_together and ablation.STUDY.setups["digits"].seeds_together
     with tfds.testing.mock_data(num_examples=40):
         cifar_groups = ablation.STUDY.groups(cifar, [0, 1], tmp_path / "ablation" / cifar.name)
     assert len(cifar_groups) == 2 * 2 and {len({c.seed for c in g.configs}) for g in cifar_groups} == {1}
     assert all(s.seeds == (0, 1, 2) for s in ablation.STUDY.setups.values())  # three seeds by default
     assert setup.seeds == (0, 1)  # --quick keeps two
-    assert ablation.main(["--quick", "--quick-steps", "1", "--variants", "bn", "--seeds", "0", "1", "--lr-scale", "1", "2",
-                          "--shard", "2/2", "--results", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
-    assert [str(r.relative_to(tmp_path / "ablation" / "digits-quick")) for r in _runs(tmp_path / "ablation" / "digits-quick")] \
-        == ["lr2/bn_s0", "lr2/bn_s1"]
+    assert ablation.main(["--quick", "--quick-steps", "1", "--variants", "bn", "--seeds", "0", "1", "--shard", "2/2",
+                          "--results", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
+    assert [r.name for r in _runs(tmp_path / "ablation" / "digits-quick")] == ["bn_s1"]
 
 
 @pytest.mark.parametrize(
