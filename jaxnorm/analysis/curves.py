@@ -69,7 +69,7 @@ def draw_curves(runs, title: str = ""):
         by_variant.setdefault(r.variant, []).append(r)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (split, key, name, log) in zip(axes, PANELS):
-        drawn = []  # the finite means and band edges, for the log axis's limits
+        drawn, xs = [], []  # the finite means and band edges (the log axis's limits), their epochs
         for variant in variant_order(by_variant):
             vr = by_variant[variant]
             # A tagged variant ("bn_beta+bn_only") keeps its base variant's colour and style.
@@ -102,6 +102,7 @@ def draw_curves(runs, title: str = ""):
             if band.sum() > 1:
                 ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
             drawn += [mean[ok], lo[band], hi[band]]
+            xs += list(x[ok])
             for i, r in enumerate(vr):
                 if not r.diverged:
                     continue
@@ -117,6 +118,8 @@ def draw_curves(runs, title: str = ""):
         if log and positive.size:
             ax.set_yscale("log")
             ax.set_ylim(positive.min() / 1.5, positive.max() * 1.5)
+        if xs and min(xs) == max(xs):  # one epoch: a range the integer ticks can mark
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name + (" (log)" if log and positive.size else ""))
         ax.set_title(f"{name} ({split})", fontsize=10)

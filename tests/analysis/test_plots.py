@@ -82,4 +82,5 @@ def test_a_single_evaluation_is_drawn_as_a_marker(tmp_path):
     for ax in axes:
         markers = [l for l in ax.lines if l.get_marker() == "o" and len(l.get_xdata()) == 1]
         assert len(markers) == 2, ax.get_title()  # bn (with an error bar) and vanilla
+        assert ax.get_xlim() == (0.0, 2.0)  # epoch 1 in the middle, integer ticks around it
     plt.close(fig)
