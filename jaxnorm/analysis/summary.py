@@ -117,10 +117,18 @@ PAIRED = (("vs_train_loss", "final_train_loss", -1), ("vs_train_acc", "final_tra
           ("vs_test_acc", "final_test_acc", None))
 
 
-def _by_seed(runs, name) -> dict:
-    """``{seed: value}`` of the statistic ``name``; NaN for a diverged run."""
+def _values(runs, name) -> list[float]:
+    """The statistic ``name`` of each run, NaN for a diverged one (left out and counted)."""
     split, k, how = _STATS[name]
-    return {r.seed: math.nan if r.diverged else _stat(r, split, k, how) for r in runs}
+    return [math.nan if r.diverged else _stat(r, split, k, how) for r in runs]
+
+
+def _by_seed(runs, name) -> dict:
+    """``{seed: value}`` (:func:`_values`) for the seeds that occur once among ``runs``: a
+    seed with two runs in one row (two configs the grouping does not tell apart) has no
+    partner to pair with."""
+    seeds = [r.seed for r in runs]
+    return {s: v for s, v in zip(seeds, _values(runs, name)) if seeds.count(s) == 1}
 
 
 def _paired(a: dict, b: dict) -> Paired:
@@ -172,7 +180,7 @@ def summarize(runs, target_acc: float | None = None, by: Sequence[str] = ("learn
             row = {"group": dict(zip(by, key)), "variant": variant, "n": len(vr),
                    "seeds": [r.seed for r in vr], "target": target}
             for name in _STATS:
-                ci = mean_interval(list(_by_seed(vr, name).values()))
+                ci = mean_interval(_values(vr, name))
                 row[name], row[name + "_ci"] = ci.mean, ci
             hits = [] if target is None else [e for e in (epochs_to_target(r, target) for r in vr) if e is not None]
             row["epochs_to_target"] = float(np.mean(hits)) if hits else None

@@ -144,3 +144,12 @@ def test_tagged_rows_are_compared_with_the_baselines_of_their_tag(tmp_path):
     assert rows["bn+bn_only"]["gap_to_upper_pp"] == pytest.approx(-10.0)  # vs tagged bn_gamma_beta 0.4
     assert rows["vanilla+bn_only"]["beats_vanilla"] is None
     assert rows["bn"]["gap_to_upper_pp"] == pytest.approx(-10.0)  # untagged vs untagged 0.7
+
+
+def test_a_seed_twice_in_a_row_counts_in_the_mean_but_is_not_paired(tmp_path):
+    write_run(tmp_path / "v0", "vanilla", 0)
+    write_run(tmp_path / "b0", "bn", 0, test=[0.5, 0.6, 0.7])
+    write_run(tmp_path / "b0_again", "bn", 0, test=[0.5, 0.6, 0.9])  # another config, same seed and lr
+    (_, bn) = summarize(find_runs(tmp_path))
+    assert bn["n"] == 2 and bn["final_test_acc"] == pytest.approx(0.8) and bn["final_test_acc_ci"].n == 2
+    assert bn["vs_test_acc"].n == 0 and bn["beats_vanilla"] == "no test"
