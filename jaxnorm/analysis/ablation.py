@@ -1,4 +1,6 @@
-"""The BatchNorm ablation study's analysis (``experiments/ablation.py``, source document 001).
+"""The BatchNorm ablation study's analysis (``experiments/ablation.py``; the study of
+"Dissecting BatchNorm: An Ablation Study on the Core Components", master thesis,
+University of Tübingen, 2023).
 
 A study root (``<results>/ablation/<setup>/``) holds the runs as
 ``lr<scale>/<variant>[_<placement>]_s<seed>/``; a non-default BN placement is the runs'
@@ -73,9 +75,10 @@ def _by(runs) -> tuple[str, ...]:
 
 def analyze_ablation(root, target_acc: float | None = None) -> str:
     """Writes the ablation report of ``root`` (module docstring) and returns a one-line
-    verdict: per group, each variant's mean final test accuracy (``(not final)`` after a
-    variant with a seed that did not finish) and how many of the BN variants beat
-    vanilla. ValueError for a folder that is not an ablation root or holds no runs."""
+    verdict: per group, each variant's mean final test accuracy ± its 95% half-width
+    over seeds (``(not final)`` after a variant with a seed that did not finish) and how
+    many of the BN variants beat vanilla by the thesis's criterion, decided by the paired
+    intervals (:mod:`jaxnorm.analysis.summary`). ValueError for a folder that is not an ablation root or holds no runs."""
     root = check_ablation_root(root)
     runs = find_runs(root, include_empty=True)
     if not runs:
@@ -88,8 +91,10 @@ def analyze_ablation(root, target_acc: float | None = None) -> str:
     parts = []
     for key, rows in groups.items():
         name = ", ".join(("lr " if k == "learning_rate" else "") + fmt_value(v) for k, v in key if v not in ("", None))
-        accs = ", ".join(f"{r['variant']} {r['final_test_acc']:.4f}" + ("" if r["all_finished"] else " (not final)")
+        accs = ", ".join(f"{r['variant']} {r['final_test_acc_ci'].format(4, say_single=False)}" + ("" if r["all_finished"] else " (not final)")
                          for r in rows if not math.isnan(r["final_test_acc"]))
         beats = [r["beats_vanilla"] for r in rows if r["beats_vanilla"] is not None]
-        parts.append(f"{name}: final test acc {accs or '—'}" + (f"; {sum(beats)}/{len(beats)} beat vanilla" if beats else ""))
+        parts.append(f"{name}: final test acc {accs or '—'}"
+                     + (f"; {sum(b.startswith('yes') for b in beats)}/{len(beats)} beat vanilla (paired 95% intervals "
+                        "of training loss and accuracy)" if beats else ""))
     return "; ".join(parts)

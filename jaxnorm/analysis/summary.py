@@ -1,12 +1,16 @@
-"""The ablation summary table (thesis 1, Table 4.x style).
+"""The ablation summary table ("Dissecting BatchNorm: An Ablation Study on the Core
+Components", master thesis, University of Tübingen, 2023; its Table 4.x style).
 
 Per learning-rate group (or any config fields ``by``) and variant, over the seeds of
-that variant (mean ± sample std when n > 1):
+that variant, every number is a mean with the half-width of its 95% t-interval
+(:func:`jaxnorm.analysis.stats.mean_interval`; one seed: the value, "no interval"):
 
 * final and best train_eval loss / accuracy and final / best test accuracy (final = the
-  last evaluation a run wrote, so a diverged run counts with its last values); when a
-  seed of the row did not finish (interrupted, running, failed, diverged) these cells
-  carry a ``†`` and the table's footnote says they are last values, not final ones;
+  last evaluation a run wrote); a diverged seed is left out of these means and counted
+  (its last evaluations are of a broken net, and averaging them with the others would
+  hide the divergence in a number); when a seed of the row did not finish (interrupted,
+  running, failed) these cells carry a ``†`` and the table's footnote says they are
+  last values, not final ones;
 * each run's state (:attr:`~jaxnorm.analysis.runs.Run.state_note`: ``finished``,
   ``interrupted at step 120 of 600``, ``diverged at step 13``, ``no records`` for a run
   with an empty ``metrics.jsonl``, which is listed rather than dropped);
@@ -15,9 +19,20 @@ that variant (mean ± sample std when n > 1):
   never counts as reaching it (its evaluations after the blow-up are of a broken net,
   typically at chance, which a low target would count as a hit); a row where no seed
   reaches it reads ``diverged`` when every seed diverged, else ``not reached``;
-* whether the variant beats vanilla (mean final test accuracy strictly higher) and its
-  gap to standard BatchNorm ``bn_gamma_beta`` (mean final test accuracy difference, in
-  percentage points);
+* the paired comparison with vanilla (:func:`jaxnorm.analysis.stats.paired_test`, the
+  variant's value minus vanilla's of the same seed: mean ± 95% half-width, paired
+  t-test p, sign test) of the final training loss, training accuracy and test accuracy;
+* whether the variant beats vanilla, by the thesis's criterion (§3.2: a modification is
+  beneficial when it improves the Vanilla net's training loss and training accuracy),
+  decided by the paired intervals (:func:`jaxnorm.analysis.stats.verdict`): ``yes`` only
+  when the training-loss difference's interval lies below zero and the
+  training-accuracy difference's above; ``no`` when one lies on the unfavourable side,
+  or when the variant diverged on a seed where vanilla did not; ``yes (vanilla
+  diverged)`` when vanilla diverged on every paired seed and the variant on none; else
+  ``not significant`` (``no test`` with fewer than 2 paired seeds). Test accuracy is not
+  part of the criterion and is reported beside it;
+* its gap to standard BatchNorm ``bn_gamma_beta`` (the paired final test accuracy
+  difference, in percentage points);
 * how many seeds diverged.
 
 The default target is 90% of the best final test accuracy among the runs of the group
@@ -35,6 +50,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxnorm.analysis.runs import fmt_value, group_runs, variant_order
+from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test, verdict
 
 _STATS = {  # name: (split, key, "final" | "min" | "max")
     "final_train_loss": ("train_eval", "loss", "final"),
@@ -54,14 +70,6 @@ def _stat(run, split, key, how) -> float:
     if not v.size:
         return math.nan
     return float(v.min() if how == "min" else v.max())
-
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; 0 for one value) of the finite ``values``; NaNs if none."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if not v.size:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
 def epochs_to_target(run, target: float) -> int | None:
@@ -103,16 +111,63 @@ def default_target(runs) -> float | None:
     return target if target > chance else None
 
 
+#: The paired comparisons with vanilla: (row key, statistic, favourable sign for the
+#: verdict, or None: reported beside it, not part of the thesis's criterion).
+PAIRED = (("vs_train_loss", "final_train_loss", -1), ("vs_train_acc", "final_train_acc", +1),
+          ("vs_test_acc", "final_test_acc", None))
+
+
+def _values(runs, name) -> list[float]:
+    """The statistic ``name`` of each run, NaN for a diverged one (left out and counted)."""
+    split, k, how = _STATS[name]
+    return [math.nan if r.diverged else _stat(r, split, k, how) for r in runs]
+
+
+def _by_seed(runs, name) -> dict:
+    """``{seed: value}`` (:func:`_values`) for the seeds that occur once among ``runs``: a
+    seed with two runs in one row (two configs the grouping does not tell apart) has no
+    partner to pair with."""
+    seeds = [r.seed for r in runs]
+    return {s: v for s, v in zip(seeds, _values(runs, name)) if seeds.count(s) == 1}
+
+
+def _paired(a: dict, b: dict) -> Paired:
+    seeds = [s for s in a if s in b]
+    return paired_test([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def beats(variant_runs, baseline_runs) -> str:
+    """The "beats vanilla" verdict of the module docstring for the runs of one variant
+    against the baseline's, paired by seed."""
+    div = {r.seed: r.diverged for r in variant_runs}
+    base_div = {r.seed: r.diverged for r in baseline_runs}
+    seeds = [s for s in div if s in base_div]
+    if not seeds:
+        return "no test"
+    if any(div[s] and not base_div[s] for s in seeds):
+        return "no"
+    if all(base_div[s] and not div[s] for s in seeds):
+        return "yes (vanilla diverged)"
+    tests = [(_paired(_by_seed(variant_runs, stat), _by_seed(baseline_runs, stat)), fav) for _, stat, fav in PAIRED if fav]
+    return verdict(*tests)
+
+
 def summarize(runs, target_acc: float | None = None, by: Sequence[str] = ("learning_rate",),
               baseline: str = "vanilla", upper: str = "bn_gamma_beta") -> list[dict]:
     """One dict per (group, variant), groups sorted, variants in the fixed order. Keys:
     ``group`` (dict of the ``by`` fields), ``variant``, ``n``, ``seeds``, ``target``,
-    each statistic of the module docstring as ``<name>`` (mean) and ``<name>_std``,
+    each statistic of the module docstring as ``<name>`` (mean over the seeds that did
+    not diverge) and ``<name>_ci`` (its :class:`~jaxnorm.analysis.stats.Interval`),
     ``epochs_to_target`` (mean over reaching seeds or None), ``reached`` (how many seeds),
-    ``beats_vanilla`` (None for the baseline itself or without one), ``gap_to_upper_pp``
-    (None without an upper run), ``diverged`` (how many seeds diverged), ``states`` (each
-    seed's :attr:`~jaxnorm.analysis.runs.Run.state_note`), ``all_finished`` (whether every
-    seed finished: only then are the ``final_*`` values final)."""
+    ``vs_train_loss``, ``vs_train_acc``, ``vs_test_acc`` (the paired
+    :class:`~jaxnorm.analysis.stats.Paired` comparisons with the baseline; None for the
+    baseline itself or without one), ``beats_vanilla`` (the verdict string; None for the
+    baseline itself or without one), ``gap_to_upper`` (the Paired final test accuracy
+    comparison with the upper baseline; None without an upper run) and
+    ``gap_to_upper_pp`` (its mean in percentage points; None without a pair),
+    ``diverged`` (how many seeds diverged), ``states`` (each seed's
+    :attr:`~jaxnorm.analysis.runs.Run.state_note`), ``all_finished`` (whether every seed
+    finished: only then are the ``final_*`` values final)."""
     rows = []
     for key, group in group_runs(runs, by).items():
         target = default_target(group) if target_acc is None else float(target_acc)
@@ -124,8 +179,9 @@ def summarize(runs, target_acc: float | None = None, by: Sequence[str] = ("learn
             vr = by_variant[variant]
             row = {"group": dict(zip(by, key)), "variant": variant, "n": len(vr),
                    "seeds": [r.seed for r in vr], "target": target}
-            for name, (split, k, how) in _STATS.items():
-                row[name], row[name + "_std"] = mean_std([_stat(r, split, k, how) for r in vr])
+            for name in _STATS:
+                ci = mean_interval(_values(vr, name))
+                row[name], row[name + "_ci"] = ci.mean, ci
             hits = [] if target is None else [e for e in (epochs_to_target(r, target) for r in vr) if e is not None]
             row["epochs_to_target"] = float(np.mean(hits)) if hits else None
             row["reached"] = len(hits)
@@ -133,25 +189,25 @@ def summarize(runs, target_acc: float | None = None, by: Sequence[str] = ("learn
             row["states"] = [r.state_note for r in vr]
             row["all_finished"] = all(r.finished for r in vr)
             grows.append(row)
-        final = {r["variant"]: r["final_test_acc"] for r in grows}
         for row in grows:
-            acc = row["final_test_acc"]
             # A tagged row (e.g. "bn+bn_only") is compared with the baselines of its own tag.
             tag = row["variant"].partition("+")[2]
             suffix = f"+{tag}" if tag else ""
-            base, up = final.get(baseline + suffix), final.get(upper + suffix)
-            row["beats_vanilla"] = (None if row["variant"] == baseline + suffix or base is None or not np.isfinite(base)
-                                    or not np.isfinite(acc) else bool(acc > base))
-            row["gap_to_upper_pp"] = (None if up is None or not np.isfinite(up) or not np.isfinite(acc)
-                                      else float((acc - up) * 100.0))
+            vr, base, up = by_variant[row["variant"]], by_variant.get(baseline + suffix), by_variant.get(upper + suffix)
+            compare = base is not None and row["variant"] != baseline + suffix
+            for name, stat, _ in PAIRED:
+                row[name] = _paired(_by_seed(vr, stat), _by_seed(base, stat)) if compare else None
+            row["beats_vanilla"] = beats(vr, base) if compare else None
+            gap = None if up is None else _paired(_by_seed(vr, "final_test_acc"), _by_seed(up, "final_test_acc"))
+            row["gap_to_upper"] = gap
+            row["gap_to_upper_pp"] = None if gap is None or gap.n == 0 else float(gap.diff.mean * 100.0)
         rows += grows
     return rows
 
 
-def _pm(mean: float, std: float, n: int, digits: int = 4) -> str:
-    if not np.isfinite(mean):
-        return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+def _cell(ci: Interval, n: int, digits: int = 4) -> str:
+    """The interval's text, with how many seeds went in when a diverged one was left out."""
+    return ci.format(digits, say_single=False) + (f" (n = {ci.n})" if ci.n < n and ci.n else "")
 
 
 def _states_cell(states: Sequence[str]) -> str:
@@ -165,6 +221,17 @@ def _states_cell(states: Sequence[str]) -> str:
     return "; ".join(st if c == 1 else f"{c}× {st}" for st, c in counts.items())
 
 
+def _caption(baseline: str) -> str:
+    pct = f"{CONFIDENCE:.0%}"
+    return (f"mean ± {pct} t-interval half-width over the n seeds (one seed: its value, no interval; diverged seeds "
+            f"left out and counted under diverged). Δ: the variant minus {baseline} of the same seed, mean ± {pct} half-width (paired t-test p; "
+            f"sign test: seeds above/below, p). beats {baseline}: the criterion of \"Dissecting BatchNorm: An Ablation "
+            "Study on the Core Components\" (master thesis, University of Tübingen, 2023, §3.2), lower training loss and "
+            "higher training accuracy: yes only when both paired intervals exclude zero on that side, no when one "
+            f"excludes it on the other (or the variant diverged where {baseline} did not), else not significant; test "
+            "accuracy beside it, not part of the criterion.")
+
+
 def summary_markdown(runs, target_acc: float | None = None, baseline: str = "vanilla",
                      upper: str = "bn_gamma_beta", by: Sequence[str] = ("learning_rate",)) -> str:
     """The :func:`summarize` rows as markdown: one captioned table per group."""
@@ -172,7 +239,8 @@ def summary_markdown(runs, target_acc: float | None = None, baseline: str = "van
     out = []
     head = ["variant", "n", "final train loss", "final train acc", "best train loss", "best train acc",
             "final test acc", "best test acc", "epochs to target", f"beats {baseline}",
-            f"gap to {upper} (pp)", "diverged", "status"]
+            f"Δ final train loss vs {baseline}", f"Δ final train acc vs {baseline}",
+            f"Δ final test acc vs {baseline} (pp)", f"gap to {upper} (pp)", "diverged", "status"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r["group"].items()), []).append(r)
@@ -185,7 +253,7 @@ def summary_markdown(runs, target_acc: float | None = None, baseline: str = "van
             tdesc = f"target test accuracy {target:.2f} (90% of the best final test accuracy of this group, rounded to 0.01)"
         else:
             tdesc = f"target test accuracy {target:.4g} (given)"
-        out.append(f"**{gname}** — {tdesc}; mean ± sample std over seeds when n > 1.\n")
+        out.append(f"**{gname}** — {tdesc}; {_caption(baseline)}\n")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for r in grows:
@@ -194,12 +262,13 @@ def summary_markdown(runs, target_acc: float | None = None, baseline: str = "van
                 ett = f"{r['epochs_to_target']:.1f}".rstrip("0").rstrip(".") + (f" ({r['reached']}/{n})" if r["reached"] < n else "")
             else:
                 ett = "diverged" if r["diverged"] == n else "not reached"
-            beats = {None: "—", True: "yes", False: "no"}[r["beats_vanilla"]]
-            gap = "—" if r["gap_to_upper_pp"] is None else f"{r['gap_to_upper_pp']:+.2f}"
+            vs = ["—" if r[k] is None else r[k].format(4 if k != "vs_test_acc" else 2, 100.0 if k == "vs_test_acc" else 1.0)
+                  for k, _, _ in PAIRED]
+            gap = "—" if r["gap_to_upper_pp"] is None else r["gap_to_upper"].diff.format(2, 100.0, sign=True)
             div = "no" if not r["diverged"] else ("yes" if n == 1 else f"{r['diverged']}/{n}")
             mark = "" if r["all_finished"] else " †"
-            stats = [_pm(r[s], r[s + "_std"], n) + (mark if s.startswith("final") and np.isfinite(r[s]) else "") for s in _STATS]
-            cells = [r["variant"], str(n)] + stats + [ett, beats, gap, div, _states_cell(r["states"])]
+            stats = [_cell(r[s + "_ci"], n) + (mark if s.startswith("final") and np.isfinite(r[s]) else "") for s in _STATS]
+            cells = [r["variant"], str(n)] + stats + [ett, r["beats_vanilla"] or "—", *vs, gap, div, _states_cell(r["states"])]
             out.append("| " + " | ".join(cells) + " |")
         if not all(r["all_finished"] for r in grows):
             out.append("\n† not final: the last values of runs that did not finish (see status).")

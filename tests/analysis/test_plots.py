@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -49,3 +50,37 @@ def test_curves_diverged_runs(tmp_path):
     write_run(tmp_path / "c", "bn", 1)
     write_run(tmp_path / "d", "bn_gamma_beta", 0)
     assert _is_png(plot_curves(find_runs(tmp_path), tmp_path / "c.png"))
+
+
+def test_curves_band_is_the_t_interval_and_the_loss_panel_is_log(tmp_path):
+    import math
+
+    from jaxnorm.analysis.curves import draw_curves, mean_band
+
+    write_study(tmp_path)  # two seeds: test accuracy of seed 1 = seed 0 + 0.02
+    runs = [r for r in find_runs(tmp_path) if r.variant == "bn"]
+    mean, half, n = mean_band(np.array([[0.4, 0.5, 0.6], [0.42, 0.52, 0.62]]))
+    # sample std 0.01·√2 over two seeds: half-width t_{.975,1}·0.01, t_{.975,1} = tan(0.475π)
+    assert np.allclose(mean, [0.41, 0.51, 0.61]) and np.allclose(half, math.tan(0.475 * math.pi) * 0.01) and (n == 2).all()
+    fig, axes = draw_curves(runs)
+    assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+    assert all(len(ax.collections) == 1 for ax in axes)  # one band per panel (one variant)
+    # the log panel draws the geometric mean over seeds: exp of the mean of log(loss)
+    losses = np.array([r.eval_series("train_eval", "loss")[1] for r in runs])
+    assert np.allclose(axes[0].lines[0].get_ydata(), np.exp(np.log(losses).mean(0)), rtol=1e-12)
+    assert np.all(axes[0].collections[0].get_paths()[0].vertices[:, 1] > 0)  # the band stays positive
+    plt.close(fig)
+
+
+def test_a_single_evaluation_is_drawn_as_a_marker(tmp_path):
+    from jaxnorm.analysis.curves import draw_curves
+
+    for s in (0, 1):  # a --quick run: one evaluation per run
+        write_run(tmp_path / f"bn{s}", "bn", s, test=[0.5 + 0.01 * s], loss=[1.0 + 0.1 * s])
+    write_run(tmp_path / "v", "vanilla", 0, test=[0.3], loss=[2.0])
+    fig, axes = draw_curves(find_runs(tmp_path))
+    for ax in axes:
+        markers = [l for l in ax.lines if l.get_marker() == "o" and len(l.get_xdata()) == 1]
+        assert len(markers) == 2, ax.get_title()  # bn (with an error bar) and vanilla
+        assert ax.get_xlim() == (0.0, 2.0)  # epoch 1 in the middle, integer ticks around it
+    plt.close(fig)

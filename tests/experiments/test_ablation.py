@@ -30,18 +30,22 @@ def test_digits_default_quick_trains_the_five_variants_and_reports(tmp_path, cap
     assert ablation.main(["--quick", "--quick-steps", "3", "--results", str(tmp_path), "--no-progress"]) == 0
     root = tmp_path / "ablation" / "digits-quick"
     runs = _runs(root)
-    assert [r.name for r in runs] == sorted(f"{v}_s0" for v in ABLATION_VARIANTS) and {r.parent.name for r in runs} == {"lr1"}
+    seeds = list(range(ablation.QUICK_SEEDS))  # --quick keeps two seeds: intervals and paired tests
+    assert [r.name for r in runs] == sorted(f"{v}_s{s}" for v in ABLATION_VARIANTS for s in seeds)
+    assert {r.parent.name for r in runs} == {"lr1"}
     for r in runs:
         status = json.loads((r / "status.json").read_text())
         assert status["status"] == "finished" and status["step"] == 3
+        # on CPU one program per seed (ablation.seeds_in_one_program)
         assert status["program"]["runs"] == 5 and status["program"]["superset"] == "bn_ablation"
         cfg = json.loads((r / "config.json").read_text())
-        assert cfg["seed"] == 0 and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
+        assert cfg["seed"] == int(r.name[-1]) and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
         assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(tmp_path)
     stored = json.loads((root / "study.json").read_text())
-    assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 3 and stored["seeds"] == [0]
+    assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 3 and stored["seeds"] == seeds
     summary = (root / "plots" / "summary.md").read_text()
-    assert all(f"| {v} |" in summary for v in ABLATION_VARIANTS) and (root / "plots" / "curves_lr0.1.png").is_file()
+    assert all(f"| {v} | 2 |" in summary for v in ABLATION_VARIANTS) and (root / "plots" / "curves_lr0.1.png").is_file()
+    assert " ± " in summary.split("|---", 1)[1] and "(p = " in summary  # intervals and paired tests in the cells
     out = capsys.readouterr().out
     assert "lr 0.1: final test acc vanilla" in out and "beat vanilla" in out
 
@@ -168,11 +172,26 @@ def test_placements_and_lr_scales_are_groups_of_one_root(tmp_path):
 
 
 def test_groups_are_the_jobs_and_shards_split_them(tmp_path):
-    setup = setup_with(ablation.STUDY.setups["digits"], {"lr_scale": [1, 2], "positions": ["default", "first"]}, quick=True)
+    # digits with a batched program (vmap: GPU/TPU): the seeds of one (scale, placement) train
+    # in one program with the variants
+    grid = {"lr_scale": [1, 2], "positions": ["default", "first"]}
+    setup = setup_with(ablation.STUDY.setups["digits"], {**grid, "strategy": "vmap"}, quick=True)
     groups = ablation.STUDY.groups(setup, [0, 1], tmp_path / "ablation" / setup.name)
-    assert len(groups) == 2 * 2 * 2 and all(len(g.configs) == 5 for g in groups)
+    assert len(groups) == 2 * 2 and all(len(g.configs) == 10 for g in groups)
     assert len({c.study + "/" + c.name for g in groups for c in g.configs}) == 40
-    assert {len({c.seed for c in g.configs}) for g in groups} == {1}  # one (scale, placement, seed) per program
+    assert {len({c.seed for c in g.configs}) for g in groups} == {2}
+    # unrolled (loop: what auto is on CPU): one program per (scale, placement, seed)
+    loop = setup_with(ablation.STUDY.setups["digits"], {**grid, "strategy": "loop"}, quick=True)
+    groups = ablation.STUDY.groups(loop, [0, 1], tmp_path / "ablation" / loop.name)
+    assert len(groups) == 2 * 2 * 2 and {len({c.seed for c in g.configs}) for g in groups} == {1}
+    # the CIFAR configs: one (scale, placement, seed) per program
+    cifar = setup_with(ablation.STUDY.setups["cifar10_3c3d"], {"lr_scale": [1, 2], "strategy": "vmap"}, quick=True)
+    assert not cifar.seeds_together and ablation.STUDY.setups["digits"].seeds_together
+    with tfds.testing.mock_data(num_examples=40):
+        cifar_groups = ablation.STUDY.groups(cifar, [0, 1], tmp_path / "ablation" / cifar.name)
+    assert len(cifar_groups) == 2 * 2 and {len({c.seed for c in g.configs}) for g in cifar_groups} == {1}
+    assert all(s.seeds == (0, 1, 2) for s in ablation.STUDY.setups.values())  # three seeds by default
+    assert setup.seeds == (0, 1)  # --quick keeps two
     assert ablation.main(["--quick", "--quick-steps", "1", "--variants", "bn", "--seeds", "0", "1", "--shard", "2/2",
                           "--results", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
     assert [r.name for r in _runs(tmp_path / "ablation" / "digits-quick")] == ["bn_s1"]
