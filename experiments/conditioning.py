@@ -1,4 +1,4 @@
-"""The gradient-conditioning study (source document 002): metrics throughout training of
+"""The gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022): metrics throughout training of
 deep nets with and without BatchNorm, and what they cost.
 
 Trains every architecture x norm x depth (x seed) of a named setup, one ``fit`` per run,

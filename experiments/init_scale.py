@@ -1,5 +1,5 @@
 """Initialization scale in a deep ReLU MLP, with and without normalization (the lecture,
-source document 003, "Initialization vs. optimization"; REFERENCE.md §4).
+the lecture “Normalization and Regularization” (CMU Deep Learning Systems), "Initialization vs. optimization").
 
 The lecture's claims, for a deep ReLU MLP with ``W_i ~ N(0, c/n)`` (n = fan-in) trained
 with vanilla SGD and no normalization: ``c = 3`` gives NaN, ``c = 2`` trains, ``c = 1``

@@ -1,4 +1,4 @@
-"""LayerNorm vs BatchNorm, and the other normalizations (source document 003, slides
+"""LayerNorm vs BatchNorm, and the other normalizations (CMU lecture “Normalization and Regularization”, slides
 "Layer normalization" ... "Minibatch dependence"; Ba et al. 2016, "Layer Normalization";
 Ioffe & Szegedy 2015, "Batch Normalization"; Wu & He 2018, "Group Normalization";
 Ulyanov et al. 2016, "Instance Normalization"; Salimans & Kingma 2016, "Weight

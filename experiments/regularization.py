@@ -1,4 +1,4 @@
-"""Weight decay and dropout, with and without BatchNorm (source document 003, the
+"""Weight decay and dropout, with and without BatchNorm (CMU lecture “Normalization and Regularization”, the
 lecture's "Regularization" slides; van Laarhoven 2017, "L2 regularization versus batch
 and weight normalization"; Zhang, Wang, Xu & Grosse 2019, "Three mechanisms of weight
 decay regularization").

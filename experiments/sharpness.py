@@ -1,5 +1,5 @@
 """Edge of stability (Cohen et al., "Gradient Descent on Neural Networks Typically Occurs
-at the Edge of Stability", 2021; source document 003): full-batch gradient descent on a
+at the Edge of Stability", 2021; the lecture “Normalization and Regularization” (CMU Deep Learning Systems)): full-batch gradient descent on a
 fixed subset, the Hessian's top eigenvalue (sharpness) against the 2/η line, with and
 without BatchNorm.
 

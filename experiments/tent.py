@@ -1,5 +1,5 @@
 """Test-time BatchNorm adaptation under corruptions: running statistics vs test-batch
-statistics vs TENT (source document 003, slide "BatchNorm: other benefits?"; Wang et al.
+statistics vs TENT (CMU lecture “Normalization and Regularization”, slide "BatchNorm: other benefits?"; Wang et al.
 2021, "Tent: fully test-time adaptation by entropy minimization", Fig. 5; Schneider et
 al. 2020 for test-batch statistics).
 

@@ -14,8 +14,7 @@ Use :func:`get_init` to look one up by the names used in configs.
 
 References:
   Glorot & Bengio (2010); He et al. (2015), arXiv:1502.01852; Saxe et al. (2014),
-  arXiv:1312.6120 (orthogonal); Balduzzi et al. (2017), arXiv:1702.08591 and source
-  document 002, Def. 3.9 (looks-linear).
+  arXiv:1312.6120 (orthogonal); Balduzzi et al. (2017), arXiv:1702.08591 and the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022), Def. 3.9 (looks-linear).
 """
 
 from __future__ import annotations
@@ -93,7 +92,7 @@ def looks_linear(scale: float = 1.0) -> Initializer:
     CReLU maps ``x`` (n features) to ``[relu(x), relu(-x)]`` (2n features). With the
     kernel ``[[W], [-W]]`` of shape ``(2n, m)`` and ``W`` orthogonal ``(n, m)``, the
     layer computes ``relu(x) W - relu(-x) W = x W``: exactly linear at initialization
-    (source document 002, Def. 3.9 and eq. 3.23, written there as ``[W -W]`` in the
+    (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, Def. 3.9 and eq. 3.23, written there as ``[W -W]`` in the
     ``out x in`` convention).
 
     Raises:

@@ -18,7 +18,7 @@ name               kind        γ (scale)   β (bias)
                                            per run by data (:func:`set_ablation_variant`)
 =================  ==========  ==========  =========================================
 
-The first five are the variants of the BatchNorm ablation study (source document 001,
+The first five are the variants of the BatchNorm ablation study (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023,
 §3.1.1: Vanilla, BN, BN_γ, BN_β, BN_γ,β).
 
 Variables of :class:`Norm`: ``params/scale`` and ``params/bias`` exist only when they
@@ -325,7 +325,7 @@ def crelu(x: jax.Array) -> jax.Array:
     """Concatenated ReLU (Shang et al. 2016): ``[relu(x), relu(-x)]`` along the last
     axis, doubling the features. With the looks-linear kernel
     (:func:`jaxnorm.inits.looks_linear`) the next layer is linear at initialization.
-    (Source document 002 writes Def. 3.8 with a sign typo; eq. 3.23 shows the intent.)"""
+    (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022 writes Def. 3.8 with a sign typo; eq. 3.23 shows the intent.)"""
     return jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1)
 
 

@@ -282,8 +282,7 @@ def batch_norm(
     enters the average with Bessel's correction ``m / (m - 1)``, where ``m`` is the
     number of values behind each feature's statistic (batch x spatial positions: of one
     ghost group if ``group_size`` is set, else over all shards if ``axis_name`` is set). This
-    is the BatchNorm paper's inference estimate (Ioffe & Szegedy 2015, Alg. 2; source
-    document 001 eq. 2.27) and what PyTorch does, which ran the ablation study being
+    is the BatchNorm paper's inference estimate (Ioffe & Szegedy 2015, Alg. 2; the BatchNorm ablation thesis (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen 2023) eq. 2.27) and what PyTorch does, which ran the ablation study being
     reproduced. ``unbiased_running_var=False`` gives Flax's biased running variance.
     Normalization during training always uses the biased batch variance.
 
@@ -375,7 +374,7 @@ def batch_norm(
 
 
 # --------------------------------------------------------------------------------------
-# Population statistics (eq. 2.26-2.27 of source document 001; Ioffe & Szegedy Alg. 2).
+# Population statistics (eq. 2.26-2.27 of the BatchNorm ablation thesis (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen 2023); Ioffe & Szegedy Alg. 2).
 
 
 class PopulationAccumulator(NamedTuple):
@@ -427,8 +426,7 @@ class PopulationAccumulator(NamedTuple):
 def population_stats(batches: Iterable[Array]) -> BatchStats:
     """Inference statistics from a stream of training batches (Ioffe & Szegedy 2015).
 
-    ``mean = E_B[mu_B]`` and ``var = m / (m - 1) * E_B[sigma^2_B]`` (source document
-    001, eq. 2.26-2.27), where ``sigma^2_B`` is the biased variance of batch B and m its
+    ``mean = E_B[mu_B]`` and ``var = m / (m - 1) * E_B[sigma^2_B]`` (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023, eq. 2.26-2.27), where ``sigma^2_B`` is the biased variance of batch B and m its
     number of values per feature. The mean is the exact mean of all values seen. With
     unequal batch sizes the natural generalization is used: batches are weighted by
     size and the variance is the pooled within-batch variance

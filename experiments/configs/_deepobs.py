@@ -1,4 +1,4 @@
-"""What the three DeepOBS problems of the thesis share (source document 001, Table 3.1)."""
+"""What the three DeepOBS problems of the thesis share (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023, Table 3.1)."""
 
 from __future__ import annotations
 

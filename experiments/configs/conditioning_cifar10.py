@@ -1,4 +1,4 @@
-"""The gradient-conditioning study on CIFAR-10, as source document 002 ran it.
+"""The gradient-conditioning study on CIFAR-10, as the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022) ran it.
 
 Five architectures (fully connected with orthogonal init and ReLU or CReLU, looks-linear
 CReLU, ConvNet without and with residual connections) x {no BN, BN} x depths 11, 26 and

@@ -1,4 +1,4 @@
-"""Plots and tables of the gradient-conditioning study (source document 002), from stored files.
+"""Plots and tables of the gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022), from stored files.
 
 Reads only what the runs wrote (``experiments/conditioning.py``; never trains):
 

@@ -1,5 +1,5 @@
 """The analysis of the regularization study (``experiments/regularization.py``): weight
-decay λ and dropout p, with and without BatchNorm (source document 003; van Laarhoven
+decay λ and dropout p, with and without BatchNorm (CMU lecture “Normalization and Regularization”; van Laarhoven
 2017, "L2 regularization versus batch and weight normalization"; Zhang, Wang, Xu &
 Grosse 2019, "Three mechanisms of weight decay regularization").
 

@@ -130,7 +130,7 @@ def summary_markdown(setup: dict, runs: Sequence[TentRun]) -> str:
     lines = [
         f"# Test-time BatchNorm adaptation under corruption: {setup['name']}",
         "",
-        "Claim (source document 003; Wang et al. 2021, Fig. 5; Schneider et al. 2020): BN at test time normally "
+        "Claim (CMU lecture “Normalization and Regularization”; Wang et al. 2021, Fig. 5; Schneider et al. 2020): BN at test time normally "
         "uses the running averages from training; on corrupted (out-of-distribution) inputs, normalizing by the "
         "test batch's own statistics lowers the error, and TENT -- also updating BN's γ/β online to minimize the "
         "mean prediction entropy of each test batch -- lowers it further.",

@@ -1,5 +1,5 @@
 """Gradient diagnostics: per-example gradients under BatchNorm, and the gradient
-step-consistency and batch-dissonance metrics of source document 002.
+step-consistency and batch-dissonance metrics of the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022).
 
 * :mod:`~jaxnorm.diagnostics.per_example` -- ``per_example_grads(module, variables, x, y,
   bn_mode=...)`` with BatchNorm ``'running'``, ``'frozen'`` or ``'batch'`` (coupled); chunking,

@@ -7,7 +7,7 @@ Three pure, jittable functions of a flax model and its variables:
   nothing is added to the model;
 * :func:`population_batch_stats` -- exact inference statistics of every BatchNorm layer
   (Ioffe & Szegedy 2015, "Batch Normalization: Accelerating Deep Network Training by
-  Reducing Internal Covariate Shift", Alg. 2; source document 001, eq. 2.26-2.27):
+  Reducing Internal Covariate Shift", Alg. 2; the BatchNorm ablation thesis (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen 2023), eq. 2.26-2.27):
   training batches go through the network in training mode and every BN layer's
   inputs feed a :class:`jaxnorm.norms.PopulationAccumulator` (mean of the batch means,
   ``m/(m-1)`` times the mean of the biased batch variances);

@@ -1,4 +1,4 @@
-"""Batch-dissonance metrics: gradient confusion, diversity and coherence (source document 002, §3.6-3.8).
+"""Batch-dissonance metrics: gradient confusion, diversity and coherence (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, §3.6-3.8).
 
 Each metric is a function of a set of gradient vectors, given either as an ``(n, d)``
 matrix (one gradient per row) or as its ``(n, n)`` Gram matrix ``K = G Gᵀ`` (the

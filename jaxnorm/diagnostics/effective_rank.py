@@ -1,4 +1,4 @@
-"""Stable (effective) rank and the relative gradient rank (source document 002, Defs. 3.6-3.7).
+"""Stable (effective) rank and the relative gradient rank (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, Defs. 3.6-3.7).
 
 ``R(A) = ‖A‖_F² / ‖A‖_2²`` (the stable rank; at most rank A). The relative gradient
 rank of a gradient matrix ``A`` (rows: the per-example weight gradients ``h_W`` or

@@ -1,5 +1,5 @@
 """κ_X: the condition number of the per-example weight gradient w.r.t. the input
-(source document 002, Defs. 3.4, 3.5 and eq. 3.16).
+(“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, Defs. 3.4, 3.5 and eq. 3.16).
 
 Per example ``(x, t)`` and perturbations δ_k of the input:
 

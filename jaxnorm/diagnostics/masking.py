@@ -1,4 +1,4 @@
-"""Random gradient masks (source document 002, §1.6), and flattening gradient pytrees.
+"""Random gradient masks (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, §1.6), and flattening gradient pytrees.
 
 A mask keeps a fixed random subset of ``fraction`` of each parameter leaf's
 coordinates -- rounded up, so every leaf (a layer's kernel, its bias, a norm's γ, ...)

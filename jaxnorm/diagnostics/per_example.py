@@ -27,8 +27,7 @@ Dropout: ``running`` and ``frozen`` are deterministic (dropout off, also in the 
 that takes the frozen statistics); ``batch`` is the training-mode pass, dropout
 included, with the key ``rng``.
 
-The input gradient ``h_X(x_i) = ∂ℓ_i/∂x_i`` (Balduzzi et al. 2017; source document
-002, Def. 1.3) follows the same semantics; in ``batch`` mode it is the diagonal
+The input gradient ``h_X(x_i) = ∂ℓ_i/∂x_i`` (Balduzzi et al. 2017; the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022), Def. 1.3) follows the same semantics; in ``batch`` mode it is the diagonal
 block: how example i's loss term changes with its own input, statistics included.
 
 Loss: ``loss=`` names a per-example loss of :data:`jaxnorm.objective.LOSSES` (default

@@ -1,5 +1,5 @@
 """Gradient step-consistency: the weight-space condition number κ_W and its companions
-(source document 002, Defs. 2.5-2.7 and 4.1).
+(“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022, Defs. 2.5-2.7 and 4.1).
 
 Notation: ``ḡ(w) = ∇ L(w; χ)``, the mean gradient of one batch χ at weights w (from a
 matrix-free ``loss(params) -> scalar``, e.g.

@@ -1,6 +1,6 @@
 """The nearly free in-training κ_W estimate, computed inside the optimizer at every step.
 
-Source document 002, §2.2: with ω the optimizer's own step, κ_W can be estimated during
+The gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022), §2.2: with ω the optimizer's own step, κ_W can be estimated during
 training "with very little additional cost" from consecutive gradients:
 
     κ_t = ‖g_t − g_{t−1}‖ · ‖w_{t−1}‖ / (‖w_t − w_{t−1}‖ · ‖g_{t−1}‖)

@@ -1,6 +1,6 @@
 """Pieces every model shares: where the norm layers go, and the weight→norm→activation block.
 
-Convention (source document 001): a normalization layer sits between a weight layer
+Convention (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023): a normalization layer sits between a weight layer
 (conv/dense) and its activation; where the norm's statistics are per feature (batch,
 instance) the weight layer's bias is dropped, since the norm would subtract it again.
 Norm layers are named ``norm{k}`` after the k-th weight layer (1-based, the numbering

@@ -1,6 +1,6 @@
 """DeepOBS All-CNN-C (cifar100_allcnnc; Springenberg et al. 2015, arXiv:1412.6806).
 
-Exactly the DeepOBS network (../shared/REFERENCE.md §1):
+Exactly the DeepOBS network (“DeepOBS: A Deep Learning Optimizer Benchmark Suite”, Schneider, Balles & Hennig, ICLR 2019):
 
     dropout 0.2 (on the input)
     conv 96 3x3 SAME, conv 96 3x3 SAME, conv 96 3x3 stride 2 SAME       32 -> 16

@@ -1,4 +1,4 @@
-"""``'convnet'``: a plain or residual ConvNet of configurable depth (source document 002).
+"""``'convnet'``: a plain or residual ConvNet of configurable depth (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022).
 
 Layout, with ``depth`` weight layers in all (``bn_positions`` has ``depth`` flags):
 

@@ -3,9 +3,8 @@
 Both are one dense stack (:func:`dense_stack`), differing in their defaults:
 
 * ``'mlp'`` -- the lecture's network: any depth/width/activation, any initializer, e.g.
-  ``kernel_init='scaled_normal', kernel_init_kwargs={'c': 2.0}`` for W ~ N(0, c/n) (source document 003).
-* ``'deep_fc'`` -- the gradient-conditioning study's deep fully-connected nets (source
-  document 002): orthogonal init with ReLU or CReLU, or the looks-linear net (CReLU with
+  ``kernel_init='scaled_normal', kernel_init_kwargs={'c': 2.0}`` for W ~ N(0, c/n) (CMU lecture “Normalization and Regularization”).
+* ``'deep_fc'`` -- the gradient-conditioning study's deep fully-connected nets (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022): orthogonal init with ReLU or CReLU, or the looks-linear net (CReLU with
   mirrored blocks [W, -W], Def. 3.9), depth up to 100+.
 
 Inputs of any shape ``(batch, ...)`` are flattened. ``depth`` counts weight layers,
@@ -121,7 +120,7 @@ class MLP(nn.Module):
 
 @register_model("deep_fc")
 class DeepFC(nn.Module):
-    """Deep fully-connected net of the gradient-conditioning study (source document 002).
+    """Deep fully-connected net of the gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022).
 
     Attributes:
       num_classes: output units.

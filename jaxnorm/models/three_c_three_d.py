@@ -1,6 +1,6 @@
 """DeepOBS 3C3D: three conv layers, three dense layers (cifar10_3c3d, cifar100_3c3d).
 
-Exactly the DeepOBS network (../shared/REFERENCE.md §1):
+Exactly the DeepOBS network (“DeepOBS: A Deep Learning Optimizer Benchmark Suite”, Schneider, Balles & Hennig, ICLR 2019):
 
     conv 64 5x5 VALID  -> ReLU -> maxpool 3x3/2 SAME     32 -> 28 -> 14
     conv 96 3x3 VALID  -> ReLU -> maxpool 3x3/2 SAME     14 -> 12 -> 6

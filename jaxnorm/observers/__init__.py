@@ -7,9 +7,9 @@ interval ``every`` and a ``sink`` (``'metrics'``: ``metrics.jsonl`` lines;
 (they wrap its functions) and below :mod:`jaxnorm.train` (which calls them); they need
 only the state's fields, never the trainer itself.
 
-* ``GammaBetaRecorder`` -- every norm layer's γ/β (source document 001).
+* ``GammaBetaRecorder`` -- every norm layer's γ/β (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023).
 * ``ReluSparsity`` -- the fraction of post-norm activations a ReLU zeroes.
-* ``GradientConditioning`` -- source document 002's metrics from per-example gradients.
+* ``GradientConditioning`` -- the metrics of the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022) from per-example gradients.
 * ``StepConditioning`` -- the in-training κ_W estimate kept by the optimizer.
 * ``Sharpness`` -- the top Hessian eigenvalue, warm-started (stateful).
 * ``SpectralDensity`` -- the Hessian's spectral density (stochastic Lanczos quadrature).

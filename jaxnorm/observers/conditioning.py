@@ -8,7 +8,7 @@ forms, one batch gradient per batch for confusion and diversity. Records go to
 ``metrics.jsonl`` as ``{"kind": "conditioning", "step": s, <metric>: value, ...}``
 plus the sample sizes ``n_batches`` and ``batch_size`` (diversity depends on them).
 
-Metrics (source document 002; definitions in the modules named):
+Metrics (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022; definitions in the modules named):
 
 =============================  ==========================================================
 ``kappa_w``                    κ_W, Def. 2.5 (:mod:`~jaxnorm.diagnostics.step_consistency`)

@@ -1,6 +1,6 @@
 """What the gradient-conditioning metrics cost: each metric timed alone on one state.
 
-Source document 002 (Fig. 4.10) plots the seconds per call of each metric against the
+The gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022) (Fig. 4.10) plots the seconds per call of each metric against the
 number of learnable parameters, next to one batch gradient. :func:`conditioning_costs`
 measures the same on a trained state: for every metric of a
 :class:`~jaxnorm.observers.GradientConditioning` a copy that computes only that metric is

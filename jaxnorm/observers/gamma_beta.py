@@ -1,5 +1,5 @@
 """The γ/β recorder: every norm layer's learned scale and shift over training
-(source document 001 records them every 5 steps)."""
+(“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023 records them every 5 steps)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def norm_layers(params) -> dict[str, dict[str, jax.Array]]:
 
 
 class GammaBetaRecorder:
-    """Records every norm layer's γ and β every ``every`` steps (source document 001:
+    """Records every norm layer's γ and β every ``every`` steps (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023:
     every 5 steps) into ``trajectories.npz`` as ``gamma_beta/<layer>/gamma`` and
     ``gamma_beta/<layer>/beta``, each ``(records, channels)``, with ``gamma_beta/steps``."""
 

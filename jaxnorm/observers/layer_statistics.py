@@ -1,7 +1,7 @@
 """``LayerStatistics``: per-layer activation RMS, gradient norm and weight norm on a
 fixed probe batch, every k steps during ``fit``.
 
-The lecture's initialization-scale study (source document 003, "Initialization vs.
+The lecture's initialization-scale study (CMU lecture “Normalization and Regularization”, "Initialization vs.
 optimization") explains its outcomes by the signal in each layer: with ``W ~ N(0, c/n)``
 and a ReLU, the mean square of a layer's output is ``c/2`` times that of its input, so
 over D layers activations and gradients scale like ``(c/2)^(D/2)`` -- unless a norm

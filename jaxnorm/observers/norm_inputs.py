@@ -1,6 +1,6 @@
 """``NormInputs``: what chosen norm layers receive on a fixed probe batch, during ``fit``.
 
-The lecture's picture of LayerNorm vs BatchNorm (source document 003, "LayerNorm
+The lecture's picture of LayerNorm vs BatchNorm (CMU lecture “Normalization and Regularization”, "LayerNorm
 illustration") is a matrix Z (batch × features) of a layer's pre-norm activations:
 LayerNorm standardizes its rows, BatchNorm its columns. This observer records that Z
 (:func:`jaxnorm.diagnostics.bn_statistics.norm_inputs`) into ``trajectories.npz`` as

@@ -1,5 +1,5 @@
 """ReLU sparsity after each norm layer: the fraction of activations the following ReLU
-zeroes (source document 001, §5 asks whether β changes it)."""
+zeroes (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023, §5 asks whether β changes it)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class ReluSparsity:
     Measured on a fixed probe batch in training mode (the batch statistics the ReLU sees
     during training; running statistics are not touched), every ``every`` steps, into
     ``metrics.jsonl`` lines ``{"kind": "relu_sparsity", "step": s, "norm1": f1, ...}``.
-    The thesis asks (source document 001, §5) whether β changes this sparsity. With the
+    The thesis asks (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023, §5) whether β changes this sparsity. With the
     ``bn_ablation`` superset a vanilla run's (switched-off) norm layers are the identity,
     so its entry is the sparsity of the raw weight-layer output at the same slot; a
     single vanilla run has no norm layers and records nothing.

@@ -1,7 +1,7 @@
 """``Sharpness``: the Hessian's top eigenvalue every k steps during ``fit``, warm-started.
 
 The sharpness (Cohen et al. 2021, "Gradient descent on neural networks typically occurs
-at the edge of stability"; source document 003) is the largest eigenvalue of the
+at the edge of stability"; the lecture “Normalization and Regularization” (CMU Deep Learning Systems)) is the largest eigenvalue of the
 training loss's Hessian. This observer measures it on a fixed probe set -- the same
 examples every time, so the curve over training reflects the weights, not the sample --
 and writes ``metrics.jsonl`` lines

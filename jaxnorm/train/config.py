@@ -134,7 +134,7 @@ class TrainConfig:
       eval_batch_size: batch size of evaluation.
       log_every_steps: how often training metrics are pulled to the host (the only
         host sync of the hot loop) and written to ``metrics.jsonl``.
-      record_every_steps: the γ/β recorder's interval (source document 001: 5).
+      record_every_steps: the γ/β recorder's interval (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023: 5).
       checkpoint_every_epochs: checkpoint interval (0: never; the last epoch is
         always checkpointed when > 0).
       num_devices: data-parallel over this many local devices (None: 1).

@@ -20,11 +20,11 @@ objective's L2 term ``0.5 λ Σ ||W||²``.
 Schedules (:data:`SCHEDULES`) are multipliers of the base learning rate (1 at the
 start), so the base rate stays data:
 
-* ``constant`` -- the ablation study's setting (Table 3.1 of source document 001);
+* ``constant`` -- the ablation study's setting (Table 3.1 of the BatchNorm ablation thesis (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen 2023));
 * ``step`` -- multiply by ``factor`` at the given epochs (DeepOBS All-CNN-C reference:
   lr 0.05 divided by 10 at epochs 200, 250, 300);
 * ``plateau`` -- multiply by ``factor`` when the training loss, averaged over an
-  epoch, has not improved by ``rtol`` for ``patience`` epochs (source document 002:
+  epoch, has not improved by ``rtol`` for ``patience`` epochs (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022:
   CIFAR-10, batch 64, "learning rate decreased on plateau"). Its update needs the loss:
   ``tx.update(grads, state, params, value=loss)``; :func:`make_optimizer` always
   returns a transformation that accepts ``value`` (others ignore it);

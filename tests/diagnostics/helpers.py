@@ -1,7 +1,7 @@
 """Tiny models, inputs and independent references shared by the diagnostics tests.
 
 Nothing here calls :mod:`jaxnorm.diagnostics`: the references are written from the
-definitions (source document 002, restated in shared/REFERENCE.md §3), so that a test
+definitions (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022), so that a test
 compares the library against something computed another way.
 """
 

@@ -1,7 +1,7 @@
 """The gradient metrics on gradient matrices, against float64 NumPy references.
 
-The references below are written from the definitions (source document 002, restated in
-shared/REFERENCE.md §3), never by calling jaxnorm. The library computes in float32 on
+The references below are written from the definitions (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022),
+never by calling jaxnorm. The library computes in float32 on
 at most a few hundred numbers, so results agree to ~1e-6 relative; RTOL = 1e-5 leaves a
 10x margin. Analytic cases (identical, orthogonal, a given cosine) pin the definitions'
 conventions: which way a ratio goes, and what the batch size does.

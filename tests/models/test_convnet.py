@@ -1,4 +1,4 @@
-"""Tests for 'convnet', the plain/residual ConvNet of configurable depth (source document 002)."""
+"""Tests for 'convnet', the plain/residual ConvNet of configurable depth (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Tests for the DeepOBS networks 3c3d and allcnnc (../shared/REFERENCE.md §1).
+"""Tests for the DeepOBS networks 3c3d and allcnnc (“DeepOBS: A Deep Learning Optimizer Benchmark Suite”, Schneider, Balles & Hennig, ICLR 2019).
 
 Parameter counts are taken from ``jax.eval_shape`` (no arrays are materialised). The
 expected counts of the BatchNorm ablation variants are derived here independently of
-the library, from the rule of source document 001: a BN layer on a c-channel output
+the library, from the rule of the BatchNorm ablation thesis (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen 2023): a BN layer on a c-channel output
 adds 2c parameters with learned γ and β, c with exactly one of them, 0 for plain BN,
 and removes the preceding layer's c biases.
 """
