@@ -15,7 +15,10 @@ import pathlib
 # asserts, is unchanged. A folder named by the user's JAX_COMPILATION_CACHE_DIR wins. The size cap
 # needs the `filelock` package (in the test extra).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# Every compilation is cached, the quick ones too: the subprocesses (notebook kernels, the
+# kill and signal tests) start with empty in-memory caches and would otherwise compile
+# again the many small op-by-op programs of a model's initialization.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))
 

@@ -77,7 +77,7 @@ def dense_reference(act):
     with jax.enable_x64(True):
         loss, p = tiny_net(act, np.float64)
         f, unravel = ravel_pytree(p)
-        h = np.asarray(jax.hessian(lambda v: loss(unravel(v)))(f))
+        h = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(f))  # jitted: op by op it compiles every op
         g = np.asarray(ravel_pytree(jax.grad(loss)(p))[0])
         w = np.asarray(f)
         grad64 = jax.jit(lambda v: ravel_pytree(jax.grad(loss)(unravel(v)))[0])
