@@ -3,7 +3,6 @@
 import pathlib
 import re
 
-import pytest
 
 from experiments import smoke
 

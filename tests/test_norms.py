@@ -729,7 +729,7 @@ def test_other_errors(fn, exc, match):
 
 
 def test_ghost_groups_with_axis_name_stay_local_and_running_stats_agree():
-    batch_norm, population_stats = norms.batch_norm, norms.population_stats
+    batch_norm = norms.batch_norm
     rng = np.random.default_rng(7)
     x = rng.normal(2.0, 3.0, size=(2, 8, 3)).astype(np.float32)  # 2 shards of 8 examples
     stats = BatchStats.init(3)

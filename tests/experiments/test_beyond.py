@@ -1,6 +1,5 @@
 """The "beyond the thesis" configs: last-layer-only γ/β, BN-only training, γ init."""
 
-import pathlib
 import re
 
 import numpy as np

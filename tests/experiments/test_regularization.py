@@ -22,7 +22,7 @@ from jaxnorm.analysis import regularization as analysis
 from jaxnorm.models import get_model
 from jaxnorm.objective import cross_entropy
 from jaxnorm.study import run_study
-from jaxnorm.train import create_state, fit, fit_many, make_optimizer, make_train_step
+from jaxnorm.train import create_state, fit, make_optimizer, make_train_step
 from jaxnorm.train.optim import hyperparams
 
 
