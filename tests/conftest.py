@@ -7,6 +7,8 @@ that do not ask for a mesh still run on the default (first) device.
 import os
 import pathlib
 
+import pytest
+
 # A persistent XLA compilation cache shared by the pytest-xdist workers and the notebook
 # kernels they start (which inherit the environment): many tests compile the same small
 # programs (the same tiny model and step in another test's closure), and a hit skips the
@@ -34,3 +36,57 @@ _FLAGS = ["--xla_force_host_platform_device_count=8", "--xla_backend_optimizatio
 for _flag in _FLAGS:
     if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+
+# --- One quick ablation run shared by the tests that only need it to exist -------------
+#
+# The ablation notebook, the quick study's end-to-end test and the rerun test each used to
+# train the same five variants x two seeds (about 40 s of a cold 2-core run each, the
+# suite's largest repeat). They now share one run, trained once per `make test`: the
+# first test to need it trains it under a file lock in the folder the xdist workers share,
+# and each test holds that lock while it runs (they re-plot it), so a test on the other
+# worker waits. The notebook's cell calls `ablation.main` with
+# ABLATION_QUICK_ARGS, so in the notebook test it finds the runs finished and reads them
+# back, the rerun rule the rerun test checks; the training itself is checked on this run
+# by tests/experiments/test_ablation.py. (pytest-xdist's `xdist_group` would keep the
+# three on one worker, but it does not group under pytest 9 with xdist 3.8: measured.)
+
+#: The notebook's quick arguments (colab/01_batchnorm_ablation.ipynb, cell 3, on a CPU
+#: without CIFAR-10), minus ``--results``.
+ABLATION_QUICK_ARGS = ("--config", "digits", "--no-progress", "--quick", "--quick-steps", "20", "--quick-subset", "512")
+
+
+@pytest.fixture(scope="session")
+def _ablation_quick_shared(tmp_path_factory, worker_id):
+    """``(results folder, stdout)`` of the one shared run (see above)."""
+    import contextlib
+    import io
+
+    from filelock import FileLock
+
+    # Under xdist every worker's basetemp is a child of one folder of this session.
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    results, log, done = shared / "ablation_quick", shared / "ablation_quick.out", shared / "ablation_quick.done"
+    with FileLock(str(shared / "ablation_quick.lock")):
+        if not done.is_file():
+            from experiments import ablation
+
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert ablation.main([*ABLATION_QUICK_ARGS, "--results", str(results)]) == 0
+            log.write_text(out.getvalue())
+            done.touch()
+    return results, log.read_text()
+
+
+@pytest.fixture
+def ablation_quick(_ablation_quick_shared):
+    """``(results folder, stdout of the run)`` of ``python -m experiments.ablation`` with
+    :data:`ABLATION_QUICK_ARGS`. The test holds the run's lock while it runs: the tests
+    re-plot it (the same files again), so one on the other worker waits instead of
+    reading a report while it is rewritten."""
+    from filelock import FileLock
+
+    results, out = _ablation_quick_shared
+    with FileLock(str(results.parent / "ablation_quick.lock")):
+        yield results, out

@@ -1,9 +1,9 @@
 """The Colab notebooks in ``colab/``: committed clean, and they run top to bottom.
 
 ``test_ablation_notebook_runs`` executes ``colab/01_batchnorm_ablation.ipynb`` with nbclient
-in quick mode on the CPU (the digits fallback when CIFAR-10 is not prepared): 35-65 s on
-2 CPU cores, nearly all of it the 20 training steps of the five variants.
-``test_conditioning_notebook_runs`` does the same for ``colab/02_gradient_conditioning.ipynb``
+in quick mode on the CPU (the digits fallback when CIFAR-10 is not prepared) on the quick
+ablation run that tests/conftest.py trains once for three tests, which the notebook reads
+back. ``test_conditioning_notebook_runs`` executes for ``colab/02_gradient_conditioning.ipynb``
 (the gradient-conditioning study, quick: one architecture without and with BN, 8 steps, two
 metrics timed). ``test_hessian_notebook_runs`` executes ``colab/03_hessian_spectrum.ipynb``
 (the Hessian tools on a small MLP on digits without and with BN, then the edge-of-stability
@@ -63,9 +63,9 @@ def _own_python_kernelspec(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch):
-    """Executes ``notebook`` in quick mode on the CPU with results under ``tmp_path/results``;
-    returns (executed notebook, results folder, seconds)."""
+def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch, results=None):
+    """Executes ``notebook`` in quick mode on the CPU with results under ``results``
+    (default ``tmp_path/results``); returns (executed notebook, results folder, seconds)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -76,7 +76,7 @@ def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch):
     spec = KernelSpecManager().get_kernel_spec("python3")
     assert spec.argv[0] == sys.executable, f"python3 kernel resolves to {spec.argv} instead of {sys.executable}"
 
-    results = tmp_path / "results"
+    results = tmp_path / "results" if results is None else results
     env = dict(os.environ)
     env.update(
         JAXNORM_NOTEBOOK_QUICK="1",
@@ -101,10 +101,10 @@ def _execute_quick(notebook: pathlib.Path, tmp_path, monkeypatch):
     return nb, results, elapsed
 
 
-def _run_checked(notebook, tmp_path, monkeypatch):
+def _run_checked(notebook, tmp_path, monkeypatch, results=None):
     """Executes ``notebook`` quick; checks no cell errored and quick mode was on. Returns
     (every code cell's outputs, their stream text, the results folder, seconds)."""
-    nb, results, elapsed = _execute_quick(notebook, tmp_path, monkeypatch)
+    nb, results, elapsed = _execute_quick(notebook, tmp_path, monkeypatch, results)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, f"cells errored: {[(o.ename, o.evalue) for o in errors]}"
@@ -113,8 +113,14 @@ def _run_checked(notebook, tmp_path, monkeypatch):
     return outputs, text, results, elapsed
 
 
-def test_ablation_notebook_runs(tmp_path, monkeypatch):
-    outputs, text, results, elapsed = _run_checked(NOTEBOOK, tmp_path, monkeypatch)
+def test_ablation_notebook_runs(tmp_path, monkeypatch, ablation_quick):
+    """The notebook on the shared quick run of tests/conftest.py: its training cell calls
+    ``ablation.main`` with the same arguments, finds the ten runs finished and reads them
+    back (the training is tested on that run in tests/experiments/test_ablation.py); every
+    cell runs, and the plots and summary it writes are displayed."""
+    results, _ = ablation_quick
+    outputs, text, results, elapsed = _run_checked(NOTEBOOK, tmp_path, monkeypatch, results)
+    assert "python -m experiments.ablation " + " ".join(_notebook_args(results)) in text, text
 
     summaries = list(results.glob("ablation/*/plots/summary.md"))
     assert len(summaries) == 1, f"expected one summary.md under {results}, found {summaries}"
@@ -127,6 +133,14 @@ def test_ablation_notebook_runs(tmp_path, monkeypatch):
     markdown = [o for o in outputs if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
     assert any("vanilla" in o.data["text/markdown"] for o in markdown), "summary.md was not displayed"
     print(f"notebook executed in {elapsed:.1f} s")
+
+
+def _notebook_args(results) -> list[str]:
+    """The notebook's printed command line for the shared run (conftest's arguments in the
+    notebook's order: config, results, progress, then the quick flags)."""
+    from tests.conftest import ABLATION_QUICK_ARGS
+
+    return [*ABLATION_QUICK_ARGS[:2], "--results", str(results), *ABLATION_QUICK_ARGS[2:]]
 
 
 def test_conditioning_notebook_runs(tmp_path, monkeypatch):

@@ -57,8 +57,14 @@ def plot_gamma_beta(run, path, title: str | None = None) -> dict:
         title = f"{c.get('name', run.path.name)}: {c.get('norm')} lr={c.get('learning_rate')} seed={c.get('seed')}"
     kinds = list(arrays)
     ncols = max(len(v) for v in arrays.values())
-    fig, axes = plt.subplots(len(kinds), ncols, figsize=(3.2 * ncols + 1.2, 3.2 * len(kinds)), squeeze=False,
-                             layout="constrained")
+    # A fixed grid (a narrow last column for each row's colorbar) instead of matplotlib's
+    # constrained layout: that layout measures every tick label of every panel again on
+    # each draw, which was half of the figure's time (about 1 s of 2 for ten panels).
+    width, height = 3.2 * ncols + 1.2, 3.2 * len(kinds)
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(len(kinds), ncols + 1, width_ratios=[1.0] * ncols + [0.06], left=0.55 / width,
+                            right=1 - 0.8 / width, bottom=0.5 / height, top=1 - 0.6 / height, wspace=0.3, hspace=0.45)
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(ncols)] for r in range(len(kinds))])
     ranges, orders = {}, {}
     for row, kind in enumerate(kinds):
         neutral = NEUTRAL[kind]
@@ -95,7 +101,7 @@ def plot_gamma_beta(run, path, title: str | None = None) -> dict:
                 ax.set_ylabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        cb = fig.colorbar(mappable, ax=list(axes[row]), shrink=0.9, ticks=np.linspace(vmin, vmax, 5))
+        cb = fig.colorbar(mappable, cax=fig.add_subplot(grid[row, ncols]), ticks=np.linspace(vmin, vmax, 5))
         cb.ax.tick_params(labelsize=7)
         cb.ax.yaxis.set_major_formatter("{x:.3g}")
         cb.set_label(f"{'γ' if kind == 'gamma' else 'β'} (neutral {neutral:g})", fontsize=8)

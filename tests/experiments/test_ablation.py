@@ -26,27 +26,29 @@ def _train(tmp_path, overrides=(), config="digits", seeds=(0,)):
     return tmp_path / "ablation" / setup.name
 
 
-def test_digits_default_quick_trains_the_five_variants_and_reports(tmp_path, capsys):
-    assert ablation.main(["--quick", "--quick-steps", "3", "--results", str(tmp_path), "--no-progress"]) == 0
-    root = tmp_path / "ablation" / "digits-quick"
+def test_digits_default_quick_trains_the_five_variants_and_reports(ablation_quick):
+    # The shared run of tests/conftest.py: `--config digits --quick` as the notebook runs it.
+    results, out = ablation_quick
+    root = results / "ablation" / "digits-quick"
     runs = _runs(root)
     seeds = list(range(ablation.QUICK_SEEDS))  # --quick keeps two seeds: intervals and paired tests
     assert [r.name for r in runs] == sorted(f"{v}_s{s}" for v in ABLATION_VARIANTS for s in seeds)
     assert {r.parent.name for r in runs} == {"lr1"}
     for r in runs:
         status = json.loads((r / "status.json").read_text())
-        assert status["status"] == "finished" and status["step"] == 3
+        # --quick-steps 20 caps the steps, the one epoch of 512 examples at batch 64 ends first
+        assert status["status"] == "finished" and status["step"] == status["total_steps"] == 512 // 64
         # on CPU one program per seed (ablation.seeds_in_one_program)
         assert status["program"]["runs"] == 5 and status["program"]["superset"] == "bn_ablation"
         cfg = json.loads((r / "config.json").read_text())
-        assert cfg["seed"] == int(r.name[-1]) and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 3
-        assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(tmp_path)
+        assert cfg["seed"] == int(r.name[-1]) and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 20
+        assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(results)
+        assert cfg["train_subset"] == 512
     stored = json.loads((root / "study.json").read_text())
-    assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 3 and stored["seeds"] == seeds
+    assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 20 and stored["seeds"] == seeds
     summary = (root / "plots" / "summary.md").read_text()
     assert all(f"| {v} | 2 |" in summary for v in ABLATION_VARIANTS) and (root / "plots" / "curves_lr0.1.png").is_file()
     assert " ± " in summary.split("|---", 1)[1] and "(p = " in summary  # intervals and paired tests in the cells
-    out = capsys.readouterr().out
     assert "lr 0.1: final test acc vanilla" in out and "beat vanilla" in out
 
     # The re-plot command redraws the same summary from the stored files.

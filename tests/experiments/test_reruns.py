@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import pathlib
 
+
 from experiments import ablation, init_scale
 from jaxnorm.layers import ABLATION_VARIANTS
+from tests.conftest import ABLATION_QUICK_ARGS
 
 
 def _files(root: pathlib.Path) -> dict[str, bytes]:
@@ -17,20 +19,20 @@ def _files(root: pathlib.Path) -> dict[str, bytes]:
             if p.is_file() and "plots" not in p.relative_to(root).parts and not p.name.startswith(".")}
 
 
-def test_a_second_demo_says_the_runs_are_done_and_does_not_retrain(tmp_path, capsys):
-    # One seed: the rerun rule is per run, and a second seed would double the training only.
-    args = ["--quick", "--quick-steps", "3", "--seeds", "0", "--results", str(tmp_path), "--no-progress"]
-    assert ablation.main(args) == 0
-    root = tmp_path / "ablation" / "digits-quick"
+def test_a_second_demo_says_the_runs_are_done_and_does_not_retrain(ablation_quick, capsys):
+    # The first run is the shared quick ablation of tests/conftest.py (trained once per worker).
+    results, _ = ablation_quick
+    root = results / "ablation" / "digits-quick"
     runs = sorted(p.parent for p in root.rglob("config.json"))
     assert all(any((r / "checkpoints").iterdir()) for r in runs)  # the digits config checkpoints (resumable)
     stored, first = _files(root), (root / "plots" / "summary.md").read_text()
     capsys.readouterr()
-    assert ablation.main(args) == 0
+    assert ablation.main([*ABLATION_QUICK_ARGS, "--results", str(results)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert _files(root) == stored and (root / "plots" / "summary.md").read_text() == first
-    for v in ABLATION_VARIANTS:  # the engine's one line per skipped run, printed by the CLI
-        assert len([line for line in err if f"{v}_s0" in line]) == 1, err
+    for run in runs:  # the engine's one line per skipped run, printed by the CLI
+        assert len([line for line in err if run.name in line]) == 1, err
+    assert {r.name.rsplit("_s", 1)[0] for r in runs} == set(ABLATION_VARIANTS)
 
 
 def _status(run):
