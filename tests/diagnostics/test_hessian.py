@@ -53,7 +53,7 @@ def tiny_bn():
     for mode in ("batch", "running"):
         loss = hessian_loss_fn(module, v, x, y, bn_mode=mode)
         flat, unravel = ravel_pytree(v["params"])
-        dense = jax.hessian(lambda f: loss(unravel(f)))(flat)
+        dense = jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat)  # jitted: op by op it compiles every op
         out[mode] = (loss, dense)
     return v["params"], out
 

@@ -38,7 +38,8 @@ def dense_eigenvalues(module, state, bn_mode):
     x = normalize(jnp.asarray(PROBE[0]), DIGITS.mean, DIGITS.std)
     loss = hessian_loss_fn(module, state.variables, x, jnp.asarray(PROBE[1]), bn_mode=bn_mode)
     flat, unravel = ravel_pytree(state.params)
-    return np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat), np.float64))
+    # jitted: op by op, jax.hessian compiles every op of the network (seconds)
+    return np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat), np.float64))
 
 
 @pytest.mark.parametrize("bn_mode", ["batch", "running"])
