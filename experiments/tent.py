@@ -4,41 +4,28 @@ other benefits?"; Wang et al. 2021, "Tent: fully test-time adaptation by entropy
 minimization", Fig. 5; Schneider et al. 2020, "Improving robustness against common
 corruptions by covariate shift adaptation").
 
-One BatchNorm network per seed is trained on clean data, every seed in ONE
-:func:`jaxnorm.train.fit_many` program (a rerun restores the final checkpoints). The
-group's ``after`` step streams the test set, corrupted by every kind x severity
-(:func:`jaxnorm.data.corrupt.corrupt_stream`, CIFAR-10-C's parameters; ``source='tfds'``:
-the published CIFAR-10-C images), through each network in batches in the modes of
-:mod:`jaxnorm.adapt`: ``running`` (running averages), ``batch`` (each test batch's own
-statistics) and ``tent`` (test-batch statistics, γ/β trained online by Adam on each
-batch's mean prediction entropy, predict-then-update; reset for every stream).
+One BN network per seed is trained on clean data, all seeds in ONE ``fit_many`` program.
+The group's ``after`` step streams the test set, corrupted by every kind x severity
+(:func:`jaxnorm.data.corrupt.corrupt_stream`; ``source='tfds'``: CIFAR-10-C), through
+each network in the modes of :mod:`jaxnorm.adapt`: ``running`` (running averages),
+``batch`` (each test batch's statistics), ``tent`` (test-batch statistics, γ/β trained
+online by Adam on each batch's prediction entropy; reset for every stream).
 
-**TENT's learning rate is chosen on held-out streams, never on the test stream.** For
-each trained seed every lr of the grid ``tent_lrs`` adapts on held-out streams: images
-neither trained on nor in the test set (digits: the last 359 of the training split, held
-out of training by ``train_subset = 1079``; CIFAR-10: the DeepOBS validation split),
-corrupted by the same kinds and severities with other noise draws (``select_seed``). The
-lr with the lowest mean held-out TENT error is that seed's lr on the test streams (ties:
-the smaller; an lr whose logits became non-finite there is not chosen). Another
-corruption seed of the test images would not do: blur, contrast and brightness are
-deterministic, so their "other" stream is the test stream itself. The grid: Wang et al.'s
-Adam lr 1e-3 and larger values, as a digits stream gives 6 updates (CIFAR-10-C's ~79).
+TENT's learning rate is chosen on held-out streams, never on the test stream: per seed,
+every lr of ``tent_lrs`` adapts on images neither trained on nor in the test set (digits:
+the last 359 training images, held out by ``train_subset = 1079``; CIFAR-10: the
+validation split), corrupted alike with other noise draws (``select_seed``); the lr with
+the lowest mean held-out error is used on the test streams
+(:func:`jaxnorm.analysis.tent.choose_lr`). Another noise seed of the test images would
+not do: blur, contrast and brightness are deterministic, so that stream is the test
+stream. The grid: Wang et al.'s Adam lr 1e-3 and larger (6 updates per digits stream).
 
-The claim: under corruption, test-batch statistics lower the error, TENT lowers it further.
-
-    python -m experiments.tent                    # digits, ConvNet (4 layers, 32 ch), 3 seeds, 7 corruptions x 5 severities (README: time)
+    python -m experiments.tent                    # digits, ConvNet (4 layers, 32 ch), 3 seeds, 7 corruptions x 5 severities
     python -m experiments.tent --quick            # MLP, one seed, 2 corruptions x severities 1, 5, 128 test images (tests)
-    python -m experiments.tent --tent-steps 4     # 4 TENT updates per batch (the logits of the 4th forward)
     python -m experiments.tent --tent-lrs 1e-3 --results other   # Wang et al.'s lr alone (a grid of one: no choice)
-    python -m experiments.tent --config cifar10   # 3C3D on CIFAR-10 / CIFAR-10-C (GPU; tfds cifar10 + cifar10_corrupted prepared)
-    python -m experiments.tent --plot-only        # plots + summary.md from the stored files
 
-Results in ``<results>/tent/<config>[-quick]/``: ``study.json``; per seed the ``fit``
-run ``train/`` (seed 0) or ``train_s<seed>/`` with its final checkpoint, holding
-``adaptation/``: ``settings.json`` (what was evaluated; a rerun with the same settings
-skips the evaluation, with others it stops with an error), ``selection.json``,
-``metrics.jsonl``, ``correct.npz``, ``examples.npz`` (formats: :mod:`jaxnorm.analysis.tent`,
-which writes ``plots/``).
+Results: ``<results>/tent/<config>[-quick]/`` holds ``study.json`` and per seed the run
+``train/`` or ``train_s<seed>/`` with ``adaptation/`` (formats: :mod:`jaxnorm.analysis.tent`).
 """
 
 from __future__ import annotations
@@ -57,22 +44,20 @@ import jaxnorm.study
 from experiments.configs.cifar10_3c3d import get_config as _cifar10_3c3d
 from jaxnorm import adapt
 from jaxnorm._registry import lookup
-from jaxnorm.analysis.tent import analyze_tent, choose_lr
+from jaxnorm.analysis.tent import analyze_tent, selection_of
 from jaxnorm.data import load
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.data.corrupt import CORRUPTIONS, corrupt_stream, psnr
 from jaxnorm.data.loading import CORRUPTIONS as TFDS_CORRUPTIONS
 from jaxnorm.results import read_json, rewrite_jsonl, write_json, write_npz
-from jaxnorm.study import RunGroup
+from jaxnorm.study import RunGroup, run_location
 from jaxnorm.train import TrainConfig, build_model
 
 OPTIMIZERS = adapt.TENT_OPTIMIZERS
 SOURCES = ("functions", "tfds")
 #: The 15 corruptions of the benchmark (Hendrycks & Dietterich 2019; Wang et al. Fig. 5).
-BENCHMARK_15 = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "frosted_glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic", "pixelate", "jpeg_compression",
-)  # fmt: skip
+BENCHMARK_15 = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "frosted_glass_blur", "motion_blur", "zoom_blur",
+                "snow", "frost", "fog", "brightness", "contrast", "elastic", "pixelate", "jpeg_compression")  # fmt: skip
 _NOT_EVAL = ("name", "train", "seeds")  # setup fields that do not change the evaluation of a trained model
 
 
@@ -81,35 +66,23 @@ class TentSetup:
     """One test-time adaptation study (module docstring).
 
     Attributes:
-      train: the training run (``seed``/``name``/``study``/``results_dir`` set per seed);
-        ``norm`` must learn γ or β.
-      source: ``'functions'`` (the test split corrupted by :mod:`jaxnorm.data.corrupt`) or
-        ``'tfds'`` (``cifar10_corrupted/<kind>_<severity>``; CIFAR-10 only).
-      corruptions, severities, modes (:data:`jaxnorm.adapt.MODES`): the test streams.
-      test_subset: the first n test images only (None: all); batch_size: test batch size.
-      passes: the stream is the images this many times (later passes reordered, new noise).
-      tent_optimizer (:data:`OPTIMIZERS`), tent_momentum, tent_steps (updates per batch).
-      tent_lrs: the grid TENT's learning rate is chosen from on the held-out streams.
-      select_split, select_size: the held-out images, the first ``select_size`` (None: all)
-        of ``select_split`` of the training dataset -- of the training split, those past
-        ``train.train_subset`` (the images trained on are not held out).
-      select_corruptions: the held-out kinds (None: ``corruptions``), functions of
-        :mod:`jaxnorm.data.corrupt`, at ``severities``.
+      train: the training run (seed, name, location set per seed); ``norm`` learns γ or β.
+      source: ``'functions'`` (:mod:`jaxnorm.data.corrupt`) or ``'tfds'`` (CIFAR-10-C).
+      corruptions, severities, modes (:data:`jaxnorm.adapt.MODES`), test_subset (None: all),
+        batch_size, passes (later passes reordered, new noise): the test streams.
+      tent_optimizer, tent_momentum, tent_steps (per batch), tent_lrs (the grid to choose from).
+      select_split, select_size (None: all), select_corruptions (None: ``corruptions``): the
+        held-out images (of the training split: those past ``train.train_subset``) and kinds.
       seed, select_seed: noise draws and pass orders of the test and held-out streams.
-      seeds: default training seeds.
     """
 
     name: str = "digits"
-    # A small ConvNet (4 conv/dense layers, 32 channels, 2 stages) reaches ~98% on the
-    # digits test set in 20 epochs of plain SGD, here on the first 1,079 of the 1,438
-    # training images: the other 359 (as many as the test set) are the held-out stream.
-    train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(
-            dataset="digits", model="convnet", model_kwargs={"depth": 4, "width": 32, "stages": 2}, norm="bn_gamma_beta",
-            batch_size=64, learning_rate=0.1, epochs=20, train_subset=1079, eval_splits=("test",), eval_batch_size=512,
-            log_every_steps=50, checkpoint_every_epochs=20,
-        )
-    )  # fmt: skip
+    # A small ConvNet (4 layers, 32 channels, 2 stages), 20 epochs of SGD on the first 1,079
+    # of the 1,438 training digits: the other 359 (as many as the test set) are held out.
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        dataset="digits", model="convnet", model_kwargs={"depth": 4, "width": 32, "stages": 2}, norm="bn_gamma_beta", batch_size=64,
+        learning_rate=0.1, epochs=20, train_subset=1079, eval_splits=("test",), eval_batch_size=512, log_every_steps=50, checkpoint_every_epochs=20,
+    ))  # fmt: skip
     source: str = "functions"
     # Pixelate is left out on 8x8: int(c·8) gives sizes 7, 7, 6, 6, 5, and 8->5->8 is
     # closer to the image than 8->6->8 (PSNR 14.6 vs 14.1 dB): no severity ladder.
@@ -120,8 +93,7 @@ class TentSetup:
     batch_size: int = 64
     passes: int = 1
     tent_optimizer: str = "adam"
-    # Wang et al.'s Adam lr 1e-3 made ~79 updates per CIFAR-10-C stream (10k images, batch
-    # 128); the 359 digits of a stream give 6, so larger lrs are in the grid too.
+    # Wang et al.'s Adam lr 1e-3 made ~79 updates per CIFAR-10-C stream; a digits one makes 6.
     tent_lrs: tuple = (1e-3, 3e-3, 1e-2, 3e-2)
     tent_momentum: float = 0.9
     tent_steps: int = 1
@@ -138,43 +110,33 @@ class TentSetup:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}.")
         known = TFDS_CORRUPTIONS if self.source == "tfds" else tuple(CORRUPTIONS)
-        for c in self.corruptions:
-            if c not in known:
-                raise ValueError(f"unknown corruption {c!r} for source {self.source!r}; known: {sorted(known)}.")
+        for c in (c for c in self.corruptions if c not in known):
+            raise ValueError(f"unknown corruption {c!r} for source {self.source!r}; known: {sorted(known)}.")
         if not self.corruptions or not self.severities or not self.modes:
             raise ValueError("corruptions, severities and modes must each name at least one.")
         if not set(self.held_out_corruptions) <= set(CORRUPTIONS):
             raise ValueError(f"held-out streams: {self.held_out_corruptions} need functions of jaxnorm.data.corrupt {sorted(CORRUPTIONS)} (set select_corruptions).")
-        for s in self.severities:
-            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-                raise ValueError(f"severities must be ints in 1..5, got {s!r}.")
+        for s in (s for s in self.severities if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5):
+            raise ValueError(f"severities must be ints in 1..5, got {s!r}.")
         for m in self.modes:
             lookup(adapt.MODES, m, "adaptation mode")
         lookup(OPTIMIZERS, self.tent_optimizer, "TENT optimizer")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (batch statistics), got {self.batch_size}.")
-        if self.passes < 1 or self.tent_steps < 1:
-            raise ValueError(f"passes and tent_steps must be >= 1, got {self.passes}, {self.tent_steps}.")
-        lrs = self.tent_lrs
-        if not lrs or len(set(lrs)) != len(lrs) or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in lrs):
+        if self.batch_size < 2 or self.passes < 1 or self.tent_steps < 1:
+            raise ValueError(f"need batch_size >= 2 (batch statistics), passes and tent_steps >= 1, got {self.batch_size}, {self.passes}, {self.tent_steps}.")
+        if not (lrs := self.tent_lrs) or len(set(lrs)) != len(lrs) or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in lrs):
             raise ValueError(f"tent_lrs must be distinct finite numbers > 0, at least one, got {lrs!r}.")
         if self.select_split == self.train.train_split and self.train.train_subset is None:
-            raise ValueError(f"the held-out images come from the training split {self.select_split!r} past train.train_subset, which is None (all trained on).")
+            raise ValueError(f"held-out images from the training split {self.select_split!r} need train.train_subset (None: all trained on).")
         if self.select_size is not None and self.select_size < 2:
             raise ValueError(f"select_size must be None or >= 2, got {self.select_size}.")
 
     held_out_corruptions = property(lambda self: self.select_corruptions or self.corruptions)
-    # The training split's images past those trained on; another split from its start.
     held_out_start = property(lambda self: self.train.train_subset if self.select_split == self.train.train_split else 0)
 
     def quick(self) -> "TentSetup":
-        """A smoke run of the whole pipeline: a 3-layer BN MLP trained 30 steps on 256 examples (the
-        final checkpoint kept, so a rerun restores it), one seed, at most 2 corruptions
-        (gaussian noise and contrast where chosen) at the first and last severity, the first
-        128 test images and 128 held-out images, the grid's first and middle lr."""
-        train = self.train.replace(
-            model="mlp", model_kwargs={"depth": 3, "width": 32}, checkpoint_every_epochs=1, eval_splits=()
-        ).quick(steps=30, subset=256)
+        """A smoke run: a 3-layer BN MLP, 30 steps on 256 examples, one seed, at most 2 corruptions at
+        the first and last severity, 128 test and held-out images, the grid's first and middle lr."""
+        train = self.train.replace(model="mlp", model_kwargs={"depth": 3, "width": 32}, checkpoint_every_epochs=1, eval_splits=()).quick(steps=30, subset=256)
         corruptions = tuple(c for c in ("gaussian_noise", "contrast") if c in self.corruptions) or self.corruptions[:2]
         severities = tuple(sorted({self.severities[0], self.severities[-1]}))
         return dataclasses.replace(self, name=self.name + "-quick", train=train, corruptions=corruptions, severities=severities,
@@ -188,11 +150,8 @@ class TentSetup:
 
 SETUPS: dict[str, TentSetup] = {
     "digits": TentSetup(),
-    # Wang et al.'s CIFAR-10-C protocol (batch 128, Adam, one online pass, reset per
-    # corruption) on the thesis's 3C3D with BN (DeepOBS training, 100 epochs, augmentation),
-    # the 15 benchmark corruptions from tfds; lr chosen around Wang et al.'s 1e-3 on the
-    # validation split (not trained on) with the function corruptions among the 15. Not
-    # run here (no GPU with CIFAR prepared); expect ~10-20 min on an H100.
+    # Wang et al.'s CIFAR-10-C protocol (batch 128, Adam, reset per corruption) on the thesis's 3C3D with BN (DeepOBS
+    # training), 15 benchmark corruptions; lr chosen around Wang et al.'s 1e-3 on the validation split. Not run here (no GPU).
     "cifar10": TentSetup(
         name="cifar10", train=_cifar10_3c3d().replace(norm="bn_gamma_beta", checkpoint_every_epochs=100), source="tfds",
         corruptions=BENCHMARK_15, batch_size=128, tent_lrs=(2.5e-4, 1e-3, 4e-3), select_split="validation",
@@ -202,13 +161,11 @@ SETUPS: dict[str, TentSetup] = {
 
 
 def _streams(setup: TentSetup, held_out: bool):
-    """Yields ``(kind, severity, clean or None, corrupted, labels)`` (images in [0, 1]):
-    the test streams (the clean one first) or the held-out ones (module docstring)."""
+    """Yields ``(kind, severity, clean or None, corrupted, labels)`` (in [0, 1]) of the test or held-out streams."""
     if held_out:
         ds = load(setup.train.dataset, setup.select_split)
-        start = setup.held_out_start
-        stop = None if setup.select_size is None else start + setup.select_size
-        images, labels = ds.images[start:stop], ds.labels[start:stop]
+        start, size = setup.held_out_start, setup.select_size
+        images, labels = ds.images[start:][:size], ds.labels[start:][:size]
         for kind, sev in [(c, s) for c in setup.held_out_corruptions for s in setup.severities]:
             yield kind, sev, *corrupt_stream(images, labels, kind, sev, seed=setup.select_seed, passes=setup.passes)
         return
@@ -222,15 +179,13 @@ def _streams(setup: TentSetup, held_out: bool):
 
 
 def _with_lr(state: adapt.TentState, lr: float) -> adapt.TentState:
-    """``state`` with TENT's learning rate set to ``lr``: the optimizer is built by
-    :func:`tent_optimizer` (lr as data), so one compiled step serves the whole grid."""
+    """``state`` (optimizer from :func:`tent_optimizer`) with TENT's learning rate ``lr``."""
     hyper = {**state.opt_state.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)}
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
 
 
 def tent_optimizer(setup: TentSetup) -> optax.GradientTransformation:
-    """The setup's TENT optimizer with its learning rate in the optimizer state
-    (:func:`optax.inject_hyperparams`); set it with :func:`_with_lr`."""
+    """TENT's optimizer with the lr as data (:func:`optax.inject_hyperparams`): one compiled step serves the grid."""
     make = OPTIMIZERS[setup.tent_optimizer]
     return optax.inject_hyperparams(lambda learning_rate: make(learning_rate, setup.tent_momentum))(learning_rate=setup.tent_lrs[0])
 
@@ -243,52 +198,37 @@ def _record(kind: str, where: dict, mode: str, r: dict, tent_lr=None, **extra) -
     return {"kind": kind, **where, "mode": mode, "error": r["error"], "entropy": r["entropy"], "n": int(r["correct"].size), "updates": r["updates"], **lr, **extra}
 
 
-def _select(setup: TentSetup, module, steps: dict, states: list, train) -> list[tuple[list, dict]]:
-    """Per state (seed): the held-out ``select`` records of ``batch`` and of TENT at every
-    lr, and the ``selection.json`` contents (module docstring)."""
-    batch = steps.get("batch") or adapt.make_step(module, "batch")
-    out = [([], {}) for _ in states]
-    for kind, sev, _, images, labels in _streams(setup, held_out=True):
-        x, where = normalize(images, train.mean, train.std), {"corruption": kind, "severity": sev}
-        for (records, _), state in zip(out, states):
-            records.append(_record("select", where, "batch", adapt.evaluate_stream({"b": batch}, state, x, labels, setup.batch_size)["b"]))
-            for lr in setup.tent_lrs:
-                r = adapt.evaluate_stream({"t": steps["tent"]}, _with_lr(state, lr), x, labels, setup.batch_size)["t"]
-                records.append(_record("select", where, "tent", r, tent_lr=lr))
-    for records, selection in out:
-        lr, mean = choose_lr(records, setup.tent_lrs)
-        batch_errors = [r["error"] for r in records if r["kind"] == "select" and r["mode"] == "batch"]
-        selection.update(split=setup.select_split, start=setup.held_out_start, n=len(labels), noise_seed=setup.select_seed,
-                         corruptions=list(setup.held_out_corruptions), severities=list(setup.severities), lrs=list(setup.tent_lrs),
-                         mean_error=[mean[v] for v in setup.tent_lrs], chosen=lr,
-                         batch_mean_error=float(np.mean(batch_errors)) if batch_errors else None)  # fmt: skip
-    return out
-
-
 def evaluate(setup: TentSetup, module, variables: Sequence[dict], log=print) -> list[tuple[list, dict, dict, dict]]:
-    """For the trained ``variables`` of every seed (one ``module``): TENT's lr chosen on the
-    held-out streams (when ``'tent'`` is a mode), then every test stream -- the clean one
-    first -- in every mode, each from the trained variables; every stream corrupted once
-    for all seeds. Returns per seed ``(records, correct, examples, selection)``."""
+    """For the trained ``variables`` of every seed (one ``module``): TENT's lr chosen on the held-out
+    streams (if ``'tent'`` is a mode: ``select`` records of ``batch`` and TENT at every lr, and
+    ``selection.json``), then every test stream (the clean one first) in every mode from the
+    trained variables, each stream corrupted once for all seeds. Per seed ``(records, correct, examples, selection)``."""
     train = load(setup.train.dataset, setup.train.train_split)
-    opt = tent_optimizer(setup)
-    states = [(adapt.init_tent if "tent" in setup.modes else adapt.source_state)(v, opt) for v in variables]
+    opt, tuning = tent_optimizer(setup), "tent" in setup.modes  # one optimizer object: one compiled TENT step
+    states = [(adapt.init_tent if tuning else adapt.source_state)(v, opt) for v in variables]
     steps = adapt.make_steps(module, setup.modes, tent_steps=setup.tent_steps)
-    chosen = _select(setup, module, steps, states, train) if "tent" in setup.modes else [([], {}) for _ in states]
-    out = [(records, {}, {}, selection) for records, selection in chosen]
-    for i, (_, selection) in enumerate(chosen):
-        if selection:
-            states[i] = _with_lr(states[i], selection["chosen"])
-            log(f"  model {i + 1}: TENT lr {selection['chosen']:g} chosen on the held-out streams (mean error per lr "
-                + ", ".join(f"{v:g}: " + ("diverged" if m is None else f"{m:.4f}") for v, m in zip(setup.tent_lrs, selection["mean_error"])) + ")")  # fmt: skip
+    out = [([], {}, {}, {}) for _ in variables]
+    select = {"batch": steps.get("batch") or adapt.make_step(module, "batch"), "tent": steps.get("tent")}
+    for kind, sev, _, images, labels in _streams(setup, held_out=True) if tuning else ():
+        x, where = normalize(images, train.mean, train.std), {"corruption": kind, "severity": sev}
+        for (records, *_), state in zip(out, states):
+            for mode, lr in [("batch", None)] + [("tent", v) for v in setup.tent_lrs]:
+                r = adapt.evaluate_stream({mode: select[mode]}, state if lr is None else _with_lr(state, lr), x, labels, setup.batch_size)[mode]
+                records.append(_record("select", where, mode, r, tent_lr=lr))
+    for i, (records, _, _, sel) in enumerate(out):
+        if tuning:
+            sel.update(split=setup.select_split, start=setup.held_out_start, n=len(labels), noise_seed=setup.select_seed,
+                       corruptions=list(setup.held_out_corruptions), severities=list(setup.severities), **selection_of(records, setup.tent_lrs))
+            states[i] = _with_lr(states[i], sel["chosen"])
+            log(f"  model {i + 1}: TENT lr {sel['chosen']:g} chosen on the held-out streams (mean error per lr: "
+                + ", ".join(f"{v:g} {'diverged' if m is None else f'{m:.4f}'}" for v, m in zip(sel["lrs"], sel["mean_error"])) + ")")
     for kind, sev, clean, images, labels in _streams(setup, held_out=False):
         quality = None if clean is None or kind == "none" else float(psnr(clean, images))
         x, where, errs = normalize(images, train.mean, train.std), {"corruption": kind, "severity": sev}, {}
-        for (records, correct, examples, selection), state in zip(out, states):
+        for (records, correct, examples, sel), state in zip(out, states):
             examples[f"{kind}/{sev}"] = np.asarray(images[0])
             for mode, r in adapt.evaluate_stream(steps, state, x, labels, setup.batch_size).items():
-                extra = {"tent_lr": selection["chosen"]} if mode == "tent" and selection else {}
-                records.append(_record("eval", where, mode, r, **extra, psnr=quality))
+                records.append(_record("eval", where, mode, r, tent_lr=sel.get("chosen") if mode == "tent" else None, psnr=quality))
                 if r["finite"]:
                     correct[f"{mode}/{kind}/{sev}"] = r["correct"]
                     errs.setdefault(mode, []).append(r["error"])
@@ -298,10 +238,9 @@ def evaluate(setup: TentSetup, module, variables: Sequence[dict], log=print) -> 
 
 
 def adapt_trained(setup: TentSetup, results) -> None:
-    """The group's ``after`` step: evaluates the trained runs (every seed at once) into
-    their ``adaptation/`` folders, except those that already hold the evaluation with
-    these settings (skipped); one with other settings raises ValueError (nothing is
-    overwritten). Diverged runs are not evaluated."""
+    """The group's ``after`` step: evaluates the finished runs (all seeds at once) into their
+    ``adaptation/``, skipping those that hold it with these settings; other stored settings:
+    ValueError (nothing is overwritten)."""
     settings, todo = setup.eval_settings(), []
     for r in results:
         out = pathlib.Path(r.run_dir) / "adaptation"
@@ -309,9 +248,8 @@ def adapt_trained(setup: TentSetup, results) -> None:
             stored = read_json(out / "settings.json")
             if stored == settings:
                 continue
-            diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            raise ValueError(f"{out} holds an evaluation with other settings ({', '.join(diff)}); use another --results, "
-                             "or --overwrite to retrain and evaluate again.")  # fmt: skip
+            diff = ", ".join(sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k)))
+            raise ValueError(f"{out} holds an evaluation with other settings ({diff}); use another --results, or --overwrite to retrain and evaluate again.")
         if r.status == "finished":
             todo.append(r)
     if not todo:
@@ -344,8 +282,7 @@ class TentStudy:
 
     def groups(self, setup: TentSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
         """Every seed's training run (``train``, ``train_s<seed>``) as one program, and their evaluation."""
-        study = f"{self.name}/{setup.name}"
-        configs = [setup.train.replace(seed=s, results_dir=str(root.parent.parent), study=study, name="train" + (f"_s{s}" if s else "")) for s in seeds]
+        configs = [setup.train.replace(seed=s, **run_location(root), name="train" + (f"_s{s}" if s else "")) for s in seeds]
         return [RunGroup(tuple(configs), observers=list, after=functools.partial(adapt_trained, setup))]
 
     def analyze(self, setup: TentSetup, root: pathlib.Path) -> str:

@@ -59,7 +59,7 @@ from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, 
 from jaxnorm.results import read_json, read_jsonl, read_npz, read_status
 
 __all__ = ["MODE_ORDER", "TentRun", "analyze_tent", "choose_lr", "clean_error", "compare", "error_table", "find_tent_runs",
-           "paired", "seed_errors", "summary_markdown"]  # fmt: skip
+           "paired", "seed_errors", "selection_of", "summary_markdown"]  # fmt: skip
 
 #: Mode colours follow this order (the colour cycle), whichever modes were run.
 MODE_ORDER = ("running", "batch", "tent")
@@ -169,6 +169,15 @@ def choose_lr(records: Sequence[dict], lrs: Sequence[float]) -> tuple[float, dic
     mean = {lr: (float(np.mean(e)) if e and lr not in bad else None) for lr, e in errs.items()}
     ok = sorted(lr for lr, m in mean.items() if m is not None)
     return (min(ok, key=lambda lr: mean[lr]) if ok else min(lrs)), mean
+
+
+def selection_of(records: Sequence[dict], lrs: Sequence[float]) -> dict:
+    """The choice part of ``selection.json`` from a seed's held-out ``select`` records:
+    ``lrs``, ``mean_error`` (per lr, None where it diverged), ``chosen``
+    (:func:`choose_lr`) and ``batch_mean_error`` (None without ``batch`` records)."""
+    chosen, mean = choose_lr(records, lrs)
+    batch = [r["error"] for r in records if r.get("kind") == "select" and r["mode"] == "batch"]
+    return {"lrs": list(lrs), "mean_error": [mean[v] for v in lrs], "chosen": chosen, "batch_mean_error": float(np.mean(batch)) if batch else None}
 
 
 def _pct(ci: Interval) -> str:
