@@ -27,7 +27,10 @@ measures the rest on a small training subset, where a network overfits:
    each run is evaluated in eval mode (BN on its running statistics, no dropout) on its
    training subset (split ``train``, the first ``train_subset`` examples) and on the
    test split. The runs of one seed share initialization, data order and dropout masks
-   (functions of the seed), so settings are compared by paired differences.
+   (functions of the seed), so settings are compared by paired differences: the paired
+   t-test over seeds of :mod:`jaxnorm.analysis.stats`, its 95% interval and p; the claim
+   "regularization shrinks the gap" holds for a change only when that interval lies
+   below zero (``jaxnorm.analysis.regularization.gap_verdict``).
 2. **Effective learning rate of scale-invariant weights**: a weight layer feeding a
    BatchNorm layer (no bias) computes the same function for W and cW, so SGD moves its
    direction with the effective step η/‖W‖²; without weight decay ‖W‖ only grows, weight

@@ -223,8 +223,15 @@ def tent_step(
         moves, opt_state = state.optimizer.update(grads, opt_state, affine)
         return (optax.apply_updates(affine, moves), opt_state), logits
 
-    (affine, opt_state), logits = jax.lax.scan(update, (state.affine, state.opt_state), None, length=int(steps))
-    logits = objective(affine)[1] if predict_after_update else logits[-1]
+    # A Python loop, not lax.scan: even fully unrolled, a scan lowers to a while loop (of one
+    # trip), and XLA's CPU backend runs the convolutions of a while body about 10x slower
+    # than the same program without the loop (measured: the 4-layer digits ConvNet's TENT
+    # step, batch 64, ~140 ms vs ~10 ms). ``steps`` is a small static int.
+    carry = (state.affine, state.opt_state)
+    for _ in range(int(steps)):
+        carry, logits = update(carry, None)
+    affine, opt_state = carry
+    logits = objective(affine)[1] if predict_after_update else logits
     return logits, state.replace(affine=affine, opt_state=opt_state, updates=state.updates + steps)
 
 

@@ -125,7 +125,7 @@ def test_entropy_decreases_over_adaptation_steps_and_episodes_reset(net):
     assert int(fresh.updates) == 0
     jax.tree.map(np.testing.assert_array_equal, fresh.affine, adapt.norm_affine(variables["params"]))
     jax.tree.map(np.testing.assert_array_equal, fresh.opt_state, OPT.init(fresh.affine))
-    # Several updates per batch: k scan steps, the logits of the k-th forward.
+    # Several updates per batch: k steps, the logits of the k-th forward.
     two, s2 = steps["tent_2"](fresh, X)
     np.testing.assert_allclose(two, step(step(fresh, X)[1], X)[0], rtol=1e-6, atol=1e-6)
     assert int(s2.updates) == 2

@@ -13,12 +13,21 @@ present) and every run folder ``root/<run>/`` (``config.json``: ``norm``,
 counted as such, and runs that are neither finished nor diverged (killed, failed,
 running) are listed as incomplete, never averaged in.
 
+Statistics (:mod:`jaxnorm.analysis.stats`): every number over seeds is the mean with
+its 95% t-interval (n = the finished seeds); every change of a setting against the
+unregularized one is paired by seed (the runs of one seed share initialization, data
+order and dropout masks): the mean paired difference with its 95% interval, the paired
+t-test p and the sign test. The lecture's claim "regularization shrinks the gap" is
+decided per change by :func:`jaxnorm.analysis.stats.verdict` on the paired gap change
+(lower is better): "holds" when its interval lies below zero, "does not hold here"
+when above, else "not significant (n = …)".
+
 Writes ``plots/gap.png`` (test accuracy, accuracy gap train − test and loss gap
-test − train vs λ at the smallest p and vs p at the smallest λ; mean ± std over seeds),
-``plots/grid.png`` (test accuracy and loss gap over the λ × p grid per norm),
-``plots/weight_norms.png`` (‖W‖ and the effective learning rate η/‖W‖² of the pre-BN,
-scale-invariant layers over training per λ, with pure decay (1 − ηλ)^t ‖W₀‖) and
-``plots/summary.md``.
+test − train vs λ at the smallest p and vs p at the smallest λ; mean and 95% band over
+seeds), ``plots/grid.png`` (test accuracy and loss gap over the λ × p grid per norm,
+mean ± half-width), ``plots/weight_norms.png`` (‖W‖ and the effective learning rate
+η/‖W‖² of the pre-BN, scale-invariant layers over training per λ, seed mean with its
+band, with pure decay (1 − ηλ)^t ‖W₀‖) and ``plots/summary.md``.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ import pathlib
 
 import numpy as np
 
+from jaxnorm.analysis.curves import mean_band
 from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, load_run, variant_order
+from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test, verdict
 from jaxnorm.results import read_json
 
 #: The per-run numbers of :func:`run_metrics` that are averaged over seeds.
@@ -98,11 +109,11 @@ def run_metrics(run: Run) -> dict:
 
 
 def aggregate(runs) -> dict:
-    """Mean and (population) std over the finished runs of each of :data:`METRICS`
-    (``(mean, std)``, NaN without finished runs), and ``finished`` (their count)."""
+    """The :class:`~jaxnorm.analysis.stats.Interval` (mean ± 95% t-interval) over the
+    finished runs of each of :data:`METRICS` (n = 0: NaN mean), and ``finished`` (their
+    count)."""
     done = [m for m in map(run_metrics, runs) if m["finished"]]
-    stat = lambda xs: (float(np.mean(xs)), float(np.std(xs))) if xs else (math.nan, math.nan)
-    return {**{k: stat([m[k] for m in done]) for k in METRICS}, "finished": len(done)}
+    return {**{k: mean_interval([m[k] for m in done]) for k in METRICS}, "finished": len(done)}
 
 
 def by_setting(runs: dict[Key, Run]) -> dict:
@@ -113,27 +124,28 @@ def by_setting(runs: dict[Key, Run]) -> dict:
     return {k: aggregate(v) for k, v in grouped.items()}
 
 
-def paired_change(runs: dict[Key, Run], norm: str, base: tuple, other: tuple, metric: str) -> tuple[float, float, int]:
-    """``(mean, std, n)`` over the seeds where both finished of ``metric`` at the setting
-    ``other`` minus at ``base`` (settings are ``(λ, p)``): runs of one seed share the
-    initialization, the data order and the dropout masks, so the difference is paired."""
-    diffs = []
-    for (n, wd, p, seed), run in runs.items():
+def paired_change(runs: dict[Key, Run], norm: str, base: tuple, other: tuple, metric: str) -> Paired:
+    """:func:`~jaxnorm.analysis.stats.paired_test` of ``metric`` at the setting ``other``
+    minus at ``base`` (settings are ``(λ, p)``) over the seeds where both finished: runs
+    of one seed share the initialization, the data order and the dropout masks, so the
+    difference is paired."""
+    other_runs, base_runs = [], []
+    for (n, wd, p, seed), run in sorted(runs.items(), key=lambda kv: kv[0][3]):
         partner = runs.get((norm, *other, seed))
         if n == norm and (wd, p) == base and partner is not None:
             a, b = run_metrics(run), run_metrics(partner)
             if a["finished"] and b["finished"]:
-                diffs.append(b[metric] - a[metric])
-    return (float(np.mean(diffs)), float(np.std(diffs)), len(diffs)) if diffs else (math.nan, math.nan, 0)
+                base_runs.append(a[metric])
+                other_runs.append(b[metric])
+    return paired_test(other_runs, base_runs)
 
 
-def verdict(change: tuple) -> str:
-    """``'smaller'``/``'larger'``, or ``'no clear change'`` when |mean| ≤ std of the
-    paired differences (a change within the seed spread is no change)."""
-    mean, std = change[:2]
-    if math.isnan(mean):
-        return "no data"
-    return "no clear change" if abs(mean) <= std else ("smaller" if mean < 0 else "larger")
+def gap_verdict(change: Paired) -> str:
+    """The lecture's "regularization shrinks the gap" for one paired gap change:
+    ``holds`` (interval below zero), ``does not hold here`` (above), else ``not
+    significant (n = …)`` (``no test (n = …)`` with fewer than 2 pairs)."""
+    word = verdict((change, -1))
+    return {"yes": "holds", "no": "does not hold here"}.get(word, f"{word} (n = {change.n})")
 
 
 def weight_norm_series(run: Run) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
@@ -151,24 +163,27 @@ def weight_norm_series(run: Run) -> tuple[np.ndarray, dict[str, np.ndarray], lis
 
 
 def effective_lr(runs: dict[Key, Run], norm: str, dropout: float) -> dict:
-    """Per λ (at dropout ``dropout``) and scale-invariant layer, means over the finished
-    seeds: ``init`` and ``end`` ‖W‖_F, ``shrink`` = (1 − ηλ)^T ‖W₀‖ (where pure weight
-    decay, no gradient, would take ‖W₀‖ in the T recorded steps), ``lr_init`` and
-    ``lr_end`` = η/‖W‖² (η: each run's ``learning_rate``; plain SGD, constant schedule).
-    ``{}`` for a norm without scale-invariant layers. Keys ``(λ, layer)``, λ ascending."""
+    """Per λ (at dropout ``dropout``) and scale-invariant layer, over the finished seeds:
+    ``init`` and ``end`` ‖W‖_F, ``shrink`` = (1 − ηλ)^T ‖W₀‖ (where pure weight decay, no
+    gradient, would take ‖W₀‖ in the T recorded steps), ``lr_init`` and ``lr_end`` =
+    η/‖W‖² (η: each run's ``learning_rate``; plain SGD, constant schedule), each an
+    :class:`~jaxnorm.analysis.stats.Interval` over seeds, and ``lr_end_by_seed``
+    (``{seed: η/‖W_T‖²}``, for ratios paired by seed). ``{}`` for a norm without
+    scale-invariant layers. Keys ``(λ, layer)``, λ ascending."""
     out = {}
     for wd in sorted({k[1] for k in runs if k[0] == norm}):
-        chosen = [r for (n, w, p, _), r in runs.items() if (n, w, p) == (norm, wd, dropout) and state(r) == "finished"]
-        series = [(float(r.config["learning_rate"]), *weight_norm_series(r)) for r in chosen]
-        series = [s for s in series if s[3] and len(s[1])]
-        for layer in series[0][3] if series else []:
-            mean = lambda f: float(np.mean([f(eta, t, w[layer]) for eta, t, w, _ in series]))
+        chosen = [(k[3], r) for k, r in sorted(runs.items()) if k[:3] == (norm, wd, dropout) and state(r) == "finished"]
+        series = [(seed, float(r.config["learning_rate"]), *weight_norm_series(r)) for seed, r in chosen]
+        series = [s for s in series if s[4] and len(s[2])]
+        for layer in series[0][4] if series else []:
+            per = lambda f: mean_interval([f(eta, t, w[layer]) for _, eta, t, w, _ in series])
             out[(wd, layer)] = {
-                "init": mean(lambda eta, t, w: w[0]),
-                "end": mean(lambda eta, t, w: w[-1]),
-                "shrink": mean(lambda eta, t, w: (1 - eta * wd) ** (t[-1] - t[0]) * w[0]),
-                "lr_init": mean(lambda eta, t, w: eta / w[0] ** 2),
-                "lr_end": mean(lambda eta, t, w: eta / w[-1] ** 2),
+                "init": per(lambda eta, t, w: w[0]),
+                "end": per(lambda eta, t, w: w[-1]),
+                "shrink": per(lambda eta, t, w: (1 - eta * wd) ** (t[-1] - t[0]) * w[0]),
+                "lr_init": per(lambda eta, t, w: eta / w[0] ** 2),
+                "lr_end": per(lambda eta, t, w: eta / w[-1] ** 2),
+                "lr_end_by_seed": {seed: eta / w[layer][-1] ** 2 for seed, eta, t, w, _ in series},
             }
     return out
 
@@ -239,7 +254,7 @@ def write_report(root) -> str:
 
 def one_line(grid: Grid, runs: dict[Key, Run]) -> str:
     """The headline: per norm the paired change of the accuracy gap at the largest λ and
-    at the largest p, and how many runs finished."""
+    at the largest p with its verdict, and how many runs finished."""
     parts = []
     for norm in grid.norms:
         said = []
@@ -247,7 +262,7 @@ def one_line(grid: Grid, runs: dict[Key, Run]) -> str:
             if len(keys) > 1:
                 d = paired_change(runs, norm, keys[0], keys[-1], "acc_gap")
                 hi = keys[-1][0] if sym == "λ" else keys[-1][1]
-                said.append(f"{sym} = {hi:g}: " + (f"acc gap {d[0]:+.3f} ({verdict(d)})" if d[2] else "no finished pair"))
+                said.append(f"{sym} = {hi:g}: " + (f"acc gap {d.diff.mean:+.3f} ({gap_verdict(d)})" if d.n else "no finished pair"))
         parts.append(f"{norm}: " + ", ".join(said))
     done = sum(state(r) == "finished" for r in runs.values())
     return f"regularization {grid.name}: {done}/{len(runs)} runs finished; " + "; ".join(parts)
@@ -256,7 +271,7 @@ def one_line(grid: Grid, runs: dict[Key, Run]) -> str:
 def _plot_gaps(plt, path, grid: Grid, runs) -> None:
     agg = by_setting(runs)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    nan = (math.nan, math.nan)
+    none = mean_interval([])
     rows = (("test_acc", "test accuracy"), ("acc_gap", "accuracy gap: train − test"), ("loss_gap", "loss gap: test − train"))
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 9), squeeze=False)
     for j, (name, sym, keys, values) in enumerate(grid.sweeps()):
@@ -264,44 +279,54 @@ def _plot_gaps(plt, path, grid: Grid, runs) -> None:
         for i, (metric, ylabel) in enumerate(rows):
             ax = axes[i, j]
             for c, norm in enumerate(grid.norms):
-                stats = [agg.get((norm, *k), {}).get(metric, nan) for k in keys]
-                ax.errorbar(range(len(keys)), [s[0] for s in stats], yerr=[s[1] for s in stats], color=cycle[c % len(cycle)], marker="o", capsize=3, label=norm)
+                cis = [agg.get((norm, *k), {}).get(metric, none) for k in keys]
+                x, mean = np.arange(len(keys)), np.array([ci.mean for ci in cis])
+                half = np.array([ci.half_width for ci in cis])
+                color = cycle[c % len(cycle)]
+                ax.plot(x, mean, color=color, marker="o", label=norm)
+                ok = np.isfinite(half)
+                if ok.any():
+                    ax.fill_between(x[ok], (mean - half)[ok], (mean + half)[ok], color=color, alpha=0.2, lw=0)
             ax.set_xticks(range(len(keys)), [f"{v:g}" for v in values])
             ax.set(xlabel=f"{name} {sym} ({fixed})", ylabel=ylabel)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{grid.config['dataset']}, {len(grid.seeds)} seed(s), mean ± std; eval mode (running BN statistics, no dropout)", fontsize=10)
+    fig.suptitle(f"{grid.config['dataset']}, {len(grid.seeds)} seed(s): mean, band = {CONFIDENCE:.0%} t-interval over seeds; "
+                 "eval mode (running BN statistics, no dropout)", fontsize=10)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _plot_grid(plt, path, grid: Grid, runs) -> None:
     agg = by_setting(runs)
-    nan = (math.nan, math.nan)
+    none = mean_interval([])
     fig, axes = plt.subplots(2, len(grid.norms), figsize=(4.6 * len(grid.norms), 7.4), squeeze=False)
     for j, norm in enumerate(grid.norms):
         for i, (metric, label, cmap) in enumerate((("test_acc", "test accuracy", "viridis"), ("loss_gap", "loss gap: test − train", "magma_r"))):
-            values = np.array([[agg.get((norm, wd, p), {}).get(metric, nan)[0] for p in grid.dropout_rates] for wd in grid.weight_decays])
+            cis = [[agg.get((norm, wd, p), {}).get(metric, none) for p in grid.dropout_rates] for wd in grid.weight_decays]
+            values = np.array([[ci.mean for ci in row] for row in cis])
             ax = axes[i, j]
             im = ax.imshow(values, cmap=cmap, aspect="auto")
             for (r, c), v in np.ndenumerate(values):
                 dark = not math.isnan(v) and (im.norm(v) < 0.5) == (i == 0)  # viridis is dark low, magma_r dark high
-                ax.text(c, r, "-" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8, color="w" if dark else "k")
+                hw = cis[r][c].half_width
+                text = "-" if math.isnan(v) else f"{v:.3f}" + (f"\n±{hw:.3f}" if math.isfinite(hw) else "")
+                ax.text(c, r, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
             ax.set_xticks(range(len(grid.dropout_rates)), [f"{p:g}" for p in grid.dropout_rates])
             ax.set_yticks(range(len(grid.weight_decays)), [f"{w:g}" for w in grid.weight_decays])
-            ax.set(xlabel="dropout p", ylabel="weight decay λ", title=f"{norm}: {label}")
-            ax.title.set_fontsize(10)
+            ax.set(xlabel="dropout p", ylabel="weight decay λ", title=f"{norm}: {label} (mean ± {CONFIDENCE:.0%} half-width)")
+            ax.title.set_fontsize(9)
             fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _plot_weight_norms(plt, path, grid: Grid, runs) -> None:
     """Per norm with scale-invariant layers: ‖W‖ over training per λ (smallest p; seed
-    mean) with the pure-decay curve (1 − ηλ)^t ‖W₀‖ dotted, and the effective learning
-    rate η/‖W‖²; a line style per layer."""
+    mean with its 95% band) with the pure-decay curve (1 − ηλ)^t ‖W₀‖ dotted, and the
+    effective learning rate η/‖W‖²; a line style per layer."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     p0 = grid.dropout_rates[0]
     norms = [n for n in grid.norms if any(weight_norm_series(r)[2] for k, r in runs.items() if k[0] == n)]
@@ -318,11 +343,15 @@ def _plot_weight_norms(plt, path, grid: Grid, runs) -> None:
             steps, eta = series[0][1][:length], float(np.mean([s[0] for s in series]))
             color = cycle[c % len(cycle)]
             for k, layer in enumerate(series[0][3]):
-                norm_w = np.mean([s[2][layer][:length] for s in series], axis=0)
-                axes[i, 0].plot(steps, norm_w, color=color, ls=styles[k % len(styles)], label=f"λ = {wd:g}, {layer}")
-                axes[i, 1].plot(steps, np.mean([s[0] / s[2][layer][:length] ** 2 for s in series], axis=0), color=color, ls=styles[k % len(styles)])
+                ls = styles[k % len(styles)]
+                for ax, vals in ((axes[i, 0], [s[2][layer][:length] for s in series]), (axes[i, 1], [s[0] / s[2][layer][:length] ** 2 for s in series])):
+                    mean, half, _ = mean_band(np.array(vals))
+                    ax.plot(steps, mean, color=color, ls=ls, label=f"λ = {wd:g}, {layer}" if ax is axes[i, 0] else None)
+                    if np.isfinite(half).any():
+                        ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15, lw=0)
                 if k == 0 and wd > 0:
-                    axes[i, 0].plot(steps, norm_w[0] * (1 - eta * wd) ** (steps - steps[0]), color=color, ls=":", lw=1)
+                    w0 = float(np.mean([s[2][layer][0] for s in series]))
+                    axes[i, 0].plot(steps, w0 * (1 - eta * wd) ** (steps - steps[0]), color=color, ls=":", lw=1)
         axes[i, 0].set(xlabel="SGD step", ylabel="‖W‖_F", title=f"{norm}: norm of the pre-BN (scale-invariant) kernels; dotted: (1 − ηλ)^t ‖W₀‖")
         lr = ", ".join(f"{v:g}" for v in grid.learning_rates)
         axes[i, 1].set(xlabel="SGD step", ylabel="η / ‖W‖²", yscale="log", title=f"{norm}: effective learning rate η/‖W‖² (η = {lr})")
@@ -333,14 +362,17 @@ def _plot_weight_norms(plt, path, grid: Grid, runs) -> None:
             ax.grid(alpha=0.3)
     if not norms:
         axes[0, 0].text(0.5, 0.5, "no run with scale-invariant (pre-BN) layers", ha="center", transform=axes[0, 0].transAxes)
+    fig.suptitle(f"{len(grid.seeds)} seed(s): mean, band = {CONFIDENCE:.0%} t-interval over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _fmt(stat, digits: int = 3, sign: bool = False) -> str:
-    mean, std = stat[:2]
-    return "-" if math.isnan(mean) else f"{mean:{'+' if sign else ''}.{digits}f} ± {std:.{digits}f}"
+def _g(ci: Interval) -> str:
+    """``3.1 ± 0.2`` in 3 significant digits of the mean (weight norms, learning rates)."""
+    if ci.n == 0 or not math.isfinite(ci.mean):
+        return "—"
+    return f"{ci.mean:.3g}" + (f" ± {ci.half_width:.2g}" if math.isfinite(ci.half_width) else "")
 
 
 def summary_markdown(info: dict, runs: dict[Key, Run]) -> str:
@@ -349,27 +381,30 @@ def summary_markdown(info: dict, runs: dict[Key, Run]) -> str:
     finish, as markdown (a function of the stored files)."""
     grid = Grid(info, runs)
     agg = by_setting(runs)
-    n_seeds = len(grid.seeds)
+    n_seeds, pct = len(grid.seeds), f"{CONFIDENCE:.0%}"
     lines = [
         f"# Weight decay and dropout, with and without BatchNorm: {grid.name}",
         "",
         grid.describe(),
         "",
-        "**Claims.** Lecture (source 003): weight decay shrinks the weights by (1 − ηλ) every step (plain SGD on the L2 "
-        "penalty λ/2 Σ‖W‖²); dropout zeroes activations with probability p and scales the kept ones by 1/(1 − p); both "
-        "regularize: a smaller train − test gap. van Laarhoven 2017, Zhang et al. 2019: weights feeding a BN layer are "
-        "scale-invariant, so weight decay does not restrict the function they compute; it shrinks ‖W‖ and so raises their "
-        "effective learning rate η/‖W‖². The update and dropout formulas are checked numerically in "
-        "`tests/experiments/test_regularization.py` (one step of the engine's SGD against the float64 closed form; "
-        "dropout's exact 1/(1 − p), its mean over 4,000 keys, the identity at eval).",
+        "**Claims.** CMU Deep Learning Systems lecture “Normalization and Regularization”: weight decay shrinks the weights "
+        "by (1 − ηλ) every step (plain SGD on the L2 penalty λ/2 Σ‖W‖²); dropout zeroes activations with probability p and "
+        "scales the kept ones by 1/(1 − p); both regularize: a smaller train − test gap. van Laarhoven 2017 (\"L2 "
+        "regularization versus batch and weight normalization\"), Zhang et al. 2019 (\"Three mechanisms of weight decay "
+        "regularization\"): weights feeding a BN layer are scale-invariant, so weight decay does not restrict the function "
+        "they compute; it shrinks ‖W‖ and so raises their effective learning rate η/‖W‖². The update and dropout formulas "
+        "are checked numerically in `tests/experiments/test_regularization.py` (one step of the engine's SGD against the "
+        "float64 closed form; dropout's exact 1/(1 − p), its mean over 4,000 keys, the identity at eval).",
         "",
         "## Does regularization shrink the gap?",
         "",
-        "Changes from the unregularized setting, paired by seed (same initialization, data order and dropout masks): "
-        "mean ± std over seeds.",
+        f"Changes from the unregularized setting, paired by seed (same initialization, data order and dropout masks): the "
+        f"mean paired difference ± its {pct} t-interval over the n seeds where both finished (paired t-test p; sign test: "
+        "seeds above/below, p). Verdict on the gap change (the lecture's claim: the gap shrinks): holds when the interval "
+        "lies below zero, does not hold here when above, else not significant.",
         "",
-        "| norm | change | Δ test acc | Δ acc gap | Δ loss gap |",
-        "|---|---|---:|---:|---:|",
+        "| norm | change | n | Δ test acc | Δ acc gap | Δ loss gap | acc gap smaller? | loss gap smaller? |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     verdicts = []
     for norm in grid.norms:
@@ -378,15 +413,15 @@ def summary_markdown(info: dict, runs: dict[Key, Run]) -> str:
             for other in keys[1:]:
                 d = {m: paired_change(runs, norm, base, other, m) for m in ("test_acc", "acc_gap", "loss_gap")}
                 lo, hi = (base[0], other[0]) if sym == "λ" else (base[1], other[1])
-                cells = " | ".join(_fmt(d[m], 3, sign=True) for m in ("test_acc", "acc_gap", "loss_gap"))
-                lines.append(f"| {norm} | {sym} {lo:g} → {hi:g} | {cells} |")
-                if d["acc_gap"][2]:
-                    said.append(f"{sym} = {hi:g}: accuracy gap {verdict(d['acc_gap'])}, loss gap {verdict(d['loss_gap'])}")
+                cells = " | ".join(d[m].format(3) for m in ("test_acc", "acc_gap", "loss_gap"))
+                lines.append(f"| {norm} | {sym} {lo:g} → {hi:g} | {d['acc_gap'].n} | {cells} | {gap_verdict(d['acc_gap'])} | {gap_verdict(d['loss_gap'])} |")
+                if d["acc_gap"].n:
+                    said.append(f"{sym} = {hi:g}: accuracy gap {gap_verdict(d['acc_gap'])}, loss gap {gap_verdict(d['loss_gap'])}")
             if said:
                 verdicts.append(f"- {norm}, {name}: " + "; ".join(said) + ".")
     lines += [
         "",
-        "Verdicts (\"no clear change\": |mean| ≤ std of the paired differences over seeds):",
+        "Verdicts (\"regularization shrinks the gap\"):",
         "",
         *verdicts,
         "",
@@ -401,28 +436,31 @@ def summary_markdown(info: dict, runs: dict[Key, Run]) -> str:
             continue
         any_si = True
         lines += [
-            f"{norm} (dropout {p0:g}), seed means: ‖W‖_F at initialization and after the last step T, "
-            "where pure decay would have taken it ((1 − ηλ)^T ‖W₀‖), and the effective learning rate η/‖W‖². "
-            "(The output layer feeds no BN, so there weight decay does act on the function.)",
+            f"{norm} (dropout {p0:g}), mean ± {pct} t-interval over seeds: ‖W‖_F at initialization and after the last step T, "
+            "where pure decay would have taken it ((1 − ηλ)^T ‖W₀‖), and the effective learning rate η/‖W‖²; the last "
+            "column is η/‖W_T‖² over that of the smallest λ, paired by seed. (The output layer feeds no BN, so there weight "
+            "decay does act on the function.)",
             "",
             "| λ | layer | ‖W‖ init | ‖W‖ end | (1 − ηλ)^T ‖W₀‖ | η/‖W‖² init | η/‖W‖² end | end vs λ = min |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for (wd, layer), e in eff.items():
             ref = eff.get((grid.weight_decays[0], layer))
-            ratio = f"{e['lr_end'] / ref['lr_end']:.2f}x" if ref else "-"
-            lines.append(
-                f"| {wd:g} | {layer} | {e['init']:.3g} | {e['end']:.3g} | {e['shrink']:.3g} | {e['lr_init']:.3g} | {e['lr_end']:.3g} | {ratio} |"
-            )
+            ratio = "—"
+            if ref:
+                by = [e["lr_end_by_seed"][s] / ref["lr_end_by_seed"][s] for s in e["lr_end_by_seed"] if s in ref["lr_end_by_seed"]]
+                ratio = _g(mean_interval(by)) + "x" if by else "—"
+            cells = " | ".join(_g(e[k]) for k in ("init", "end", "shrink", "lr_init", "lr_end"))
+            lines.append(f"| {wd:g} | {layer} | {cells} | {ratio} |")
         lines.append("")
         for layer in sorted({layer for _, layer in eff}):
             got = [(wd, eff[(wd, layer)]) for wd in grid.weight_decays if (wd, layer) in eff]
-            ends = [e["end"] for _, e in got]
+            ends = [e["end"].mean for _, e in got]
             monotone = all(x > y for x, y in zip(ends, ends[1:]))
             lines.append(
-                f"- {layer}: final ‖W‖ {' → '.join(f'{x:.3g}' for x in ends)} over λ = {', '.join(f'{wd:g}' for wd, _ in got)}: "
+                f"- {layer}: final ‖W‖ (seed mean) {' → '.join(f'{x:.3g}' for x in ends)} over λ = {', '.join(f'{wd:g}' for wd, _ in got)}: "
                 + ("falls with every larger λ, so the effective learning rate η/‖W‖² rises with λ" if monotone else "not monotone in λ")
-                + f" ({got[-1][1]['lr_end'] / got[0][1]['lr_end']:.3g}x from the smallest to the largest λ)."
+                + f" ({got[-1][1]['lr_end'].mean / got[0][1]['lr_end'].mean:.3g}x from the smallest to the largest λ)."
             )
         lines.append("")
     if not any_si:
@@ -430,11 +468,13 @@ def summary_markdown(info: dict, runs: dict[Key, Run]) -> str:
     lines += [
         "## Final accuracies and losses",
         "",
+        f"Mean ± {pct} t-interval over the finished seeds (the last column: finished / seeds; one seed: its value).",
+        "",
         "| norm | λ | p | train acc | test acc | acc gap | train loss | test loss | loss gap | finished |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (norm, wd, p), s in sorted(agg.items(), key=lambda kv: (grid.norms.index(kv[0][0]), kv[0][2], kv[0][1])):
-        cells = " | ".join(_fmt(s[k], 3 if "acc" in k else 4) for k in METRICS)
+        cells = " | ".join(s[k].format(3 if "acc" in k else 4, say_single=False) for k in METRICS)
         lines.append(f"| {norm} | {wd:g} | {p:g} | {cells} | {s['finished']}/{n_seeds} |")
     diverged = sorted(r.path.name for r in runs.values() if state(r) == "diverged")
     incomplete = sorted(r.path.name for r in runs.values() if state(r) == "incomplete")

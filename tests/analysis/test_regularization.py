@@ -1,15 +1,17 @@
 """jaxnorm.analysis.regularization on synthetic run folders (hand-computed numbers):
-reading runs by their config, the per-seed aggregates, paired changes, the effective
-learning rate η/‖W‖² and the pure-decay reference, and what happens to diverged and
-incomplete runs."""
+reading runs by their config, the per-seed aggregates (mean ± 95% t-interval), paired
+changes and their verdicts, the effective learning rate η/‖W‖² and the pure-decay
+reference, and what happens to diverged and incomplete runs."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from scipy import stats as sp
 
 from jaxnorm.analysis import regularization as analysis
+from jaxnorm.analysis.stats import paired_test
 from jaxnorm.results import rewrite_jsonl, write_json
 
 
@@ -41,22 +43,31 @@ def test_aggregates_paired_changes_and_effective_learning_rate(tmp_path):
     assert set(runs) == {("bn", 0.0, 0.0, 0), ("bn", 0.0, 0.0, 1), ("bn", 0.0, 0.0, 2), ("bn", 0.1, 0.0, 0), ("vanilla", 0.0, 0.5, 0)}
     s = analysis.aggregate([runs[("bn", 0.0, 0.0, k)] for k in range(3)])
     assert s["finished"] == 2
-    assert s["test_acc"] == pytest.approx((0.85, 0.05)) and s["acc_gap"] == pytest.approx((0.15, 0.05))
-    assert s["loss_gap"] == pytest.approx((0.4, 0.0))
-    assert math.isnan(analysis.aggregate([])["test_acc"][0])
+    # Two finished seeds: half-width t_{0.975, 1} · s/√2, and s/√2 = |0.9 − 0.8|/2.
+    t1 = sp.t.ppf(0.975, 1)
+    assert (s["test_acc"].mean, s["test_acc"].half_width, s["test_acc"].n) == (pytest.approx(0.85), pytest.approx(t1 * 0.05), 2)
+    assert (s["acc_gap"].mean, s["acc_gap"].half_width) == (pytest.approx(0.15), pytest.approx(t1 * 0.05))
+    assert (s["loss_gap"].mean, s["loss_gap"].half_width) == (pytest.approx(0.4), 0.0)
+    assert math.isnan(analysis.aggregate([])["test_acc"].mean)
 
     eff = analysis.effective_lr(runs, "bn", 0.0)
     assert list(eff) == [(0.0, "dense1"), (0.1, "dense1")]
-    assert eff[(0.0, "dense1")] == pytest.approx({"init": 2.0, "end": 4.0, "shrink": 2.0, "lr_init": 0.125, "lr_end": (0.5 / 9 + 0.5 / 25) / 2})
+    means = lambda e: {k: e[k].mean for k in ("init", "end", "shrink", "lr_init", "lr_end")}
+    assert means(eff[(0.0, "dense1")]) == pytest.approx({"init": 2.0, "end": 4.0, "shrink": 2.0, "lr_init": 0.125, "lr_end": (0.5 / 9 + 0.5 / 25) / 2})
+    assert eff[(0.0, "dense1")]["end"].half_width == pytest.approx(t1 * 1.0)  # ends 3 and 5: s/√2 = 1
+    assert eff[(0.0, "dense1")]["lr_end_by_seed"] == pytest.approx({0: 0.5 / 9, 1: 0.5 / 25})
     # One recorded interval of 10 steps: pure decay gives (1 − 0.5 · 0.1)^10 · 2.
-    assert eff[(0.1, "dense1")] == pytest.approx({"init": 2.0, "end": 1.0, "shrink": 0.95**10 * 2.0, "lr_init": 0.125, "lr_end": 0.5})
+    assert means(eff[(0.1, "dense1")]) == pytest.approx({"init": 2.0, "end": 1.0, "shrink": 0.95**10 * 2.0, "lr_init": 0.125, "lr_end": 0.5})
     assert analysis.effective_lr(runs, "nothing", 0.0) == {}
 
     # Paired by seed: only seed 0 has a partner at λ = 0.1.
-    assert analysis.paired_change(runs, "bn", (0.0, 0.0), (0.1, 0.0), "test_acc") == (pytest.approx(0.0), 0.0, 1)
-    assert analysis.paired_change(runs, "bn", (0.0, 0.0), (0.5, 0.0), "test_acc")[2] == 0
-    assert [analysis.verdict(c) for c in ((-0.02, 0.01), (0.02, 0.01), (-0.01, 0.01), (0.0, 0.0), (math.nan, math.nan))] == [
-        "smaller", "larger", "no clear change", "no clear change", "no data",
+    change = analysis.paired_change(runs, "bn", (0.0, 0.0), (0.1, 0.0), "test_acc")
+    assert (change.n, change.diff.mean) == (1, pytest.approx(0.0))
+    assert analysis.paired_change(runs, "bn", (0.0, 0.0), (0.5, 0.0), "test_acc").n == 0
+    # Gap changes (other − base): consistently below zero, above, mixed, one pair.
+    cases = (([0.1, 0.2, 0.15], [0.2, 0.3, 0.26]), ([0.3, 0.4, 0.36], [0.2, 0.3, 0.25]), ([0.1, 0.3, 0.2], [0.2, 0.2, 0.2]), ([0.1], [0.2]))
+    assert [analysis.gap_verdict(paired_test(a, b)) for a, b in cases] == [
+        "holds", "does not hold here", "not significant (n = 3)", "no test (n = 1)",
     ]  # fmt: skip
 
     grid = analysis.Grid(info, runs)
@@ -65,9 +76,10 @@ def test_aggregates_paired_changes_and_effective_learning_rate(tmp_path):
     verdict = analysis.write_report(tmp_path)
     assert verdict.startswith("regularization toy: 4/5 runs finished; ")
     summary = (tmp_path / "plots" / "summary.md").read_text()
-    assert "| 0.1 | dense1 | 2 | 1 | 1.2 | 0.125 | 0.5 | 13.24x |" in summary  # 0.5 / ((0.5/9 + 0.5/25)/2) = 13.24
+    # One seed at λ = 0.1 (no interval); the ratio is paired by seed: 0.5 / (0.5/9) = 9.
+    assert "| 0.1 | dense1 | 2 | 1 | 1.2 | 0.125 | 0.5 | 9x |" in summary
     assert "Diverged (non-finite loss; not averaged): a2." in summary and "Incomplete" not in summary
-    assert "| bn | 0 | 0 | 1.000 ± 0.000 | 0.850 ± 0.050 |" in summary and "| 2/3 |" in summary
+    assert f"| bn | 0 | 0 | 1.000 ± 0.000 | 0.850 ± {t1 * 0.05:.3f} |" in summary and "| 2/3 |" in summary
 
 
 def test_incomplete_runs_are_listed_not_averaged(tmp_path):

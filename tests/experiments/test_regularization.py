@@ -235,9 +235,9 @@ def test_quick_study_writes_runs_plots_and_summary(quick):
     for png in ("gap.png", "grid.png", "weight_norms.png"):
         assert (plots / png).stat().st_size > 10_000
     summary = (plots / "summary.md").read_text()
-    assert summary.count(" | 1/1 |") == 4 and "| bn_gamma_beta | 10000 | 0.5 | - | - | - | - | - | - | 0/1 |" in summary
-    assert "(1 − ηλ)" in summary and "η/‖W‖²" in summary and "| bn_gamma_beta | p 0 → 0.5 |" in summary
-    assert "- bn_gamma_beta, dropout: p = 0.5: accuracy gap " in summary
+    assert summary.count(" | 1/1 |") == 4 and "| bn_gamma_beta | 10000 | 0.5 | — | — | — | — | — | — | 0/1 |" in summary
+    assert "(1 − ηλ)" in summary and "η/‖W‖²" in summary and "| bn_gamma_beta | p 0 → 0.5 | 1 |" in summary
+    assert "- bn_gamma_beta, dropout: p = 0.5: accuracy gap no test (n = 1), loss gap no test (n = 1)." in summary
     assert "Diverged (non-finite loss; not averaged): bn_gamma_beta_wd10000_p0.5_s0, bn_gamma_beta_wd10000_p0_s0." in summary
     # The report is a function of the stored files (what --plot-only reads).
     assert analysis.summary_markdown(*analysis.load_results(root)) == summary
