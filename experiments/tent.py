@@ -38,7 +38,6 @@ from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxnorm.study
 from experiments.configs.cifar10_3c3d import get_config as _cifar10_3c3d
@@ -178,18 +177,6 @@ def _streams(setup: TentSetup, held_out: bool):
             yield kind, sev, *corrupt_stream(ds.images[: setup.test_subset], ds.labels[: setup.test_subset], None if kind == "none" else kind, sev, seed=setup.seed, passes=setup.passes)
 
 
-def _with_lr(state: adapt.TentState, lr: float) -> adapt.TentState:
-    """``state`` (optimizer from :func:`tent_optimizer`) with TENT's learning rate ``lr``."""
-    hyper = {**state.opt_state.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)}
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
-
-
-def tent_optimizer(setup: TentSetup) -> optax.GradientTransformation:
-    """TENT's optimizer with the lr as data (:func:`optax.inject_hyperparams`): one compiled step serves the grid."""
-    make = OPTIMIZERS[setup.tent_optimizer]
-    return optax.inject_hyperparams(lambda learning_rate: make(learning_rate, setup.tent_momentum))(learning_rate=setup.tent_lrs[0])
-
-
 def _record(kind: str, where: dict, mode: str, r: dict, tent_lr=None, **extra) -> dict:
     """One ``metrics.jsonl`` line of a stream's result ``r`` (``kind``: ``eval`` or ``select``)."""
     lr = {} if tent_lr is None else {"tent_lr": tent_lr}
@@ -204,7 +191,7 @@ def evaluate(setup: TentSetup, module, variables: Sequence[dict], log=print) -> 
     ``selection.json``), then every test stream (the clean one first) in every mode from the
     trained variables, each stream corrupted once for all seeds. Per seed ``(records, correct, examples, selection)``."""
     train = load(setup.train.dataset, setup.train.train_split)
-    opt, tuning = tent_optimizer(setup), "tent" in setup.modes  # one optimizer object: one compiled TENT step
+    opt, tuning = adapt.tent_optimizer(setup.tent_optimizer, setup.tent_lrs[0], setup.tent_momentum), "tent" in setup.modes  # one optimizer object: one compiled TENT step
     states = [(adapt.init_tent if tuning else adapt.source_state)(v, opt) for v in variables]
     steps = adapt.make_steps(module, setup.modes, tent_steps=setup.tent_steps)
     out = [([], {}, {}, {}) for _ in variables]
@@ -213,13 +200,13 @@ def evaluate(setup: TentSetup, module, variables: Sequence[dict], log=print) -> 
         x, where = normalize(images, train.mean, train.std), {"corruption": kind, "severity": sev}
         for (records, *_), state in zip(out, states):
             for mode, lr in [("batch", None)] + [("tent", v) for v in setup.tent_lrs]:
-                r = adapt.evaluate_stream({mode: select[mode]}, state if lr is None else _with_lr(state, lr), x, labels, setup.batch_size)[mode]
+                r = adapt.evaluate_stream({mode: select[mode]}, state if lr is None else adapt.with_learning_rate(state, lr), x, labels, setup.batch_size)[mode]
                 records.append(_record("select", where, mode, r, tent_lr=lr))
     for i, (records, _, _, sel) in enumerate(out):
         if tuning:
             sel.update(split=setup.select_split, start=setup.held_out_start, n=len(labels), noise_seed=setup.select_seed,
                        corruptions=list(setup.held_out_corruptions), severities=list(setup.severities), **selection_of(records, setup.tent_lrs))
-            states[i] = _with_lr(states[i], sel["chosen"])
+            states[i] = adapt.with_learning_rate(states[i], sel["chosen"])
             log(f"  model {i + 1}: TENT lr {sel['chosen']:g} chosen on the held-out streams (mean error per lr: "
                 + ", ".join(f"{v:g} {'diverged' if m is None else f'{m:.4f}'}" for v, m in zip(sel["lrs"], sel["mean_error"])) + ")")
     for kind, sev, clean, images, labels in _streams(setup, held_out=False):

@@ -256,6 +256,25 @@ TENT_OPTIMIZERS = {
 }
 
 
+def tent_optimizer(name: str, learning_rate: float, momentum: float = 0.0) -> optax.GradientTransformation:
+    """TENT's optimizer :data:`TENT_OPTIMIZERS` ``[name]`` with the learning rate held as
+    data (:func:`optax.inject_hyperparams`), so one compiled step serves a grid of learning
+    rates: set one with :func:`with_learning_rate`."""
+    make = lookup(TENT_OPTIMIZERS, name, "TENT optimizer")
+    return optax.inject_hyperparams(lambda learning_rate: make(learning_rate, momentum))(learning_rate=learning_rate)
+
+
+def with_learning_rate(state: TentState, learning_rate: float) -> TentState:
+    """``state`` (its optimizer from :func:`tent_optimizer`) with TENT's learning rate set to
+    ``learning_rate``; the moments and everything else unchanged."""
+    hyper = getattr(state.opt_state, "hyperparams", None)
+    if hyper is None or "learning_rate" not in hyper:
+        raise ValueError("with_learning_rate needs a state whose optimizer comes from adapt.tent_optimizer "
+                         "(optax.inject_hyperparams with a learning_rate).")
+    hyper = {**hyper, "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
 def make_step(module, mode: str, **options) -> Callable[[TentState, jax.Array], tuple[jax.Array, TentState]]:
     """The jitted step ``(state, x) -> (logits, state)`` of ``mode`` (options: ``'tent'``'s
     ``steps``, ``episodic``, ``predict_after_update``). Raises ValueError for an unknown mode
@@ -333,6 +352,8 @@ __all__ = [
     "run_stream",
     "running_step",
     "source_state",
+    "tent_optimizer",
     "tent_step",
     "with_affine",
+    "with_learning_rate",
 ]

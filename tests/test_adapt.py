@@ -168,3 +168,22 @@ def test_bad_input_is_refused():
         adapt.run_stream(step, state, X[:9], 4)
     with pytest.raises(ValueError, match="batch_size"):
         adapt.run_stream(step, state, X, 1)
+
+
+def test_the_learning_rate_as_data_is_the_fixed_rate_optimizer_and_one_compilation(net):
+    """adapt.tent_optimizer holds the lr as data: a state set to lr by with_learning_rate
+    steps exactly as the optimizer built with that lr (same arithmetic: sgd, -lr * g), and
+    the jitted step does not recompile for another lr."""
+    module, variables, _ = net
+    opt = adapt.tent_optimizer("sgd", 1.0)
+    step = adapt.make_step(module, "tent")
+    for lr in (LR, 0.05):
+        _, want = step(adapt.init_tent(variables, optax.sgd(lr)), X)
+        _, got = step(adapt.with_learning_rate(adapt.init_tent(variables, opt), lr), X)
+        for k in want.affine:
+            np.testing.assert_allclose(got.affine[k], want.affine[k], rtol=1e-6, atol=1e-7)
+    assert step._cache_size() == 3  # two fixed-lr optimizers (static) + the one lr-as-data optimizer
+    with pytest.raises(ValueError, match="tent_optimizer"):
+        adapt.with_learning_rate(adapt.init_tent(variables, OPT), 0.1)
+    with pytest.raises(ValueError, match="unknown TENT optimizer"):
+        adapt.tent_optimizer("lamb", 0.1)
