@@ -7,6 +7,16 @@ Reads only what :func:`jaxnorm.train.fit` and the study wrote under a study root
 (``train``, ``eval``, ``divergence`` lines), ``status.json`` and ``trajectories.npz``
 (the ``layer_statistics/...`` arrays of :class:`jaxnorm.observers.layer_statistics.LayerStatistics`).
 Nothing here trains.
+
+Over seeds (the study trains three by default): every summary number is a mean with
+its 95% t-interval (:func:`jaxnorm.analysis.stats.mean_interval`; a diverged seed is
+left out of a loss or an accuracy and counted), outcomes are counted per (norm, c), and
+the comparisons -- a normalized net's weight growth against the unnormalized one's, the
+spread of the final accuracy over c (:func:`spreads`) against the unnormalized one's --
+are paired by seed (:func:`jaxnorm.analysis.stats.paired_test`) with a verdict (holds /
+does not hold / not significant). Curves and per-layer profiles are the mean over seeds
+with the 95% band (:func:`jaxnorm.analysis.curves.mean_band`; on log axes the geometric
+mean, the interval of the log).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def test_three_seeds_give_intervals_and_paired_tests(tmp_path):
         write_run(root, "layer", 2, seed, [2.4, 1.6, 1.2, 1.0, 0.9], act=np.full(DEPTH, 0.71), acc=0.7)
     summary = A.summary_markdown(root)
     # vanilla c = 2 accuracy 0.80, 0.81, 0.82: sd 0.01, half-width 4.3027 · 0.01 / √3 = 0.0248.
-    assert "| vanilla | 2 | 3 | 0/3 | 0/3 | 3/3 | 3 | 0.4 | 0.81 ± 0.025 | - |" in summary
+    assert "| vanilla | 2 | 3 | 0/3 | 0/3 | 3/3 | 3 ± 0 | 0.4 ± 0 | 0.81 ± 0.025 | - |" in summary
     # layer c = 1 weight ratio 2.0, 2.2, 2.4 in every layer vs vanilla's 1: Δ 1.2 ± 4.3027 · 0.2 / √3 = 0.497,
     # t = 1.2 / (0.2 / √3) = 10.39 on 2 degrees of freedom: p = 0.0091.
     assert "| layer − vanilla | 1 | +1.200 ± 0.497 (p = 0.0091; sign 3+/0−, p = 0.25) | holds |" in summary
