@@ -25,7 +25,7 @@ batch (the first ``probe_size`` training images, BN on the batch's statistics), 
 curve (``classify``: diverged / no progress / trained), the init profiles against the
 (c/2)^(D/2) law, ‖W_T‖/‖W_0‖ per layer, and the plots.
 
-    python -m experiments.init_scale                 # digits, 50 layers x 64, 600 SGD steps, 3 seeds, 27 runs: TIME_FULL
+    python -m experiments.init_scale                 # digits, 50 layers x 64, 600 SGD steps, 3 seeds, 27 runs: 391 s CPU measured (40 min wall on 2 cores shared at load ~20)
     python -m experiments.init_scale --quick         # 3 layers (2 hidden of 16), 20 steps, one seed, 9 runs: ~45 s CPU (mostly compiling)
     python -m experiments.init_scale --seeds 0       # one seed per (norm, c) (a third of the training)
     python -m experiments.init_scale --scales 1 1.5 2 2.5 3 --norms vanilla

@@ -15,7 +15,7 @@ rows-vs-columns check; (2) **batch_size**: ``bs_variants`` at each of ``batch_si
 linear in the batch size; (3) **eval_stats**: every BN run evaluated at its last step
 (``BNEvaluation``) with running, exact population (Alg. 2) and test-batch statistics.
 
-    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 3 seeds, 29 groups of 3 runs: TIME_FULL
+    python -m experiments.norm_kinds                  # digits, MLP + ConvNet, 3 seeds, 29 groups of 3 runs: 397 s CPU measured (32 min wall on 2 cores shared at load ~20)
     python -m experiments.norm_kinds --quick          # a 3-layer BN MLP, 2 epochs on 256 examples, one seed (tests): 20 s
     python -m experiments.norm_kinds --seeds 0        # one seed of everything
     python -m experiments.norm_kinds --config cifar10 # 3C3D + MLP on CIFAR-10 (GPU; tfds-prepared CIFAR-10)
