@@ -7,6 +7,16 @@ Reads only what :func:`jaxnorm.train.fit` and the study wrote under a study root
 (``train``, ``eval``, ``divergence`` lines), ``status.json`` and ``trajectories.npz``
 (the ``layer_statistics/...`` arrays of :class:`jaxnorm.observers.layer_statistics.LayerStatistics`).
 Nothing here trains.
+
+Over seeds (the study trains three by default): every summary number is a mean with
+its 95% t-interval (:func:`jaxnorm.analysis.stats.mean_interval`; a diverged seed is
+left out of a loss or an accuracy and counted), outcomes are counted per (norm, c), and
+the comparisons -- a normalized net's weight growth against the unnormalized one's, the
+spread of the final accuracy over c (:func:`spreads`) against the unnormalized one's --
+are paired by seed (:func:`jaxnorm.analysis.stats.paired_test`) with a verdict (holds /
+does not hold / not significant). Curves and per-layer profiles are the mean over seeds
+with the 95% band (:func:`jaxnorm.analysis.curves.mean_band`; on log axes the geometric
+mean, the interval of the log).
 """
 
 from __future__ import annotations
@@ -18,8 +28,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxnorm.analysis.curves import mean_band
 from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, find_runs
+from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
+from jaxnorm.analysis.stats import verdict as stats_verdict
 from jaxnorm.results import read_json
 
 #: What :func:`classify` returns.
@@ -34,6 +47,8 @@ TAIL_FRACTION = 0.1
 LECTURE_OUTCOMES = {1.0: "no progress", 2.0: "trained", 3.0: "diverged"}
 #: ‖W_T‖/‖W_0‖ within this relative distance of 1 in every layer: "the scale persisted".
 PERSIST_TOLERANCE = 0.25
+#: Resolution of the plots (small PNGs for the README).
+DPI = 100
 #: The observer whose arrays the analysis reads.
 OBSERVER = "layer_statistics"
 
@@ -244,6 +259,68 @@ def _thresholds(setup: dict) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- over seeds
+
+
+def _groups(runs) -> dict[tuple, list[InitScaleRun]]:
+    """The runs by (norm, c), in the order of ``runs``; each a list over seeds."""
+    out: dict[tuple, list[InitScaleRun]] = {}
+    for r in runs:
+        out.setdefault((r.norm, r.c), []).append(r)
+    return out
+
+
+def _counts(outcomes: Sequence[str]) -> str:
+    """``trained 3/3`` or ``no progress 1/3, trained 2/3``."""
+    return ", ".join(f"{o} {outcomes.count(o)}/{len(outcomes)}" for o in OUTCOMES if o in outcomes)
+
+
+def _ci(iv: Interval, spec: str = ".3g") -> str:
+    """A mean over seeds and its 95% half-width in significant figures (the values span
+    1e-7 to 1e5, which fixed decimals cannot show): ``0.412 ± 0.031``; one value: the
+    value; none: ``—``; ``(k of n)`` when non-finite values (diverged seeds) were left out."""
+    if iv.n == 0 or not math.isfinite(iv.mean):
+        return "—"
+    out = format(iv.mean, spec) + (f" ± {iv.half_width:.2g}" if iv.n > 1 else "")
+    return out + (f" ({iv.n} of {iv.n + iv.excluded})" if iv.excluded else "")
+
+
+def _word(test: Paired, favourable: int) -> str:
+    """The README's verdict words for one paired criterion (:func:`jaxnorm.analysis.stats.verdict`)."""
+    v = stats_verdict((test, favourable))
+    return {"yes": "holds", "no": "does not hold"}.get(v, f"{v} (n = {test.n})")
+
+
+def _paired_by_seed(a: Sequence[InitScaleRun], b: Sequence[InitScaleRun], value) -> Paired:
+    """``value(run)`` of ``a`` minus that of ``b``, paired by seed (the seeds both have)."""
+    va, vb = {r.seed: value(r) for r in a}, {r.seed: value(r) for r in b}
+    seeds = sorted(set(va) & set(vb))
+    return paired_test([va[s] for s in seeds], [vb[s] for s in seeds])
+
+
+def spreads(runs, summaries: dict, norm: str, scales: Sequence[float]) -> dict:
+    """How much the outcome of ``norm`` depends on c, per seed, over the c of ``scales``:
+    ``{seed: (acc_spread, loss_ratio)}``. ``acc_spread``: max − min over c of the final
+    test accuracy, a diverged run counting as chance accuracy 1/K (a NaN network predicts
+    one constant class); ``loss_ratio``: max / min over c of the final training loss,
+    ``inf`` when some c diverged. NaN for a seed that lacks one of the c (or an accuracy);
+    both NaN with fewer than two c."""
+    out = {}
+    for seed in sorted({r.seed for r in runs if r.norm == norm}):
+        got = {r.c: r for r in runs if r.norm == norm and r.seed == seed}
+        if len(scales) < 2 or not set(scales) <= set(got):
+            out[seed] = (math.nan, math.nan)
+            continue
+        t = [summaries[got[c].name] for c in scales]
+        div = [x["outcome"] == "diverged" for x in t]
+        acc = [math.exp(-got[c].chance) if d else x["eval_acc"] for c, d, x in zip(scales, div, t)]
+        loss = [x["final_loss"] for x in t]
+        acc_spread = max(acc) - min(acc) if all(map(math.isfinite, acc)) else math.nan
+        ok = all(math.isfinite(v) and v > 0 for v in loss)
+        out[seed] = (acc_spread, math.inf if any(div) else max(loss) / min(loss) if ok else math.nan)
+    return out
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -258,8 +335,75 @@ def _figure(plt, rows: int, cols: int, size, **kwargs):
 
 
 def _save(plt, fig, path: pathlib.Path) -> None:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def _band(ax, x, rows, color, label, *, log: bool, **style) -> None:
+    """The mean over ``rows`` (seeds × points) with its 95% t-interval as a band
+    (:func:`jaxnorm.analysis.curves.mean_band`); ``log``: mean and interval of log(value),
+    drawn back as exp (the geometric mean; a band a log axis can draw). Non-finite and,
+    with ``log``, non-positive values are left out per point. One finite point: a marker."""
+    v = np.asarray(rows, np.float64).reshape(len(rows), -1)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.log(np.where(np.isfinite(v) & (v > 0), v, np.nan))
+    mean, half, _ = mean_band(v)
+    lo, hi = mean - half, mean + half
+    if log:
+        mean, lo, hi = np.exp(mean), np.exp(lo), np.exp(hi)
+    x = np.asarray(x)
+    ok = np.isfinite(mean)
+    ax.plot(x, mean, color=color, label=label, marker="o" if ok.sum() == 1 else None, **style)
+    band = ok & np.isfinite(half)
+    if band.any():
+        ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.2, lw=0)
+
+
+def _stack(series) -> tuple[np.ndarray, np.ndarray]:
+    """``[(steps, values), ...]`` (one per seed) -> (the union of steps, seeds × steps with NaN where a seed has none)."""
+    steps = np.array(sorted({int(s) for xs, _ in series for s in xs}), np.int64)
+    idx = {s: i for i, s in enumerate(steps)}
+    out = np.full((len(series), len(steps)), np.nan)
+    for i, (xs, ys) in enumerate(series):
+        for s, y in zip(xs, ys):
+            out[i, idx[int(s)]] = y
+    return steps, out
+
+
+def _loss_series(r: InitScaleRun) -> tuple[list, list]:
+    train = [m for m in r.run.metrics if m.get("kind") == "train"]
+    curve = loss_curve(r)
+    return [0] + [m["step"] for m in train], [curve[0] if curve else math.nan] + [m["loss"] for m in train]
+
+
+def _seeds_note(runs) -> str:
+    n = len({r.seed for r in runs})
+    return f"mean over {n} seeds (log axes: geometric mean), band: its {CONFIDENCE:.0%} t-interval" if n > 1 else "one seed"
+
+
+def _plot_losses(plt, path, runs, norms, colors, summaries, every) -> None:
+    # Not sharey: a c = 3 vanilla net starts near 1e5 and would flatten the other panels.
+    fig, axes = _figure(plt, 1, len(norms), (5 * len(norms), 3.8))
+    groups = _groups(runs)
+    for ax, norm in zip(axes[0], norms):
+        for (n, c), rs in groups.items():
+            if n != norm:
+                continue
+            steps, vals = _stack([_loss_series(r) for r in rs])
+            label = f"c = {c:g}: " + _counts([summaries[r.name]["outcome"] for r in rs])
+            _band(ax, steps, vals, colors[c], label, log=True)
+            for r in rs:  # where a seed's loss left the finite numbers or exploded
+                if r.run.divergence:
+                    ax.plot([r.run.divergence["step"]], [_positive([_loss_series(r)[1][-1]])[0]], "x", color=colors[c], ms=9, mew=2)
+        ax.axhline(runs[0].chance, color="grey", ls=":", lw=1, label="chance (ln K)")
+        ax.set_yscale("log")
+        ax.set_title(f"{norm}: training loss (x: a seed diverged)", fontsize=10)
+        ax.set_xlabel("SGD step")
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel(f"training loss (mean of <= {every} steps; 0: probe batch)" if every else "training loss")
+    fig.suptitle(_seeds_note(runs), fontsize=8)
+    _save(plt, fig, path)
 
 
 def _positive(a) -> np.ndarray:
@@ -268,73 +412,55 @@ def _positive(a) -> np.ndarray:
     return np.where(np.isfinite(a) & (a > 0), a, np.nan)
 
 
-def _label(r: InitScaleRun, seeds: int, text: str = "") -> str:
-    return f"c = {r.c:g}" + (f", seed {r.seed}" if seeds > 1 else "") + text
-
-
-def _plot_losses(plt, path, runs, norms, colors, summaries, every) -> None:
-    # Not sharey: a c = 3 vanilla net starts near 1e5 and would flatten the other panels.
-    fig, axes = _figure(plt, 1, len(norms), (5 * len(norms), 3.8))
-    seeds = len({r.seed for r in runs})
-    for ax, norm in zip(axes[0], norms):
-        for r in (r for r in runs if r.norm == norm):
-            train = [m for m in r.run.metrics if m.get("kind") == "train"]
-            steps, losses = [0] + [m["step"] for m in train], [loss_curve(r)[0] if loss_curve(r) else np.nan] + [m["loss"] for m in train]
-            ax.plot(steps, _positive(losses), color=colors[r.c], marker="o" if len(steps) == 1 else None, label=_label(r, seeds, f": {summaries[r.name]['outcome']}"))
-            if r.run.divergence:  # where the loss left the finite numbers or exploded
-                ax.plot([r.run.divergence["step"]], [_positive([losses[-1]])[0]], "x", color=colors[r.c], ms=10, mew=2)
-        ax.axhline(runs[0].chance, color="grey", ls=":", lw=1, label="chance (ln K)")
-        ax.set_yscale("log")
-        ax.set_title(f"{norm}: training loss (x: diverged)", fontsize=10)
-        ax.set_xlabel("SGD step")
-        ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel(f"training loss (mean of <= {every} steps; 0: probe batch)" if every else "training loss")
-    _save(plt, fig, path)
-
-
 def _plot_layer_profiles(plt, path, runs, norms, colors, with_end: bool) -> None:
-    """Rows: activation RMS, gradient norm; a panel per norm; per run the per-layer
-    profile at initialization -- and, ``with_end``, dashed, with the profile at the last
-    probe solid (the end, or the last probe before a divergence)."""
+    """Rows: activation RMS, gradient norm; a panel per norm; per (norm, c) the per-layer
+    profile at initialization over the seeds -- and, ``with_end``, dashed, with the
+    profile at each seed's last probe solid (the end, or the last probe before a
+    divergence)."""
     keys = (("activation_rms", "activation RMS (layer output)"), ("grad_norm", "‖∂L/∂W_i‖_F"))
     fig, axes = _figure(plt, 2, len(norms), (5 * len(norms), 7), sharex=True)
-    seeds = len({r.seed for r in runs})
+    groups = _groups(runs)
     for j, norm in enumerate(norms):
         for i, (key, label) in enumerate(keys):
             ax = axes[i, j]
-            for r in (r for r in runs if r.norm == norm):
-                a = r.arrays.get(key)
-                if a is None or not len(a):
+            for (n, c), rs in groups.items():
+                arrays = [r.arrays[key] for r in rs if n == norm and r.arrays.get(key) is not None and len(r.arrays[key])]
+                if not arrays:
                     continue
-                layers = np.arange(1, a.shape[1] + 1)
+                layers = np.arange(1, arrays[0].shape[1] + 1)
                 if with_end:
-                    ax.plot(layers, _positive(a[0]), color=colors[r.c], ls="--", lw=1)
-                    ax.plot(layers, _positive(a[-1]), color=colors[r.c], label=_label(r, seeds, f", step {int(r.arrays['steps'][-1])}"))
+                    _band(ax, layers, [a[0] for a in arrays], colors[c], None, log=True, ls="--", lw=1)
+                    _band(ax, layers, [a[-1] for a in arrays], colors[c], f"c = {c:g}, last probe", log=True)
                 else:
-                    ax.plot(layers, _positive(a[0]), color=colors[r.c], marker=".", ms=3, label=_label(r, seeds))
+                    _band(ax, layers, [a[0] for a in arrays], colors[c], f"c = {c:g}", log=True, ms=3)
             ax.set_yscale("log")
             ax.set_ylabel(label)
             ax.set_title(f"{norm}: {label}" + (", init (dashed) and end" if with_end else " at initialization"), fontsize=10)
             ax.legend(fontsize=7)
         axes[1, j].set_xlabel("layer i (D = logits)")
+    fig.suptitle(_seeds_note(runs), fontsize=8)
     _save(plt, fig, path)
 
 
 def _plot_weight_ratio(plt, path, runs, norms, colors) -> None:
     fig, axes = _figure(plt, 1, len(norms), (5 * len(norms), 3.8), sharey=True)
-    seeds = len({r.seed for r in runs})
+    groups = _groups(runs)
     for ax, norm in zip(axes[0], norms):
-        for r in (r for r in runs if r.norm == norm):
-            ratio = weight_ratio(r)
-            if np.isfinite(ratio).any():
-                ax.plot(np.arange(1, len(ratio) + 1), ratio, color=colors[r.c], marker=".", ms=3, label=_label(r, seeds))
+        for (n, c), rs in groups.items():
+            if n != norm:
+                continue
+            ratios = [weight_ratio(r) for r in rs]
+            finished = [x for x in ratios if np.isfinite(x).any()]
+            if finished:
+                _band(ax, np.arange(1, len(finished[0]) + 1), finished, colors[c], f"c = {c:g} ({len(finished)} of {len(rs)} finished)", log=False)
             else:
-                ax.plot([], [], color=colors[r.c], label=_label(r, seeds, ": diverged"))
+                ax.plot([], [], color=colors[c], label=f"c = {c:g}: diverged")
         ax.axhline(1.0, color="grey", ls=":", lw=1)
         ax.set_title(f"{norm}: ‖W_T‖_F / ‖W_0‖_F per layer", fontsize=10)
         ax.set_xlabel("layer i")
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("weight-norm ratio after training")
+    fig.suptitle(_seeds_note(runs).replace(" (log axes: geometric mean)", ""), fontsize=8)
     _save(plt, fig, path)
 
 
@@ -353,10 +479,220 @@ def _norms(runs) -> list[str]:
     return list(dict.fromkeys(r.norm for r in runs))
 
 
+def _claim1(runs, s, split: str) -> list[str]:
+    groups = _groups(runs)
+    lines = [
+        "## Claim 1: without normalization, c = 3 gives NaN, c = 2 trains, c = 1 makes no progress",
+        "",
+        "(Lecture, \"Initialization vs. optimization\": vanilla SGD on MNIST.) Per (norm, c) over its seeds: the outcomes "
+        "counted, and mean ± 95% t-interval of the losses and the accuracy over the seeds that did not diverge "
+        "(`(k of n)`: k seeds entered).",
+        "",
+        f"| norm | c | n | diverged | no progress | trained | initial loss | final train loss (last 10% of steps) | {split} acc | diverged at step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (norm, c), rs in groups.items():
+        t = [s[r.name] for r in rs]
+        oc = [x["outcome"] for x in t]
+        ok = [x for x in t if x["outcome"] != "diverged"]
+        nan = float("nan")
+        steps = sorted(x["diverged_at"] for x in t if x["diverged_at"] is not None)
+        lines.append(
+            f"| {norm} | {c:g} | {len(rs)} | " + " | ".join(f"{oc.count(o)}/{len(oc)}" for o in OUTCOMES) + " | "
+            f"{_ci(mean_interval([x['initial_loss'] for x in t]))} | "
+            f"{_ci(mean_interval([x['final_loss'] if x in ok else nan for x in t]), '.4g')} | "
+            f"{_ci(mean_interval([x['eval_acc'] if x in ok else nan for x in t]))} | {', '.join(map(str, steps)) or '-'} |"
+        )
+    lines.append("")
+    vanilla = {c: [s[r.name]["outcome"] for r in rs] for (n, c), rs in groups.items() if n == "vanilla" and c in LECTURE_OUTCOMES}
+    if vanilla:
+        per = []
+        for c, oc in vanilla.items():
+            hit = oc.count(LECTURE_OUTCOMES[c])
+            word = "holds" if hit == len(oc) else "does not hold" if hit == 0 else f"holds in {hit} of {len(oc)} seeds"
+            per.append(f"c = {c:g} {LECTURE_OUTCOMES[c]}: {_counts(oc)}, {word}")
+        agree = all(o == LECTURE_OUTCOMES[c] for c, oc in vanilla.items() for o in oc)
+        lines += [
+            "Without normalization, against the lecture: " + "; ".join(per)
+            + f". Claim 1 {'holds' if agree else 'does not hold'} here (every seed of every c)."
+            + "".join(f" {r.name} stopped at step {s[r.name]['diverged_at']}: {s[r.name]['divergence']}." for r in runs if r.norm == "vanilla" and s[r.name]["divergence"]),
+            "",
+        ]
+    return lines
+
+
+def _why(runs, s, d: int, width: int) -> list[str]:
+    lines = [
+        "## Why: the signal at initialization",
+        "",
+        "With zero biases, E[mean z_{i+1}²] = (c/2) · mean z_i² for z = relu(W z) (half of a symmetric pre-activation is cut), "
+        f"so without normalization the RMS of layer {d - 1}'s output over that of layer 1 should be about (c/2)^(({d} - 2)/2); "
+        "the gradients ‖∂L/∂W_i‖ pass back through the same matrices. With BN or LayerNorm every hidden layer's output is "
+        "relu of a normalized pre-activation: RMS ≈ √(1/2) ≈ 0.71 whatever c, but the gradients need not be flat (deep BN nets "
+        "without skip connections have gradients growing exponentially towards the input at initialization, Yang et al. 2019, "
+        "\"A mean field theory of batch normalization\"). Probe batch at initialization, mean ± 95% t-interval over the seeds:",
+        "",
+        f"| norm | c | n | act RMS layer 1 | act RMS layer {d - 1} | measured ratio | (c/2)^(({d}-2)/2) | measured / law | logits RMS | ‖∂L/∂W_1‖ | ‖∂L/∂W_{d}‖ | ‖∂L/∂W_1‖ / ‖∂L/∂W_{d}‖ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (norm, c), rs in _groups(runs).items():
+        t = [s[r.name] for r in rs]
+        law = (c / 2) ** ((d - 2) / 2) if norm == "vanilla" else None
+        measured = [_ratio(x["act_last_hidden"], x["act_first"]) for x in t]
+        col = lambda k: _ci(mean_interval([x[k] for x in t]))
+        lines.append(
+            f"| {norm} | {c:g} | {len(rs)} | {col('act_first')} | {col('act_last_hidden')} | {_ci(mean_interval(measured))} | {_fmt(law)} | "
+            f"{_ci(mean_interval([m / law for m in measured])) if law else '-'} | {col('act_logits')} | {col('grad_first')} | {col('grad_last')} | "
+            f"{_ci(mean_interval([_ratio(x['grad_first'], x['grad_last']) for x in t]))} |"
+        )
+    if any(r.norm == "vanilla" for r in runs):
+        # Within a seed the vanilla kernels of every c are the same draws times √c and relu
+        # is positively homogeneous, so measured / law is one number per seed.
+        lines += [
+            "",
+            "Without normalization measured / law is the same for every c of a seed (its kernels are the same draws scaled by "
+            "√c and ReLU is positively homogeneous): it is the fluctuation of one finite-width draw (the log of a layer's mean "
+            f"square varies by about √(5/n) per layer: over {d - 2} layers of {width}, a factor of about "
+            f"{math.exp(0.5 * math.sqrt(5 * max(d - 2, 0) / width)):.2g} in the RMS either way); its spread over seeds is that fluctuation.",
+        ]
+    return lines + [""]
+
+
+def _persist(values: Sequence[float], low: bool) -> str:
+    """Whether the seeds' min (``low``) or max ratio stays within :data:`PERSIST_TOLERANCE`
+    of 1, decided by its 95% interval."""
+    iv = mean_interval(values)
+    if iv.n < 2:
+        return f"no test (n = {iv.n})"
+    bound = 1 - PERSIST_TOLERANCE if low else 1 + PERSIST_TOLERANCE
+    inside, outside = (iv.low >= bound, iv.high < bound) if low else (iv.high <= bound, iv.low > bound)
+    return "holds" if inside else "does not hold" if outside else f"not significant (n = {iv.n})"
+
+
+def _claim2(runs, s) -> list[str]:
+    groups = _groups(runs)
+    lines = [
+        "## Claim 2: the scales set at initialization persist (‖W_T‖/‖W_0‖ ≈ 1 in every layer)",
+        "",
+        "(Lecture: \"even when trained successfully, the effects/scales present at initialization *persist* throughout training\".) "
+        f"Per (norm, c), over the seeds that did not diverge: the smallest, median and largest layer ratio, mean ± 95% t-interval; "
+        f"\"persists\": every layer within {PERSIST_TOLERANCE:.0%} of 1, counted over seeds, and the verdict: the interval "
+        f"of the largest ratio below {1 + PERSIST_TOLERANCE:g} and that of the smallest above {1 - PERSIST_TOLERANCE:g} (holds), "
+        "one of them beyond its bound (does not hold), else not significant.",
+        "",
+        "| norm | c | n finished | min ‖W_T‖/‖W_0‖ | median | max | persists (seeds) | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (norm, c), rs in groups.items():
+        t = [s[r.name] for r in rs if math.isfinite(s[r.name]["ratio_min"])]
+        if not t:
+            continue
+        ok = [x["ratio_min"] >= 1 - PERSIST_TOLERANCE and x["ratio_max"] <= 1 + PERSIST_TOLERANCE for x in t]
+        lo, hi = _persist([x["ratio_min"] for x in t], True), _persist([x["ratio_max"] for x in t], False)
+        word = hi if lo == "holds" else lo if hi == "holds" or lo == "does not hold" else hi
+        lines.append(
+            f"| {norm} | {c:g} | {len(t)} | {_ci(mean_interval([x['ratio_min'] for x in t]), '.4g')} | "
+            f"{_ci(mean_interval([x['ratio_median'] for x in t]), '.4g')} | {_ci(mean_interval([x['ratio_max'] for x in t]), '.4g')} | "
+            f"{sum(ok)}/{len(t)} | {word} |"
+        )
+    pairs = []
+    for (norm, c), rs in groups.items():
+        base = groups.get(("vanilla", c))
+        if norm == "vanilla" or not base:
+            continue
+        p = _paired_by_seed(rs, base, lambda r: s[r.name]["ratio_max"])
+        if p.n:
+            pairs.append(f"| {norm} − vanilla | {c:g} | {p.format(3)} | {_word(p, +1)} |")
+    if pairs:
+        lines += [
+            "",
+            "Does normalization let the weights grow? The largest layer ratio, normalized minus unnormalized, paired by seed "
+            "(mean ± 95% t-interval, paired t-test p, sign test); \"holds\": the normalized net's weights grew more.",
+            "",
+            "| comparison | c | Δ max ‖W_T‖/‖W_0‖ | grows more |",
+            "|---|---:|---:|---|",
+            *pairs,
+        ]
+    lines += [
+        "",
+        "A weight layer followed by BN or LayerNorm is invariant to its weights' scale, so its gradient is orthogonal to W and "
+        "plain SGD can only grow ‖W‖ (‖W − ηg‖² = ‖W‖² + η²‖g‖²): where its gradients are large (BN's first layers, "
+        "see \"Why\"), the norm grows. Where the claim holds, networks trained from different c keep their weight norms in "
+        "the ratio √c of their initializations.",
+        "",
+    ]
+    return lines
+
+
+def _claim3(runs, s, split: str) -> list[str]:
+    by_norm = {norm: {c: [s[r.name]["outcome"] for r in rs] for (n, c), rs in _groups(runs).items() if n == norm} for norm in _norms(runs)}
+    lines = [
+        "## Claim 3: normalization removes the sensitivity to c",
+        "",
+        f"Per norm and seed, how much the result depends on c: the spread of the final {split} accuracy over c (max − min; "
+        "a diverged run counts as chance accuracy 1/K, what a NaN network's constant prediction scores) and the ratio of "
+        "the largest to the smallest final training loss over c (`inf` in a seed where some c diverged); mean ± 95% "
+        "t-interval over seeds. Paired by seed with the unnormalized net over the c both have: Δ accuracy spread (mean ± "
+        "95% t-interval, paired t-test p, sign test); \"holds\": the interval lies below zero.",
+        "",
+        f"| norm | n | outcomes over c | every c trained (seeds) | {split}-acc spread over c | max/min final loss over c | Δ acc spread vs vanilla | sensitivity removed |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for norm, per_c in by_norm.items():
+        sp = spreads(runs, s, norm, sorted(per_c))
+        seeds = sorted(sp)
+        every = sum(all(s[r.name]["outcome"] == "trained" for r in runs if r.norm == norm and r.seed == seed) for seed in seeds)
+        loss = [sp[x][1] for x in seeds]
+        inf = sum(v == math.inf for v in loss)
+        loss_cell = _ci(mean_interval(loss)) if inf < len(loss) else "inf (a c diverged)"
+        if inf and inf < len(loss):
+            loss_cell += f"; inf in {inf}"
+        delta = word = "-"
+        common = sorted(set(per_c) & set(by_norm.get("vanilla", {})))
+        if norm != "vanilla" and len(common) > 1:
+            mine, base = spreads(runs, s, norm, common), spreads(runs, s, "vanilla", common)
+            both = sorted(set(mine) & set(base))
+            p = paired_test([mine[x][0] for x in both], [base[x][0] for x in both])
+            delta, word = p.format(3), _word(p, -1)
+        outcomes = "; ".join(f"c={c:g}: {_counts(o)}" for c, o in per_c.items())
+        lines.append(
+            f"| {norm} | {len(seeds)} | {outcomes} | {every}/{len(seeds)} | {_ci(mean_interval([sp[x][0] for x in seeds]))} | {loss_cell} | {delta} | {word} |"
+        )
+    lines += [
+        "",
+        "A normalized layer is invariant to its weights' scale, so c no longer scales the signal but the effective step size "
+        "of those weights (lr/‖W‖², ∝ lr/c), and the unnormalized output layer still scales the logits by √c: what is left "
+        "of the sensitivity is in the spreads above.",
+        "",
+    ]
+    return lines
+
+
+def _per_run(runs, s, split: str) -> list[str]:
+    lines = [
+        "## Per run",
+        "",
+        f"| norm | c | seed | outcome | initial loss | final train loss | {split} acc | diverged at step | min ‖W_T‖/‖W_0‖ | max ‖W_T‖/‖W_0‖ |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        t = s[r.name]
+        lines.append(
+            f"| {r.norm} | {r.c:g} | {r.seed} | {t['outcome']} | {_fmt(t['initial_loss'])} | "
+            f"{_fmt(None if t['diverged_at'] is not None else t['final_loss'], '.4g')} | {_fmt(t['eval_acc'], '.3f')} | {_fmt(t['diverged_at'], 'd')} | "
+            f"{_fmt(t['ratio_min'], '.4g')} | {_fmt(t['ratio_max'], '.4g')} |"
+        )
+    return lines + [""]
+
+
 def summary_markdown(root) -> str:
-    """The claims, the outcome table per run, the initial per-layer signal against the
-    (c/2)^(D/2) law, the weight-norm ratios, and a verdict per claim, from the stored
-    runs under ``root`` (:func:`load_runs`)."""
+    """The lecture's claims and jaxnorm's numbers, from the stored runs under ``root``
+    (:func:`load_runs`): the outcomes per (norm, c) counted over seeds with the losses
+    and accuracy as mean ± 95% t-interval (:func:`jaxnorm.analysis.stats.mean_interval`),
+    the initial per-layer signal against the (c/2)^(D/2) law, the weight-norm ratios
+    with paired normalized − unnormalized tests, the spread over c with a paired test
+    against the unnormalized net (:func:`jaxnorm.analysis.stats.paired_test`), a verdict
+    per claim, and a table per run."""
     runs = load_runs(root)
     setup = study_setup(root)
     th = _thresholds(setup)
@@ -372,144 +708,20 @@ def summary_markdown(root) -> str:
         f"{d}-layer {kw.get('activation', 'relu')} MLP, width {kw.get('width')}, W_i ~ N(0, c/n) (biases 0), on {cfg.get('dataset')}"
         + (f" (first {cfg['train_subset']} examples)" if cfg.get("train_subset") else "")
         + f"; plain SGD, lr {cfg.get('learning_rate'):g}, batch {cfg.get('batch_size')}, {cfg.get('max_steps')} steps, the same for every run; "
-        f"seeds {', '.join(map(str, seeds))}. Training stops where the loss is non-finite or above {th['explode_factor']:g} x its first step's "
+        f"seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; intervals are 95% t-intervals over seeds, comparisons paired by seed). "
+        f"Training stops where the loss is non-finite or above {th['explode_factor']:g} x its first step's "
         f"(fit's divergence rule). Outcome: `classify` of the training-loss curve (the probe batch's loss at step 0, then the mean loss "
         f"of every {cfg.get('log_every_steps')} steps): diverged: non-finite or above {th['explode_factor']:g} x max(initial, chance); "
         f"no progress: final loss, the mean of the last 10% of the curve, above {1 - th['progress_fraction']:g} x min(initial, chance); "
         "trained otherwise.",
         "",
-        "## Claim 1: without normalization, c = 3 gives NaN, c = 2 trains, c = 1 makes no progress",
-        "",
-        "(Lecture, \"Initialization vs. optimization\": vanilla SGD on MNIST.)",
-        "",
-        f"| norm | c | seed | outcome | initial loss | final train loss (last 10% of steps) | {split} acc | diverged at step |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for r in runs:
-        t = s[r.name]
-        lines.append(
-            f"| {r.norm} | {r.c:g} | {r.seed} | {t['outcome']} | {_fmt(t['initial_loss'])} | "
-            f"{_fmt(None if t['diverged_at'] is not None else t['final_loss'], '.4g')} | {_fmt(t['eval_acc'], '.3f')} | {_fmt(t['diverged_at'], 'd')} |"
-        )
-    lines.append("")
-    vanilla: dict[float, list[str]] = {}
-    for r in runs:
-        if r.norm == "vanilla":
-            vanilla.setdefault(r.c, []).append(s[r.name]["outcome"])
-    expected = {c: LECTURE_OUTCOMES[c] for c in vanilla if c in LECTURE_OUTCOMES}
-    if expected:
-        agree = all(o == expected[c] for c in expected for o in vanilla[c])
-        counts = lambda c: ", ".join(f"{o} {vanilla[c].count(o)}/{len(vanilla[c])}" for o in OUTCOMES if o in vanilla[c])
-        lines += [
-            "Measured without normalization: " + "; ".join(f"c = {c:g} {counts(c)}" for c in expected)
-            + "; the lecture: " + ", ".join(f"c = {c:g} {o}" for c, o in expected.items())
-            + f". Claim 1 {'reproduces' if agree else 'does not reproduce'} here."
-            + "".join(f" {r.name} stopped at step {s[r.name]['diverged_at']}: {s[r.name]['divergence']}." for r in runs if r.norm == "vanilla" and s[r.name]["divergence"]),
-            "",
-        ]
-    lines += [
-        "## Why: the signal at initialization",
-        "",
-        "With zero biases, E[mean z_{i+1}²] = (c/2) · mean z_i² for z = relu(W z) (half of a symmetric pre-activation is cut), "
-        f"so without normalization the RMS of layer {d - 1}'s output over that of layer 1 should be about (c/2)^(({d} - 2)/2); "
-        "the gradients ‖∂L/∂W_i‖ pass back through the same matrices. With BN or LayerNorm every hidden layer's output is "
-        "relu of a normalized pre-activation: RMS ≈ √(1/2) ≈ 0.71 whatever c, but the gradients need not be flat (deep BN nets "
-        "without skip connections have gradients growing exponentially towards the input at initialization, Yang et al. 2019, "
-        "\"A mean field theory of batch normalization\"). Probe batch at initialization:",
-        "",
-        f"| norm | c | seed | act RMS layer 1 | act RMS layer {d - 1} | measured ratio | (c/2)^(({d}-2)/2) | logits RMS | ‖∂L/∂W_1‖ | ‖∂L/∂W_{d}‖ | ‖∂L/∂W_1‖ / ‖∂L/∂W_{d}‖ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        t = s[r.name]
-        law = (r.c / 2) ** ((d - 2) / 2) if r.norm == "vanilla" else None
-        lines.append(
-            f"| {r.norm} | {r.c:g} | {r.seed} | {_fmt(t['act_first'])} | {_fmt(t['act_last_hidden'])} | {_fmt(_ratio(t['act_last_hidden'], t['act_first']))} | "
-            f"{_fmt(law)} | {_fmt(t['act_logits'])} | {_fmt(t['grad_first'])} | {_fmt(t['grad_last'])} | {_fmt(_ratio(t['grad_first'], t['grad_last']))} |"
-        )
-    off = {r.name: _ratio(_ratio(s[r.name]["act_last_hidden"], s[r.name]["act_first"]), (r.c / 2) ** ((d - 2) / 2)) for r in runs if r.norm == "vanilla"}
-    if off:
-        width = int(kw.get("width") or 1)
-        # One seed: the vanilla kernels of every c are the same draws times √c and relu is
-        # positively homogeneous, so measured / law is one number per seed.
-        lines += [
-            "",
-            "Without normalization, measured / law = " + ", ".join(f"{_fmt(v)} ({n})" for n, v in off.items())
-            + ": within a seed the kernels of every c are the same draws scaled by √c and a positively homogeneous ReLU gives the "
-            "same factor for every c; it is the fluctuation of one finite-width draw (the log of a layer's mean square varies by "
-            f"about √(5/n) per layer: over {d - 2} layers of {width}, a factor of about "
-            f"{math.exp(0.5 * math.sqrt(5 * max(d - 2, 0) / width)):.2g} in the RMS either way).",
-        ]
-    lines += [
-        "",
-        "## Claim 2: the scales set at initialization persist (‖W_T‖/‖W_0‖ ≈ 1 in every layer)",
-        "",
-        "(Lecture: \"even when trained successfully, the effects/scales present at initialization *persist* throughout training\".) "
-        f"Runs that did not diverge; \"persists\": every layer within {PERSIST_TOLERANCE:.0%} of 1.",
-        "",
-        "| norm | c | seed | outcome | min ‖W_T‖/‖W_0‖ | median | max | persists |",
-        "|---|---:|---:|---|---:|---:|---:|---|",
-    ]
-    trained = {}
-    for r in runs:
-        t = s[r.name]
-        if t["outcome"] == "diverged" or not math.isfinite(t["ratio_min"]):
-            continue
-        ok = t["ratio_min"] >= 1 - PERSIST_TOLERANCE and t["ratio_max"] <= 1 + PERSIST_TOLERANCE
-        if t["outcome"] == "trained":
-            trained[r.name] = ok
-        lines.append(
-            f"| {r.norm} | {r.c:g} | {r.seed} | {t['outcome']} | {_fmt(t['ratio_min'], '.4g')} | {_fmt(t['ratio_median'], '.4g')} | "
-            f"{_fmt(t['ratio_max'], '.4g')} | {'yes' if ok else 'no'} |"
-        )
-    lines.append("")
-    if trained:
-        broke = [n for n, ok in trained.items() if not ok]
-        lines += [
-            f"Among the runs that trained, the per-layer weight norms stayed within {PERSIST_TOLERANCE:.0%} of their initial "
-            f"values in {len(trained) - len(broke)} of {len(trained)}" + (f" (not in: {', '.join(broke)})" if broke else "")
-            + f": claim 2 {'holds' if not broke else 'holds only in part'} here. Where it holds, networks trained from "
-            "different c keep their weight norms in the ratio √c of their initializations. A weight layer followed by BN is "
-            "invariant to its weights' scale, so its gradient is orthogonal to W and plain SGD can only grow ‖W‖ "
-            "(‖W − ηg‖² = ‖W‖² + η²‖g‖²): where its gradients are large, the norm grows.",
-            "",
-        ]
-    lines += [
-        "## Claim 3: normalization removes the sensitivity to c",
-        "",
-        f"| norm | outcomes over c | final train loss (min - max over runs) | max / min | {split} acc (min - max over runs) | every c trains |",
-        "|---|---|---:|---:|---:|---|",
-    ]
-    every_c = {}
-    for norm in _norms(runs):
-        rows = [r for r in runs if r.norm == norm]
-        by_c: dict[float, list[str]] = {}
-        for r in rows:
-            by_c.setdefault(r.c, []).append(s[r.name]["outcome"])
-        loss = [s[r.name]["final_loss"] for r in rows if s[r.name]["outcome"] != "diverged"]
-        acc = [s[r.name]["eval_acc"] for r in rows if math.isfinite(s[r.name]["eval_acc"])]
-        span = lambda v, f: f"{_fmt(min(v), f)} - {_fmt(max(v), f)}" if v else "-"
-        spread = max(loss) / min(loss) if loss and min(loss) > 0 else float("nan")
-        every_c[norm] = all(o == "trained" for os_ in by_c.values() for o in os_)
-        outcomes = ", ".join(f"c={c:g}: " + "/".join(dict.fromkeys(os_)) for c, os_ in by_c.items())
-        lines.append(f"| {norm} | {outcomes} | {span(loss, '.4g')} | {_fmt(spread, '.3g')} | {span(acc, '.3f')} | {'yes' if every_c[norm] else 'no'} |")
-    normed = [n for n in every_c if n != "vanilla"]
-    if normed:
-        ok = [n for n in normed if every_c[n]]
-        lines += [
-            "",
-            f"With normalization every c trained in {len(ok)} of {len(normed)} norms ({', '.join(ok) or 'none'}): claim 3 "
-            f"{'holds' if len(ok) == len(normed) else 'does not hold for ' + ', '.join(n for n in normed if n not in ok)} "
-            "as far as the outcome goes (no NaN, no stall). It does not make c irrelevant: a normalized layer is invariant "
-            "to its weights' scale, so c no longer scales the signal but the effective step size of those weights "
-            "(lr/‖W‖², ∝ lr/c), and the unnormalized output layer still scales the logits by √c; the spread of the final "
-            "losses over c above is what is left of the sensitivity.",
-        ]
-    return "\n".join(lines) + "\n"
+    lines += _claim1(runs, s, split) + _why(runs, s, d, int(kw.get("width") or 1)) + _claim2(runs, s) + _claim3(runs, s, split) + _per_run(runs, s, split)
+    return "\n".join(lines)
 
 
 def verdict(root) -> str:
-    """One line: the outcome of every (norm, c) (over seeds) and whether claim 1 reproduces."""
+    """One line: the outcome of every (norm, c) (over seeds) and whether claim 1 holds."""
     runs = load_runs(root)
     th = _thresholds(study_setup(root))
     by: dict[tuple, list[str]] = {}
@@ -521,7 +733,7 @@ def verdict(root) -> str:
     vanilla = {c: o for (n, c), o in by.items() if n == "vanilla" and c in LECTURE_OUTCOMES}
     claim = ""
     if vanilla:
-        claim = "; claim 1 " + ("reproduces" if all(x == LECTURE_OUTCOMES[c] for c, o in vanilla.items() for x in o) else "does not reproduce")
+        claim = "; claim 1 " + ("holds" if all(x == LECTURE_OUTCOMES[c] for c, o in vanilla.items() for x in o) else "does not hold")
     return "init_scale: " + "; ".join(parts) + claim
 
 

@@ -10,10 +10,13 @@ folder (``config.json``, ``metrics.jsonl``, ``trajectories.npz``, ``status.json`
 * :func:`analyze` -- ``plots/curves.png``, ``batch_size.png``, ``eval_stats.png`` and
   ``summary.md``, and a one-line verdict.
 
-Over several seeds every table cell is the mean ± the sample standard deviation over
-the seeds that finished (n given in the header); comparisons between two variants are
-also given per seed (paired: the same seed is the same initialization key and data
-order).
+Over seeds every table cell is the mean ± the half-width of its 95% t-interval
+(:func:`jaxnorm.analysis.stats.mean_interval`; the table's n column says how many seeds);
+comparisons between two variants, or two batch sizes, or two evaluation statistics, are
+paired by seed (the same seed is the same initialization key and data order) and carry
+the paired t-test and the sign test (:func:`jaxnorm.analysis.stats.paired_test`) and a
+verdict (holds / does not hold / not significant, :func:`jaxnorm.analysis.stats.verdict`).
+Curves are the mean over seeds with the 95% band (:func:`jaxnorm.analysis.curves.mean_band`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxnorm.analysis.curves import mean_band
 from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, load_run
+from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
+from jaxnorm.analysis.stats import verdict as stats_verdict
 from jaxnorm.results import read_json
 
 #: The BatchNorm evaluation methods, in plotting order (``bn_eval`` lines).
 EVAL_METHODS = ("running", "population", "batch")
+
+#: Resolution of the plots (small PNGs for the README).
+DPI = 100
 
 #: Epsilon of the rows-vs-columns normalizations (the library's default).
 EPSILON = 1e-5
@@ -148,38 +157,36 @@ def rows_columns(z: np.ndarray, epsilon: float = EPSILON) -> list[dict]:
 # --------------------------------------------------------------------------- numbers over seeds
 
 
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
-
-
-def mean_sd(values) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (NaN for one value) and count of the finite values."""
-    v = _finite(values)
-    if not v:
-        return float("nan"), float("nan"), 0
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), len(v)
-
-
-def _cell(values, spec: str = ".3f") -> str:
-    m, sd, n = mean_sd(values)
-    if n == 0:
-        return "-"
-    return format(m, spec) + (f" ± {format(sd, spec)}" if n > 1 else "")
-
-
-def _epochs_cell(values) -> str:
-    got = [v for v in values if v is not None]
-    if not got:
-        return "-"
-    return ", ".join("never" if v is None else str(v) for v in values) if len(values) > 1 else str(got[0])
-
-
 def _summaries(runs: Sequence[Run], setup: dict) -> list[dict]:
     return [run_summary(r, setup["eval_split"], setup["loss_target"]) for r in runs]
 
 
 def _col(sums: list[dict], key: str) -> list:
-    return [s.get(key, float("nan")) for s in sums]
+    return [s.get(key, math.nan) for s in sums]
+
+
+def _iv(values) -> Interval:
+    """Mean and 95% t-interval over seeds (None counts as missing)."""
+    return mean_interval([math.nan if v is None else v for v in values])
+
+
+def _cell(values, digits: int = 3) -> str:
+    """``mean ± 95% half-width`` over the seeds (the table's n column says how many);
+    ``(k of n)`` when some seed had no value; ``-`` for none."""
+    iv = _iv(values)
+    if iv.n == 0 or not math.isfinite(iv.mean):
+        return "-"
+    return iv.format(digits, say_single=False) + (f" ({iv.n} of {iv.n + iv.excluded})" if iv.excluded else "")
+
+
+def _epochs_cell(values, epochs: int) -> str:
+    """Epochs to the loss target over seeds: mean ± interval over the seeds that reached it,
+    and how many never did within ``epochs``."""
+    got = [v for v in values if v is not None]
+    never = len(values) - len(got)
+    if not got:
+        return f"never (0 of {len(values)} in {epochs})"
+    return _iv(got).format(1, say_single=False) + (f"; never: {never} of {len(values)}" if never else "")
 
 
 def _status(sums: list[dict]) -> str:
@@ -187,11 +194,34 @@ def _status(sums: list[dict]) -> str:
     return st[0] if len(set(st)) == 1 else ", ".join(st)
 
 
-def _paired(a: Sequence[Run], b: Sequence[Run], key: str, setup: dict) -> list[float]:
-    """Per-seed differences ``a − b`` of ``key`` over the seeds both have."""
-    sa = {r.seed: run_summary(r, setup["eval_split"], setup["loss_target"]).get(key) for r in a}
-    sb = {r.seed: run_summary(r, setup["eval_split"], setup["loss_target"]).get(key) for r in b}
-    return [sa[s] - sb[s] for s in sorted(set(sa) & set(sb)) if _finite([sa[s], sb[s]]) and len(_finite([sa[s], sb[s]])) == 2]
+def _by_seed(runs: Sequence[Run], setup: dict, key: str, censor: Optional[float] = None) -> dict:
+    """``{seed: value of key}``; a None (a target never reached) becomes ``censor``."""
+    out = {}
+    for r in runs:
+        v = run_summary(r, setup["eval_split"], setup["loss_target"]).get(key, math.nan)
+        out[r.seed] = censor if v is None else v
+    return out
+
+
+def paired(a: dict, b: dict) -> Paired:
+    """``a[seed] − b[seed]`` over the seeds both have (:func:`jaxnorm.analysis.stats.paired_test`)."""
+    seeds = sorted(set(a) & set(b))
+    return paired_test([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def _word(test: Paired, favourable: int) -> str:
+    """holds / does not hold / not significant (n = …) / no test (n = …) for the claim that
+    the paired difference has the sign ``favourable`` (:func:`jaxnorm.analysis.stats.verdict`)."""
+    v = stats_verdict((test, favourable))
+    return {"yes": "holds", "no": "does not hold"}.get(v, f"{v} (n = {test.n})")
+
+
+def _differ(test: Paired, a: str, b: str) -> str:
+    """``a higher`` / ``b higher`` when the paired interval excludes zero, else not significant / no test."""
+    side = test.excludes_zero()
+    if side:
+        return f"{a if side > 0 else b} higher"
+    return f"{'no test' if test.n < 2 else 'not significant'} (n = {test.n})"
 
 
 # --------------------------------------------------------------------------- plots
@@ -202,13 +232,22 @@ def _variant_colors(plt, names) -> dict:
     return {v: cycle[i % len(cycle)] for i, v in enumerate(names)}
 
 
-def _epoch_series(runs: Sequence[Run], kind: str, split: Optional[str], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs 1-based, mean, sd) over the seeds, epochs every seed has."""
+def _epoch_series(runs: Sequence[Run], kind: str, split: Optional[str], key: str, log: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs 1-based, mean, low, high) over the seeds at each epoch some seed has: the
+    mean and its 95% t-interval (:func:`jaxnorm.analysis.curves.mean_band`; NaN edges
+    where one seed is). ``log``: of log(value), drawn back as exp (the geometric mean; a
+    band a log axis can draw)."""
     per_seed = [{m["epoch"] + 1: m[key] for m in _lines(r, kind, split)} for r in runs]
-    epochs = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-    vals = np.array([[p[e] for e in epochs] for p in per_seed], np.float64).reshape(len(per_seed), len(epochs))
-    sd = vals.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(epochs))
-    return np.array(epochs), vals.mean(0) if len(per_seed) else np.array([]), sd
+    epochs = sorted(set().union(*per_seed)) if per_seed else []
+    vals = np.array([[p.get(e, math.nan) for e in epochs] for p in per_seed], np.float64).reshape(len(per_seed), len(epochs))
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = np.log(np.where(vals > 0, vals, np.nan))
+    mean, half, _ = mean_band(vals)
+    lo, hi = mean - half, mean + half
+    if log:
+        mean, lo, hi = np.exp(mean), np.exp(lo), np.exp(hi)
+    return np.array(epochs), mean, lo, hi
 
 
 # (record kind, split key, value, y label, log scale)
@@ -218,6 +257,11 @@ _CURVE_ROWS = (
     ("train", None, "acc", "training accuracy (training mode)", False),
     ("eval", "test", "acc", "test accuracy (eval mode)", False),
 )
+
+
+def _seeds_note(stored: Stored) -> str:
+    n = len(stored.seeds)
+    return f"seeds {stored.seeds}: mean (log axes: geometric mean), band: its {CONFIDENCE:.0%} t-interval" if n > 1 else f"seed {stored.seeds[0]}"
 
 
 def plot_curves(stored: Stored, path) -> None:
@@ -230,12 +274,14 @@ def plot_curves(stored: Stored, path) -> None:
             runs = stored.curves.get((net, v))
             if not runs:
                 continue
-            for i, (kind, split, key, _, _) in enumerate(_CURVE_ROWS):
+            for i, (kind, split, key, _, log) in enumerate(_CURVE_ROWS):
                 split = s["eval_split"] if split == "test" else split
-                e, m, sd = _epoch_series(runs, kind, split, key)
-                axes[i, j].plot(e, m, color=colors[v], label=v)
-                if len(runs) > 1:
-                    axes[i, j].fill_between(e, m - sd, m + sd, color=colors[v], alpha=0.2)
+                e, m, lo, hi = _epoch_series(runs, kind, split, key, log)
+                ok = np.isfinite(m)
+                axes[i, j].plot(e, m, color=colors[v], label=v, marker="o" if ok.sum() == 1 else None)
+                band = ok & np.isfinite(lo) & np.isfinite(hi)
+                if band.any():
+                    axes[i, j].fill_between(e[band], lo[band], hi[band], color=colors[v], alpha=0.2, lw=0)
         for i, (_, split, _, label, log) in enumerate(_CURVE_ROWS):
             axes[i, j].set_ylabel(label.replace("test", s["eval_split"]) if split == "test" else label)
             if log:
@@ -244,21 +290,17 @@ def plot_curves(stored: Stored, path) -> None:
         axes[0, j].set_title(f"{net}: {s['nets'][net]['model']} {s['nets'][net]['kwargs']}", fontsize=8)
         axes[-1, j].set_xlabel("epoch")
         axes[0, j].legend(fontsize=7)
-    fig.suptitle(f"{s['dataset']}: SGD lr {s['learning_rate']:g}, momentum {s['momentum']:g}, batch {s['batch_size']}; seeds {stored.seeds}", fontsize=10)
+    fig.suptitle(f"{s['dataset']}: SGD lr {s['learning_rate']:g}, momentum {s['momentum']:g}, batch {s['batch_size']}; {_seeds_note(stored)}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def _by_batch(stored: Stored, net: str, variant: str, key: str):
-    pts = []
-    for b in stored.setup["batch_sizes"]:
-        runs = stored.sweep.get((net, variant, b))
-        if runs:
-            m, sd, n = mean_sd(_col(_summaries(runs, stored.setup), key))
-            if n:
-                pts.append((b, m, 0.0 if n < 2 else sd))
-    return [np.array([p[i] for p in pts]) for i in range(3)]
+def _errorbar(ax, x, intervals, **style):
+    """Means with their 95% half-widths as error bars (none where one seed is)."""
+    m = np.array([iv.mean for iv in intervals])
+    h = np.array([iv.half_width if math.isfinite(iv.half_width) else 0.0 for iv in intervals])
+    ax.errorbar(x, m, yerr=h, capsize=2, **style)
 
 
 def plot_batch_size(stored: Stored, path) -> None:
@@ -267,15 +309,17 @@ def plot_batch_size(stored: Stored, path) -> None:
     fig, axes = plt.subplots(1, max(len(s["bs_nets"]), 1), figsize=(6.5 * max(len(s["bs_nets"]), 1), 4.2), squeeze=False)
     for ax, net in zip(axes[0], s["bs_nets"]):
         for v in s["bs_variants"]:
-            b, m, sd = _by_batch(stored, net, v, "test_acc")
-            if len(b):
-                ax.errorbar(b, m, yerr=sd, fmt="o-", color=colors[v], label=v, capsize=2)
+            sizes = [b for b in s["batch_sizes"] if stored.sweep.get((net, v, b))]
+            if sizes:
+                ivs = [_iv(_col(_summaries(stored.sweep[(net, v, b)], s), "test_acc")) for b in sizes]
+                _errorbar(ax, sizes, ivs, fmt="o-", color=colors[v], label=v)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size", ylabel=f"final {s['eval_split']} accuracy (eval mode)")
-        ax.set_title(f"{net}: {s['bs_epochs']} epochs at every batch size, lr {s['lr_scaling']} in it ({s['learning_rate']:g} at {s['batch_size']})", fontsize=8)
+        ax.set_title(f"{net}: {s['bs_epochs']} epochs at every batch size, lr {s['lr_scaling']} in it ({s['learning_rate']:g} at {s['batch_size']}); "
+                     f"{_seeds_note(stored).replace(' (log axes: geometric mean)', '').replace('band', 'bars')}", fontsize=7)  # fmt: skip
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -305,28 +349,29 @@ def plot_eval_stats(stored: Stored, path) -> None:
     for ax, (part, (net, v)) in zip(axes[0], panels):
         if part == "curves":
             sums = _summaries(stored.curves[(net, v)], s)
+            sizes = _test_batch_sizes(sums)
             for m in ("running", "population"):
                 color, ls, label = _METHOD_STYLE[m]
-                ax.axhline(mean_sd(_col(sums, m))[0], color=color, ls=ls, label=label)
-            sizes = _test_batch_sizes(sums)
+                iv = _iv(_col(sums, m))
+                ax.axhline(iv.mean, color=color, ls=ls, label=label)
+                if math.isfinite(iv.half_width) and sizes:
+                    ax.axhspan(iv.low, iv.high, color=color, alpha=0.15, lw=0)
             color, _, label = _METHOD_STYLE["batch"]
-            ax.plot(sizes, [mean_sd(_col(sums, f"batch@{b}"))[0] for b in sizes], "o-", color=color, label=label)
+            _errorbar(ax, sizes, [_iv(_col(sums, f"batch@{b}")) for b in sizes], fmt="o-", color=color, label=label)
             ax.set(xlabel="test batch size", title=f"{net} {v}: trained at batch {s['batch_size']}")
         else:
             for m in EVAL_METHODS:
                 color, ls, label = _METHOD_STYLE[m]
-                pts = []
-                for b in s["batch_sizes"]:
-                    runs = stored.sweep.get((net, v, b), [])
-                    val = mean_sd(_col(_summaries(runs, s), m if m != "batch" else f"batch@{b}"))[0] if runs else float("nan")
-                    pts.append((b, val))
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o" + ls, color=color, label=label + (" (test batch = training batch)" if m == "batch" else ""))
+                sizes = [b for b in s["batch_sizes"] if stored.sweep.get((net, v, b))]
+                ivs = [_iv(_col(_summaries(stored.sweep[(net, v, b)], s), m if m != "batch" else f"batch@{b}")) for b in sizes]
+                _errorbar(ax, sizes, ivs, fmt="o" + ls, color=color, label=label + (" (test batch = training batch)" if m == "batch" else ""))
             ax.set(xlabel="training batch size", title=f"{net} {v}: the batch-size sweep")
         ax.set_xscale("log", base=2)
         ax.set_ylabel(f"{s['eval_split']} accuracy")
         ax.legend(fontsize=7)
+    fig.suptitle(_seeds_note(stored).replace(" (log axes: geometric mean)", "").replace("band", "bars and bands"), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -348,6 +393,9 @@ def _variant_line(stored: Stored) -> str:
     return "; ".join(seen.values())
 
 
+_PAIRED_HEAD = ["| net | measure | a − b | a | b | a − b, paired by seed (mean ± 95% CI; t-test p; sign test) | verdict |", "|---|---|---|---:|---:|---:|---|"]
+
+
 def _curves_section(stored: Stored) -> list[str]:
     s = stored.setup
     target, split = s["loss_target"], s["eval_split"]
@@ -357,50 +405,57 @@ def _curves_section(stored: Stored) -> list[str]:
         "",
         "Claim (lecture, \"LayerNorm illustration\"): for a standard fully connected net, LayerNorm makes the network "
         "harder to train to low loss (the relative norms of the examples, which it removes, are a useful discriminative "
-        "feature).",
+        "feature). Every cell: mean ± 95% t-interval over the n seeds; epochs to the target: over the seeds that reached it.",
         "",
-        f"| net | variant | seeds | epoch-1 loss | final loss (training mode) | final training-set loss (eval mode) | epochs to ≤ {target:g} "
+        f"| net | variant | n | epoch-1 loss | final loss (training mode) | final training-set loss (eval mode) | epochs to ≤ {target:g} "
         f"| final train acc | final {split} acc | best {split} acc | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (net, v), t in sums.items():
         lines.append(
-            f"| {net} | {v} | {len(t)} | {_cell(_col(t, 'first_loss'))} | {_cell(_col(t, 'train_loss'), '.3g')} | {_cell(_col(t, 'train_eval_loss'), '.3g')} | "
-            f"{_epochs_cell(_col(t, 'epochs_to_target'))} | {_cell(_col(t, 'train_acc'))} | {_cell(_col(t, 'test_acc'))} | {_cell(_col(t, 'best_test_acc'))} | {_status(t)} |"
+            f"| {net} | {v} | {len(t)} | {_cell(_col(t, 'first_loss'))} | {_cell(_col(t, 'train_loss'), 4)} | {_cell(_col(t, 'train_eval_loss'), 4)} | "
+            f"{_epochs_cell(_col(t, 'epochs_to_target'), s['epochs'])} | {_cell(_col(t, 'train_acc'))} | {_cell(_col(t, 'test_acc'))} | {_cell(_col(t, 'best_test_acc'))} | {_status(t)} |"
         )
     lines.append("")
-    measures = (("epoch-1 loss", "first_loss", ".3f"), ("final eval-mode training loss", "train_eval_loss", ".3g"), (f"epochs to ≤ {target:g}", "epochs_to_target", "d"))
-    inf = lambda x: math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x
+    # Epochs to the target: a seed that never reaches it counts as epochs + 1 (censored), so
+    # a difference involving it is a bound, not a value.
+    measures = (("epoch-1 loss", "first_loss", None, 3), ("epochs to ≤ " + f"{target:g}", "epochs_to_target", s["epochs"] + 1, 1),
+                ("final eval-mode training loss", "train_eval_loss", None, 4))  # fmt: skip
+    rows, summary, verdicts = [], [], []
     for net in s["nets"]:
-        if (net, "layer") not in sums or (net, "batch") not in sums:
-            continue
-        ln, bn, none = sums[(net, "layer")], sums[(net, "batch")], sums.get((net, "none"))
-        # Means over the seeds (epochs to target: the worst seed, a run that never gets there counts as never).
-        agg = lambda t, k: max(inf(x) for x in _col(t, k)) if k == "epochs_to_target" else mean_sd(_col(t, k))[0]
-        shown = lambda t, k, spec: (lambda x: "never" if x == math.inf else _f(x, spec))(agg(t, k))
-        behind = [what for what, k, _ in measures if inf(agg(ln, k)) > inf(agg(bn, k))]
-        behind_none = [what for what, k, _ in measures if none and inf(agg(ln, k)) > inf(agg(none, k))]
-        verdict = (f"LayerNorm is behind BatchNorm on {len(behind)} of the 3 ({', '.join(behind)})" if behind else "LayerNorm is not behind BatchNorm on any of them") + (
-            f", and behind no normalization on {len(behind_none)} of the 3" if none else ""
-        )
-        lines.append(
-            f"- {net}, LayerNorm vs BatchNorm" + (" (no normalization)" if none else "") + ": "
-            + "; ".join(f"{what} {shown(ln, k, spec)} vs {shown(bn, k, spec)}" + (f" ({shown(none, k, spec)})" if none else "") for what, k, spec in measures)
-            + f". {verdict}."
-        )
-        d = _paired(stored.curves[(net, "layer")], stored.curves[(net, "batch")], "train_eval_loss", s)
-        if len(d) > 1:
-            lines.append(f"  Paired over {len(d)} seeds, LayerNorm − BatchNorm final eval-mode training loss: " + ", ".join(f"{x:+.3g}" for x in d) + f" (LayerNorm higher in {sum(x > 0 for x in d)} of {len(d)}).")
-    if any(v == "layer" for _, v in sums):
-        lines.append(
-            f"- {len(stored.seeds)} seed(s); with one seed a difference of an epoch or a factor below 2 in a loss that small is "
-            "within what another seed could change (`--seeds 0 1 2`). The lecture's LayerNorm follows the activation and has "
-            "no γ/β; here every norm sits before the ReLU with learned γ/β (the library's convention)."
-        )
+        for other in ("batch", "none"):
+            a, b = stored.curves.get((net, "layer")), stored.curves.get((net, other))
+            if not a or not b:
+                continue
+            for what, key, censor, digits in measures:
+                va, vb = _by_seed(a, s, key, censor), _by_seed(b, s, key, censor)
+                p = paired(va, vb)
+                verdicts.append((net, other, _word(p, +1)))
+                rows.append(f"| {net} | {what} | layer − {other} | {_cell(list(va.values()), digits)} | {_cell(list(vb.values()), digits)} | {p.format(digits)} | {_word(p, +1)} |")
+    if rows:
+        for net in s["nets"]:
+            words = [w for n, other, w in verdicts if n == net and other == "batch"]
+            if words:
+                rest = [w for w in words if w != "holds"]
+                summary.append(f"- {net}: LayerNorm behind BatchNorm (paired interval above zero) on {words.count('holds')} of {len(words)} "
+                               "measures" + (f"; the others: {', '.join(rest)}." if rest else "."))
+        lines += [
+            "LayerNorm against BatchNorm (and no normalization), paired by seed; \"holds\": LayerNorm's value is higher (a "
+            f"higher loss, more epochs to ≤ {target:g}) with the 95% interval above zero. For epochs to the target a seed that "
+            f"never reaches it counts as {s['epochs'] + 1} (censored: the difference is then a bound).",
+            "",
+            *_PAIRED_HEAD,
+            *rows,
+            "",
+            *summary,
+            "",
+            "The lecture's LayerNorm follows the activation and has no γ/β; here every norm sits before the ReLU with learned "
+            "γ/β (the library's convention).",
+        ]
     for net in s["nets"]:
-        ranked = sorted(((mean_sd(_col(t, "test_acc"))[0], v) for (n, v), t in sums.items() if n == net and _status(t) == "finished"), key=lambda r: -r[0])
+        ranked = sorted(((_iv(_col(t, "test_acc")), v) for (n, v), t in sums.items() if n == net and _status(t) == "finished"), key=lambda r: -r[0].mean)
         if ranked:
-            lines.append(f"- {net}, final {split} accuracy from the highest: " + ", ".join(f"{v} {_f(a)}" for a, v in ranked) + ".")
+            lines.append(f"- {net}, final {split} accuracy from the highest: " + ", ".join(f"{v} {iv.format(3, say_single=False)}" for iv, v in ranked) + ".")
     lines.append("")
     rc = []
     for (net, v), runs in stored.curves.items():
@@ -410,8 +465,9 @@ def _curves_section(stored: Stored) -> list[str]:
     if rc:
         lines += [
             f"Rows vs columns: the first norm layer's input Z (batch × features) of the trained BN net on {s['rows_columns_batch']} "
-            f"{split} examples (`norm_inputs/norm1`, last step), standardized per row (LayerNorm) and per column (BatchNorm), "
-            "without γ/β; largest |mean| and |std − 1|.",
+            f"{split} examples (`norm_inputs/norm1`, last step, first seed), standardized per row (LayerNorm) and per column "
+            "(BatchNorm), without γ/β; largest |mean| and |std − 1|. An identity of the two normalizations, not a statistic: "
+            "one seed shows it.",
             "",
             "| net | run | normalized by | rows: max abs mean | rows: max abs(std − 1) | columns: max abs mean | columns: max abs(std − 1) |",
             "|---|---|---|---:|---:|---:|---:|",
@@ -431,42 +487,56 @@ def _batch_size_section(stored: Stored) -> list[str]:
         "",
         "Claim: BatchNorm depends on the batch size and degrades at small batches; the batch-independent norms do not. "
         f"{s['bs_epochs']} epochs at every batch size (the same examples seen), lr {s['lr_scaling']} in the batch size "
-        f"({s['learning_rate']:g} at batch {s['batch_size']}). Final {s['eval_split']} accuracy (eval mode):",
+        f"({s['learning_rate']:g} at batch {s['batch_size']}). Final {s['eval_split']} accuracy (eval mode), mean ± 95% "
+        f"t-interval over the n seeds; the last column: batch {lo} − batch {hi}, paired by seed.",
         "",
-        "| net | variant | " + " | ".join(f"b{b}" for b in sizes) + f" | b{lo} − b{hi} |",
-        "|---|---|" + "---:|" * (len(sizes) + 1),
+        "| net | variant | n | " + " | ".join(f"b{b}" for b in sizes) + f" | b{lo} − b{hi} (paired; t-test p; sign test) |",
+        "|---|---|---:|" + "---:|" * (len(sizes) + 1),
     ]
-    change = {}
+    drop = {}
     for net in s["bs_nets"]:
         for v in s["bs_variants"]:
             runs = {b: stored.sweep.get((net, v, b), []) for b in sizes}
             if not any(runs.values()):
                 continue
             cols = {b: _col(_summaries(r, s), "test_acc") for b, r in runs.items()}
-            change[(net, v)] = mean_sd(cols[lo])[0] - mean_sd(cols[hi])[0]
-            lines.append(f"| {net} | {v} | " + " | ".join(_cell(cols[b]) for b in sizes) + f" | {_f(change[(net, v)], '+.3f')} |")
+            a, b_ = _by_seed(runs[lo], s, "test_acc"), _by_seed(runs[hi], s, "test_acc")
+            drop[(net, v)] = {k: a[k] - b_[k] for k in sorted(set(a) & set(b_))}
+            n = max(len(r) for r in runs.values())
+            lines.append(f"| {net} | {v} | {n} | " + " | ".join(_cell(cols[b]) for b in sizes) + f" | {paired(a, b_).format(3)} |")
     lines.append("")
+    rows = []
     for net in s["bs_nets"]:
-        others = {v: d for (n, v), d in change.items() if n == net and v != "batch"}
-        if (net, "batch") not in change or not others or lo == hi:
+        if (net, "batch") not in drop or lo == hi:
             continue
-        holds = change[(net, "batch")] < min(others.values())
+        for (n, v), d in drop.items():
+            if n == net and v != "batch":
+                p = paired(drop[(net, "batch")], d)
+                rows.append(f"| {net} | b{lo} − b{hi} accuracy | batch − {v} | {_cell(list(drop[(net, 'batch')].values()))} | {_cell(list(d.values()))} | {p.format(3)} | {_word(p, -1)} |")
+    if rows:
+        lines += [
+            f"Does BatchNorm degrade more? Its accuracy change from batch {hi} to {lo} minus another norm's, paired by seed; "
+            "\"holds\": BatchNorm's drop is larger (the interval below zero).",
+            "",
+            *_PAIRED_HEAD,
+            *rows,
+            "",
+        ]
+    for net in s["bs_nets"]:
+        runs = stored.sweep.get((net, "batch", lo), [])
+        t = _summaries(runs, s)
+        if not any("running" in x for x in t):
+            continue
+        p = paired(_by_seed(runs, s, "population"), _by_seed(runs, s, "running"))
+        cause = (
+            "the running averages account for part of it" if p.excludes_zero() > 0 and p.diff.mean > 0.05
+            else "the damage is done in training (a network trained on batches of that size), not by the running averages"
+        )  # fmt: skip
         lines.append(
-            f"- {net}: from batch {hi} to {lo} BatchNorm's accuracy changes by {_f(change[(net, 'batch')], '+.3f')}, the others' by "
-            + ", ".join(f"{v} {_f(d, '+.3f')}" for v, d in others.items())
-            + (": BatchNorm degrades most, as claimed." if holds else ": BatchNorm is not the one that degrades most here.")
+            f"- {net}, BN at batch {lo}: final training-mode loss {_cell(_col(t, 'train_loss'))}; {s['eval_split']} accuracy "
+            f"{_cell(_col(t, 'running'))} with the running averages, {_cell(_col(t, 'population'))} with exact population "
+            f"statistics (population − running {p.format(3)}): {cause}."
         )
-        t = _summaries(stored.sweep.get((net, "batch", lo), []), s)
-        run_, pop = mean_sd(_col(t, "running"))[0], mean_sd(_col(t, "population"))[0]
-        if not math.isnan(run_):
-            cause = (
-                "the running averages account for much of it" if pop - run_ > 0.05
-                else "the damage is done in training (a network trained on batches of that size), not by the running averages"
-            )  # fmt: skip
-            lines.append(
-                f"- {net}, BN at batch {lo}: final training-mode loss {_cell(_col(t, 'train_loss'), '.3g')}; {s['eval_split']} accuracy "
-                f"{_f(run_)} with the running averages, {_f(pop)} with exact population statistics: {cause}."
-            )
     return lines + [""]
 
 
@@ -478,16 +548,17 @@ def _eval_stats_section(stored: Stored) -> list[str]:
         "Claim: at test time BatchNorm normalizes with running averages of the training statistics, so that a prediction "
         "does not depend on the rest of the test batch. Compared on the trained weights (`bn_eval` lines): the running "
         "averages (momentum 0.9), exact population statistics (Ioffe & Szegedy's Alg. 2 over the training set in batches "
-        f"of the training batch size) and each test batch's own statistics ({s['eval_split']} split in a fixed random order).",
+        f"of the training batch size) and each test batch's own statistics ({s['eval_split']} split in a fixed random order). "
+        f"{s['eval_split']} accuracy, mean ± 95% t-interval over the n seeds.",
         "",
     ]
     keys = _bn_variants(stored, stored.curves)
     sums = {k: _summaries(stored.curves[k], s) for k in keys}
     sizes = sorted({b for t in sums.values() for b in _test_batch_sizes(t)})
     if keys:
-        lines += ["| BN net | running | population | " + " | ".join(f"test batch {b}" for b in sizes) + " |", "|---|---:|---:|" + "---:|" * len(sizes)]
+        lines += ["| BN net | n | running | population | " + " | ".join(f"test batch {b}" for b in sizes) + " |", "|---|---:|---:|---:|" + "---:|" * len(sizes)]
         for (net, v), t in sums.items():
-            lines.append(f"| {net} {v} (trained at b{s['batch_size']}) | {_cell(_col(t, 'running'))} | {_cell(_col(t, 'population'))} | " + " | ".join(_cell(_col(t, f"batch@{b}")) for b in sizes) + " |")
+            lines.append(f"| {net} {v} (trained at b{s['batch_size']}) | {len(t)} | {_cell(_col(t, 'running'))} | {_cell(_col(t, 'population'))} | " + " | ".join(_cell(_col(t, f"batch@{b}")) for b in sizes) + " |")
         lines.append("")
     rows = []
     for net in s["bs_nets"]:
@@ -495,56 +566,70 @@ def _eval_stats_section(stored: Stored) -> list[str]:
             for b in s["batch_sizes"]:
                 t = _summaries(stored.sweep.get((net, v, b), []), s)
                 if any("running" in x for x in t):
-                    rows.append(f"| {net} {v} | {b} | {_cell(_col(t, 'running'))} | {_cell(_col(t, 'population'))} | {_cell(_col(t, f'batch@{b}'))} |")
+                    rows.append(f"| {net} {v} | {b} | {len(t)} | {_cell(_col(t, 'running'))} | {_cell(_col(t, 'population'))} | {_cell(_col(t, f'batch@{b}'))} |")
     if rows:
         lines += [
             "BN nets of the batch-size sweep, each evaluated the three ways (test-batch statistics at the training batch size):",
             "",
-            "| net | training batch | running | population | test-batch statistics |",
-            "|---|---:|---:|---:|---:|",
+            "| net | training batch | n | running | population | test-batch statistics |",
+            "|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
         ]
-    for (net, v), t in sums.items():
-        r, p = mean_sd(_col(t, "running"))[0], mean_sd(_col(t, "population"))[0]
-        worse = [b for b in sizes if mean_sd(_col(t, f"batch@{b}"))[0] < r - 0.01]
-        lines.append(
-            f"- {net} {v}: running averages {_f(r)} vs population statistics {_f(p)} (difference {_f(p - r, '+.3f')}); "
-            "test-batch statistics are more than 0.01 below "
-            + (f"the running averages at test batches {', '.join(map(str, worse))} (batch {sizes[0]}: {_cell(_col(t, f'batch@{sizes[0]}'))})" if worse else "them at no test batch size")
-            + ": predictions made from the test batch's own statistics depend on the batch, and small test batches hurt."
-        )
-    return lines + [""]
+    paired_rows = []
+    for (net, v) in keys:
+        runs = stored.curves[(net, v)]
+        running = _by_seed(runs, s, "running")
+        p = paired(_by_seed(runs, s, "population"), running)
+        paired_rows.append(f"| {net} {v} | accuracy | population − running | {_cell(_col(sums[(net, v)], 'population'))} | {_cell(list(running.values()))} | {p.format(3)} | {_differ(p, 'population', 'running')} |")
+        for b in sizes:
+            q = paired(_by_seed(runs, s, f"batch@{b}"), running)
+            paired_rows.append(f"| {net} {v} | accuracy | test batch {b} − running | {_cell(_col(sums[(net, v)], f'batch@{b}'))} | {_cell(list(running.values()))} | {q.format(3)} | {_word(q, -1)} |")
+    if paired_rows:
+        lines += [
+            "Paired by seed against the running averages; \"holds\" for a test batch: its own statistics cost accuracy (the "
+            "interval below zero); population vs running: whether the two estimates of the same statistics differ.",
+            "",
+            *_PAIRED_HEAD,
+            *paired_rows,
+            "",
+        ]
+    return lines
 
 
 def summary_markdown(stored: Stored) -> str:
-    """The lecture's claims, a table per part, and what the numbers say about each claim."""
+    """The lecture's claims, a table per part (mean ± 95% t-interval over seeds,
+    :func:`jaxnorm.analysis.stats.mean_interval`), paired comparisons by seed with their
+    tests (:func:`jaxnorm.analysis.stats.paired_test`) and a verdict per comparison."""
     s = stored.setup
     head = [
         f"# LayerNorm vs BatchNorm and the other normalizations: {s['name']}",
         "",
         f"{s['dataset']}" + (f" (first {s['subset']} training examples)" if s.get("subset") else "")
         + f"; SGD with momentum {s['momentum']:g}; curves: batch {s['batch_size']}, lr {s['learning_rate']:g}, {s['epochs']} epochs; "
-        f"seeds {stored.seeds}. Variants: {_variant_line(stored)}. Norm layers sit between each hidden weight layer and its ReLU "
-        "(γ and β learned). Training-mode numbers are means over an epoch (BN on batch statistics); eval mode uses BN's "
-        "running averages. Over several seeds: mean ± sd.",
+        f"seeds {stored.seeds} (n = {len(stored.seeds)}). Variants: {_variant_line(stored)}. Norm layers sit between each hidden "
+        "weight layer and its ReLU (γ and β learned). Training-mode numbers are means over an epoch (BN on batch statistics); "
+        "eval mode uses BN's running averages. Every number: mean ± 95% t-interval over seeds; every comparison: paired by "
+        "seed (the same seed is the same initialization key and data order), with the paired t-test's p and the sign test's "
+        "(with 3 seeds the sign test cannot go below p = 0.25).",
         "",
     ]
     return "\n".join(head + _curves_section(stored) + _batch_size_section(stored) + _eval_stats_section(stored)) + "\n"
 
 
 def verdict(stored: Stored) -> str:
-    """One line: BN's batch-2 collapse vs the others, and the three statistics at the smallest test batch."""
+    """One line: BN's batch-size collapse vs the others, and the three statistics at the smallest test batch (means over seeds)."""
     s, parts = stored.setup, []
     sizes = list(s["batch_sizes"])
+    mean = lambda runs, key: _iv(_col(_summaries(runs, s), key)).mean
     for net in s["bs_nets"]:
         lo, hi = min(sizes), max(sizes)
-        accs = {v: (mean_sd(_col(_summaries(stored.sweep.get((net, v, lo), []), s), "test_acc"))[0], mean_sd(_col(_summaries(stored.sweep.get((net, v, hi), []), s), "test_acc"))[0]) for v in s["bs_variants"]}
+        accs = {v: (mean(stored.sweep.get((net, v, lo), []), "test_acc"), mean(stored.sweep.get((net, v, hi), []), "test_acc")) for v in s["bs_variants"]}
         parts.append(f"{net} test acc at batch {lo} vs {hi}: " + ", ".join(f"{v} {_f(a)}/{_f(b)}" for v, (a, b) in accs.items()))
     for (net, v) in _bn_variants(stored, stored.curves):
-        t = _summaries(stored.curves[(net, v)], s)
-        b = min(_test_batch_sizes(t) or [0])
-        parts.append(f"{net} {v} running/population/test-batch-{b} {_f(mean_sd(_col(t, 'running'))[0])}/{_f(mean_sd(_col(t, 'population'))[0])}/{_f(mean_sd(_col(t, f'batch@{b}'))[0])}")
+        runs = stored.curves[(net, v)]
+        b = min(_test_batch_sizes(_summaries(runs, s)) or [0])
+        parts.append(f"{net} {v} running/population/test-batch-{b} {_f(mean(runs, 'running'))}/{_f(mean(runs, 'population'))}/{_f(mean(runs, f'batch@{b}'))}")
     return f"norm_kinds {s['name']}: " + "; ".join(parts)
 
 

@@ -78,11 +78,12 @@ def test_classify_refuses_bad_input(losses, kwargs, match):
 DEPTH, STEPS, EVERY, PROBE_EVERY = 4, 40, 10, 20
 
 
-def write_run(root, norm, c, seed, losses, *, diverge_at=None, weight_growth=1.0, act=None):
+def write_run(root, norm, c, seed, losses, *, diverge_at=None, weight_growth=1.0, act=None, acc=None):
     """A run folder as fit + LayerStatistics write it: train lines every EVERY steps
     (until ``diverge_at``, then a divergence line and a diverged status), probes at 0,
     PROBE_EVERY, ... (none at or after ``diverge_at``), the final weight norms
-    ``weight_growth`` x the initial ones, and a test eval line when finished."""
+    ``weight_growth`` x the initial ones, and a test eval line (accuracy ``acc``, by
+    default 0.9 − 0.1 c) when finished."""
     run = root / f"{norm}_c{c:g}_s{seed}"
     config = {
         "dataset": "digits", "model": "mlp", "norm": norm, "seed": seed, "learning_rate": 0.005, "batch_size": 64,
@@ -94,7 +95,7 @@ def write_run(root, norm, c, seed, losses, *, diverge_at=None, weight_growth=1.0
     stop = STEPS + 1 if diverge_at is None else diverge_at
     lines = [{"kind": "train", "step": s, "epoch": 0, "loss": l, "ce": l, "acc": 0.5, "steps": EVERY} for s, l in zip(range(EVERY, stop, EVERY), losses[1:])]
     if diverge_at is None:
-        lines.append({"kind": "eval", "split": "test", "epoch": 0, "step": STEPS, "loss": losses[-1], "acc": 0.9 - 0.1 * c, "n": 100})
+        lines.append({"kind": "eval", "split": "test", "epoch": 0, "step": STEPS, "loss": losses[-1], "acc": 0.9 - 0.1 * c if acc is None else acc, "n": 100})
         write_json(run / "status.json", {"status": "finished", "step": STEPS})
     else:
         d = {"step": diverge_at, "reason": f"non-finite loss (nan) at step {diverge_at}"}
@@ -178,25 +179,57 @@ def test_final_loss_weighs_the_lines_by_their_steps(tmp_path):
 
 def test_report_writes_plots_summary_and_verdict(study_root):
     verdict = A.write_report(study_root)
-    assert verdict == "init_scale: vanilla: c=1 no progress, c=2 trained, c=3 diverged; layer: c=1 trained, c=3 trained; claim 1 reproduces"
+    assert verdict == "init_scale: vanilla: c=1 no progress, c=2 trained, c=3 diverged; layer: c=1 trained, c=3 trained; claim 1 holds"
     for png in ("loss.png", "layers_init.png", "layers_training.png", "weight_ratio.png"):
         assert (study_root / "plots" / png).stat().st_size > 10_000, png
     summary = (study_root / "plots" / "summary.md").read_text()
     assert summary == A.summary_markdown(study_root)
-    assert "| vanilla | 3 | 0 | diverged | 1e+05 | - | - | 25 |" in summary
-    assert "| vanilla | 2 | 0 | trained | 3 | 0.4 | 0.700 | - |" in summary
-    assert "Claim 1 reproduces here." in summary
-    assert "claim 2 holds only in part here" in summary and "(not in: layer_c1_s0)" in summary
-    assert "| layer | c=1: trained, c=3: trained |" in summary and "claim 3 holds" in summary
+    # Per (norm, c): outcome counts; one seed: values without an interval.
+    assert "| vanilla | 3 | 1 | 1/1 | 0/1 | 0/1 | 1e+05 | — | — | 25 |" in summary
+    assert "| vanilla | 2 | 1 | 0/1 | 0/1 | 1/1 | 3 | 0.4 | 0.7 | - |" in summary
+    assert "c = 1 no progress: no progress 1/1, holds" in summary and "Claim 1 holds here" in summary
+    # Per run.
+    assert "| vanilla | 3 | 0 | diverged | 1e+05 | - | - | 25 | - | - |" in summary
+    assert "| vanilla | 2 | 0 | trained | 3 | 0.4 | 0.700 | - | 1 | 1 |" in summary
+    # Claim 2: one seed gives no test; the layer c = 1 run grew 2x, which persists 0/1.
+    assert "| layer | 1 | 1 | 2 | 2 | 2 | 0/1 | no test (n = 1) |" in summary
+    assert "| layer − vanilla | 1 | +1.000 (n = 1: no test) | no test (n = 1) |" in summary
+    # Claim 3 over the c both norms have (1 and 3): layer's accuracies 0.8 and 0.6, vanilla's 0.8 and chance 0.1.
+    assert "| layer | 1 | c=1: trained 1/1; c=3: trained 1/1 | 1/1 | 0.2 | 1.29 | -0.500 (n = 1: no test) | no test (n = 1) |" in summary
     # The law column: (c/2)^((D-2)/2) for vanilla, measured / law = 1 for these synthetic profiles.
-    assert "| vanilla | 1 | 0 | 0.707 | 0.354 | 0.5 | 0.5 | 0.25 |" in summary
-    assert "measured / law = 1 (vanilla_c1_s0), 1 (vanilla_c2_s0), 1 (vanilla_c3_s0)" in summary
+    assert "| vanilla | 1 | 1 | 0.707 | 0.354 | 0.5 | 0.5 | 1 | 0.25 |" in summary
+
+
+def test_three_seeds_give_intervals_and_paired_tests(tmp_path):
+    """Three seeds per (norm, c) with known values: the t-interval half-widths are
+    t_{0.975, 2} · sd / √3 (t = 4.3027), the paired differences' likewise; a difference
+    the same in every seed has half-width 0 and p = 0 (stats.paired_test's limit)."""
+    root = tmp_path / "init_scale" / "toy"
+    write_json(root / "study.json", {"study": "init_scale", "setup": {"name": "toy", "norms": ["vanilla", "layer"]}, "seeds": [0, 1, 2]})
+    for seed, growth in enumerate((2.0, 2.2, 2.4)):
+        write_run(root, "vanilla", 1, seed, [LN10] * 5, acc=0.1)
+        write_run(root, "vanilla", 2, seed, [3.0, 1.5, 0.8, 0.5, 0.4], acc=0.8 + 0.01 * seed)
+        write_run(root, "layer", 1, seed, [2.4, 1.6, 1.2, 1.0, 0.9], weight_growth=growth, act=np.full(DEPTH, 0.71), acc=0.6)
+        write_run(root, "layer", 2, seed, [2.4, 1.6, 1.2, 1.0, 0.9], act=np.full(DEPTH, 0.71), acc=0.7)
+    summary = A.summary_markdown(root)
+    # vanilla c = 2 accuracy 0.80, 0.81, 0.82: sd 0.01, half-width 4.3027 · 0.01 / √3 = 0.0248.
+    assert "| vanilla | 2 | 3 | 0/3 | 0/3 | 3/3 | 3 ± 0 | 0.4 ± 0 | 0.81 ± 0.025 | - |" in summary
+    # layer c = 1 weight ratio 2.0, 2.2, 2.4 in every layer vs vanilla's 1: Δ 1.2 ± 4.3027 · 0.2 / √3 = 0.497,
+    # t = 1.2 / (0.2 / √3) = 10.39 on 2 degrees of freedom: p = 0.0091.
+    assert "| layer − vanilla | 1 | +1.200 ± 0.497 (p = 0.0091; sign 3+/0−, p = 0.25) | holds |" in summary
+    assert "| layer | 1 | 3 | 2.2 ± 0.5 | 2.2 ± 0.5 | 2.2 ± 0.5 | 0/3 | does not hold |" in summary
+    assert "| vanilla | 2 | 3 | 1 ± 0 | 1 ± 0 | 1 ± 0 | 3/3 | holds |" in summary
+    # Spread over c = 1, 2: vanilla 0.7, 0.71, 0.72 (0.1 at c = 1), layer 0.1 in every seed.
+    assert "| vanilla | 3 | c=1: no progress 3/3; c=2: trained 3/3 | 0/3 | 0.71 ± 0.025 | 5.76 ± 0 | - | - |" in summary
+    assert "| layer | 3 | c=1: trained 3/3; c=2: trained 3/3 | 3/3 | 0.1 ± 0 | 1 ± 0 |" in summary
+    assert "-0.610 ± 0.025 (p < 0.001; sign 0+/3−, p = 0.25) | holds |" in summary
+    assert "c = 1 no progress: no progress 3/3, holds; c = 2 trained: trained 3/3, holds" in summary
 
 
 def test_several_seeds_are_counted(study_root):
     write_run(study_root, "vanilla", 2, 1, [LN10] * 5)  # seed 1 of c = 2 makes no progress
     summary = A.summary_markdown(study_root)
-    assert "c = 2 no progress 1/2, trained 1/2" in summary and "Claim 1 does not reproduce here." in summary
+    assert "c = 2 trained: no progress 1/2, trained 1/2, holds in 1 of 2 seeds" in summary and "Claim 1 does not hold here" in summary
     assert "c=2 trained/no progress" in A.verdict(study_root)
 
 

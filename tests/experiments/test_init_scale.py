@@ -28,7 +28,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def test_groups_are_one_program_per_norm_and_c(tmp_path):
     """Seeds of one (norm, c) train together; c is the init option of the 'mlp'; every
     run is plain SGD with fit's divergence factor = the classifier's explode factor."""
+    assert init_scale.SETUPS["digits"].seeds == (0, 1, 2)  # every number of the summary with an interval
     setup = init_scale.SETUPS["digits"].quick()
+    assert setup.seeds == (0,)  # --quick: one seed
     root = tmp_path / "init_scale" / setup.name
     groups = init_scale.STUDY.groups(setup, [0, 1], root)
     assert len(groups) == len(setup.norms) * len(setup.scales)

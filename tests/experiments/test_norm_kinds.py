@@ -113,26 +113,37 @@ def test_summary_from_synthetic_runs(tmp_path):
     assert (s["running"], s["population"], s["batch@8"]) == (0.9, 0.91, 0.8)
     assert an.run_summary(stored.curves[("mlp", "batch")][0], loss_target=0.001)["epochs_to_target"] is None
     md = an.summary_markdown(stored)
-    assert "epoch-1 loss 0.600 vs 0.500; final eval-mode training loss 0.04 vs 0.01; epochs to ≤ 0.05 2 vs 2." in md
+    # One seed: values without an interval, paired differences without a test.
+    assert "| mlp | layer | 1 | 0.600 | 0.0400 | 0.0400 | 2.0 | 1.000 | 0.900 | 0.900 | finished |" in md
+    assert "| mlp | epoch-1 loss | layer − batch | 0.600 | 0.500 | +0.100 (n = 1: no test) | no test (n = 1) |" in md
+    assert "| mlp | final eval-mode training loss | layer − batch | 0.0400 | 0.0100 | +0.0300 (n = 1: no test) | no test (n = 1) |" in md
     assert "mlp, final test accuracy from the highest: batch 0.900, layer 0.900." in md
-    assert "LayerNorm is behind BatchNorm on 2 of the 3 (epoch-1 loss, final eval-mode training loss)." in md
-    assert "| mlp | batch | 0.500 | 0.900 | -0.400 |" in md and "BatchNorm degrades most" in md
-    assert "0.500 with the running averages, 0.520 with exact population statistics: the damage is done in training" in md
-    assert "| mlp batch (trained at b64) | 0.900 | 0.910 | 0.800 |" in md and "more than 0.01 below the running averages at test batches 8" in md
-    assert "| mlp batch | 2 | 0.500 | 0.520 | 0.300 |" in md
+    assert "| mlp | batch | 1 | 0.500 | 0.900 | -0.400 (n = 1: no test) |" in md
+    assert "| mlp | b2 − b64 accuracy | batch − layer | -0.400 | -0.020 | -0.380 (n = 1: no test) | no test (n = 1) |" in md
+    assert "0.500 with the running averages, 0.520 with exact population statistics" in md and "the damage is done in training" in md
+    assert "| mlp batch (trained at b64) | 1 | 0.900 | 0.910 | 0.800 |" in md and "| mlp batch | 2 | 1 | 0.500 | 0.520 | 0.300 |" in md
     assert "`batch` = norm `bn_gamma_beta`; `layer` = norm `layer`" in md
     v = an.analyze(tmp_path)
     assert v == "norm_kinds digits: mlp test acc at batch 2 vs 64: batch 0.500/0.900, layer 0.880/0.900; mlp batch running/population/test-batch-8 0.900/0.910/0.800"
     assert all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in ("curves.png", "batch_size.png", "eval_stats.png"))
 
 
-def test_several_seeds_give_mean_sd_and_paired_differences(tmp_path):
+def test_several_seeds_give_intervals_and_paired_tests(tmp_path):
+    """Three seeds with known values: t-interval half-widths t_{0.975, 2} · sd / √3
+    (t = 4.3027); a difference the same in every seed has half-width 0 and p = 0; epochs
+    to the target of a seed that never reaches it count as epochs + 1 = 16 in the pairs."""
     _stored_study(tmp_path, seeds=(0, 1, 2))
     md = an.summary_markdown(an.load_study(tmp_path))
-    # test acc 0.90, 0.91, 0.92: mean 0.910, sample sd 0.010.
-    # Seed 2's eval-mode training loss 0.06 never reaches 0.05.
-    assert "| mlp | layer | 3 | 0.600 ± 0.000 | 0.04 ± 0 | 0.05 ± 0.01 | 2, 2, never | 1.000 ± 0.000 | 0.910 ± 0.010 |" in md
-    assert "Paired over 3 seeds, LayerNorm − BatchNorm final eval-mode training loss: +0.03, +0.04, +0.05 (LayerNorm higher in 3 of 3)." in md
+    # test acc 0.90, 0.91, 0.92: sd 0.01, half-width 0.0248. Seed 2's eval-mode training loss 0.06 never reaches 0.05.
+    assert "| mlp | layer | 3 | 0.600 ± 0.000 | 0.0400 ± 0.0000 | 0.0500 ± 0.0248 | 2.0 ± 0.0; never: 1 of 3 | 1.000 ± 0.000 | 0.910 ± 0.025 |" in md
+    # LN − BN eval-mode loss 0.03, 0.04, 0.05: 0.04 ± 0.0248, t = 0.04 / (0.01 / √3) = 6.93 on 2 df: p = 0.020.
+    assert "| mlp | final eval-mode training loss | layer − batch | 0.0500 ± 0.0248 | 0.0100 ± 0.0000 | +0.0400 ± 0.0248 (p = 0.02; sign 3+/0−, p = 0.25) | holds |" in md
+    assert "| mlp | epoch-1 loss | layer − batch | 0.600 ± 0.000 | 0.500 ± 0.000 | +0.100 ± 0.000 (p < 0.001; sign 3+/0−, p = 0.25) | holds |" in md
+    assert "| mlp | epochs to ≤ 0.05 | layer − batch | 6.7 ± 20.1 | 2.0 ± 0.0 | +4.7 ± 20.1 (p = 0.42; sign 1+/0−, p = 1) | not significant (n = 3) |" in md
+    assert "- mlp: LayerNorm behind BatchNorm (paired interval above zero) on 2 of 3 measures; the others: not significant (n = 3)." in md
+    assert "| mlp | b2 − b64 accuracy | batch − layer | -0.400 ± 0.000 | -0.020 ± 0.000 | -0.380 ± 0.000 (p < 0.001; sign 0+/3−, p = 0.25) | holds |" in md
+    assert "| mlp batch | accuracy | population − running | 0.910 ± 0.000 | 0.900 ± 0.000 | +0.010 ± 0.000 (p < 0.001; sign 3+/0−, p = 0.25) | population higher |" in md
+    assert "| mlp batch | accuracy | test batch 8 − running | 0.800 ± 0.000 | 0.900 ± 0.000 | -0.100 ± 0.000 (p < 0.001; sign 0+/3−, p = 0.25) | holds |" in md
 
 
 def test_a_diverged_run_is_reported(tmp_path):
@@ -215,11 +226,13 @@ def test_bad_input_is_refused(tmp_path, capsys):
 
 
 def test_the_run_configs_and_groups(tmp_path):
-    """41 runs in 41 groups for one seed (the seeds of a variant share a group); the
-    weight reparametrizations reach the model; lr linear in the batch size."""
+    """29 groups (13 curves, 4 variants x 4 batch sizes), the seeds of a variant in one
+    group, three seeds by default and one with --quick; the weight reparametrizations
+    reach the model; lr linear in the batch size."""
     setup, root = nk.SETUPS["digits"], tmp_path / "norm_kinds" / "digits"
+    assert setup.seeds == (0, 1, 2) and setup.quick().seeds == (0,)
     groups = nk.STUDY.groups(setup, [0, 1], root)
-    assert len(groups) == 13 + 28 and all(len(g.configs) == 2 for g in groups)
+    assert len(groups) == 13 + 16 and all(len(g.configs) == 2 for g in groups)
     assert {c.seed for c in groups[0].configs} == {0, 1}
     c = nk.train_config(setup, root, "mlp", "ws_group", 0)
     assert (c.norm, c.model_kwargs["weight_reparam"], c.study, c.name, c.log_every_steps) == ("group", "weight_std", "norm_kinds/digits", "curves-mlp-ws_group-s0", nk.ONE_LINE_PER_EPOCH)
