@@ -42,17 +42,22 @@ PANELS = (("train_eval", "loss", "train loss", True), ("train_eval", "acc", "tra
           ("test", "acc", "test accuracy", False))
 
 
+def stack_series(series) -> tuple[np.ndarray, np.ndarray]:
+    """``[(xs, values), ...]`` (one per run) -> ``(the sorted union of the integer xs,
+    values of shape (n_runs, n_xs))``, NaN where a run has no value at that x."""
+    xs = np.array(sorted({int(x) for run_xs, _ in series for x in run_xs}), dtype=np.int64)
+    idx = {x: i for i, x in enumerate(xs)}
+    vals = np.full((len(series), len(xs)), np.nan)
+    for i, (run_xs, v) in enumerate(series):
+        for x, y in zip(run_xs, v):
+            vals[i, idx[int(x)]] = y
+    return xs, vals
+
+
 def seed_stack(runs, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)`` with ``values`` of shape ``(n_runs, n_epochs)``, NaN where a run
     has no evaluation at that epoch (e.g. after it diverged). ``epochs`` are 0-based."""
-    series = [r.eval_series(split, key) for r in runs]
-    epochs = np.array(sorted({int(e) for ep, _ in series for e in ep}), dtype=np.int64)
-    idx = {e: i for i, e in enumerate(epochs)}
-    vals = np.full((len(runs), len(epochs)), np.nan)
-    for i, (ep, v) in enumerate(series):
-        for e, x in zip(ep, v):
-            vals[i, idx[int(e)]] = x
-    return epochs, vals
+    return stack_series([r.eval_series(split, key) for r in runs])
 
 
 def mean_band(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.curves import mean_band
+from jaxnorm.analysis.curves import mean_band, stack_series
 from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
@@ -360,17 +360,6 @@ def _band(ax, x, rows, color, label, *, log: bool, **style) -> None:
         ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.2, lw=0)
 
 
-def _stack(series) -> tuple[np.ndarray, np.ndarray]:
-    """``[(steps, values), ...]`` (one per seed) -> (the union of steps, seeds × steps with NaN where a seed has none)."""
-    steps = np.array(sorted({int(s) for xs, _ in series for s in xs}), np.int64)
-    idx = {s: i for i, s in enumerate(steps)}
-    out = np.full((len(series), len(steps)), np.nan)
-    for i, (xs, ys) in enumerate(series):
-        for s, y in zip(xs, ys):
-            out[i, idx[int(s)]] = y
-    return steps, out
-
-
 def _loss_series(r: InitScaleRun) -> tuple[list, list]:
     train = [m for m in r.run.metrics if m.get("kind") == "train"]
     curve = loss_curve(r)
@@ -390,7 +379,7 @@ def _plot_losses(plt, path, runs, norms, colors, summaries, every) -> None:
         for (n, c), rs in groups.items():
             if n != norm:
                 continue
-            steps, vals = _stack([_loss_series(r) for r in rs])
+            steps, vals = stack_series([_loss_series(r) for r in rs])
             label = f"c = {c:g}: " + _counts([summaries[r.name]["outcome"] for r in rs])
             _band(ax, steps, vals, colors[c], label, log=True)
             for r in rs:  # where a seed's loss left the finite numbers or exploded
