@@ -391,7 +391,8 @@ def _plot_sharpness(plt, path, rows, norms, runs, setup) -> None:
                     bottom.plot(s[-1], l[-1], "x", color=c)
             top.set_ylim(0, 3.0)
             top.set_title(f"{norm}, η = {lr:g} (2/η = {2 / lr:g})", fontsize=9)
-            bottom.set_yscale("log")
+            if any(np.any(np.asarray(l.get_ydata(), float) > 0) for l in bottom.get_lines()):  # a run diverged at once has no loss line
+                bottom.set_yscale("log")
             bottom.set_xlabel("full-batch GD step")
             if j == 0:
                 top.set_ylabel("sharpness / (2/η)")
