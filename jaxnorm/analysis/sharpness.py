@@ -387,12 +387,16 @@ def _plot_sharpness(plt, path, rows, norms, runs, setup) -> None:
                     top.axvline(r["settled"], color=c, ls=":", lw=1)
                 s, l = loss_by_row[(norm, lr, r["seed"])]
                 bottom.plot(s, l, color=c, lw=1.0)
-                if r["diverged"] and len(l):
-                    bottom.plot(s[-1], l[-1], "x", color=c)
+                if r["diverged"]:  # a run that diverged at once has a single record: a line would draw nothing
+                    top.plot(r["steps"][-1:], np.minimum(r["sharpness"][-1:] * lr / 2.0, 3.0), "x", ms=8, color=c)
+                    if len(l):
+                        bottom.plot(s[-1], l[-1], "x", color=c)
             top.set_ylim(0, 3.0)
             top.set_title(f"{norm}, η = {lr:g} (2/η = {2 / lr:g})", fontsize=9)
-            if any(np.any(np.asarray(l.get_ydata(), float) > 0) for l in bottom.get_lines()):  # a run diverged at once has no loss line
+            if any(np.any(np.asarray(l.get_ydata(), float) > 0) for l in bottom.get_lines()):
                 bottom.set_yscale("log")
+            else:  # every seed diverged before the first train line
+                bottom.text(0.5, 0.5, "diverged before the first record", ha="center", transform=bottom.transAxes, fontsize=9)
             bottom.set_xlabel("full-batch GD step")
             if j == 0:
                 top.set_ylabel("sharpness / (2/η)")
