@@ -33,7 +33,7 @@ reaches 2/η and then hovers there while the loss keeps falling non-monotonicall
 and without BN. A run has diverged once its loss exceeds 100x its first step's loss
 (GD past the edge can climb for many steps with a finite loss).
 
-    python -m experiments.sharpness                      # digits, tanh MLP, η in (0.05, 0.1, 0.2), 3 seeds, cap 3000 steps: ~5 min on 2 idle CPU cores
+    python -m experiments.sharpness                      # digits, tanh MLP, η in (0.05, 0.1, 0.2), 3 seeds, cap 3000 steps: 4.5 min of CPU time (2 cores)
     python -m experiments.sharpness --quick              # 20 steps, one η, one seed: ~30 s (tests)
     python -m experiments.sharpness --steps 6000 --window 1000 --step-sizes 0.02 0.05 --loss ce
     python -m experiments.sharpness --config cifar10_5k  # Cohen et al.'s fc-tanh on 5k CIFAR-10 images (a GPU; CIFAR-10 prepared)
