@@ -23,8 +23,9 @@ others go on. Observers and measurements:
 * the spectral density by stochastic Lanczos quadrature (Ghorbani et al., "An
   Investigation into Neural Net Optimization via Hessian Eigenvalue Density", 2019;
   :class:`jaxnorm.observers.spectrum.SpectralDensity`), whose Ritz values give the
-  outlier ratio λ_1/λ_k: at initialization (the observer) and at the end, from the final
-  state after training (``end_spectrum.npz``; the end step differs per program).
+  outlier ratio λ_1/λ_k: at initialization and at the cap (the observer); a program that
+  settled before the cap measures its end density from the final state after training
+  (``end_spectrum.npz``).
 
 Loss: squared error against one-hot targets (``'mse'``, as in most of Cohen et al.'s
 experiments; with cross-entropy on a problem that is memorized, ``--loss ce``, the
@@ -43,7 +44,8 @@ Results in ``<results>/sharpness/<config>/``: ``study.json``; a run folder
 line per sharpness interval (its mean), ``{"kind": "sharpness", "step", "sharpness",
 "loss", ...}`` lines, a ``stop_rule`` line at the step the run settled and a
 ``divergence`` line if it diverged; ``trajectories.npz`` with ``spectrum/{steps, grid,
-density, nodes, weights}`` at step 0; ``end_spectrum.npz`` (the same keys, at the end);
+density, nodes, weights}`` at step 0 and at the cap; ``end_spectrum.npz`` (the same keys and
+``step``, at the end of a run that settled before the cap);
 ``status.json``; checkpoints); ``plots/sharpness.png``, ``plots/density.png`` and
 ``plots/summary.md`` (:mod:`jaxnorm.analysis.sharpness`).
 """
@@ -215,17 +217,19 @@ class SharpnessStudy:
 
     def observers(self, setup: SharpnessSetup, config: TrainConfig) -> list:
         """Sharpness every ``every`` steps, ending the program once every seed has settled
-        at 2/η; the density at step 0 only (``every`` past the cap: the end density is
-        taken from the final state, whatever step the program ended at)."""
+        at 2/η; the density at step 0 and at the cap (a program that ends before the cap
+        gets its end density from :meth:`end_density`)."""
         module = build_model(config, load(setup.dataset, "train").num_classes)
         rule = functools.partial(analysis.settles, learning_rate=config.learning_rate, window=setup.window, tol=setup.edge_tol)
         sharp = Sharpness(module, *self.probe(setup), every=setup.every, num_iters=setup.lanczos_order, bn_mode="batch", loss=setup.loss)
-        return [StopWhen(sharp, rule), self.density(setup, module, every=setup.steps + 1)]
+        return [StopWhen(sharp, rule), self.density(setup, module, every=setup.steps)]
 
     def end_density(self, setup: SharpnessSetup, results) -> None:
-        """``end_spectrum.npz`` of each finished run: the density at its final state
-        (skipped where already written)."""
-        todo = [r for r in results if r.status == "finished" and r.state is not None and not (r.run_dir / analysis.END_SPECTRUM).exists()]
+        """``end_spectrum.npz`` of each run that finished before the cap (it settled): the
+        density at its final state (skipped where already written). Only those: at the cap
+        the observer has recorded it, with the program's own compilation."""
+        todo = [r for r in results if r.status == "finished" and r.step < setup.steps and r.state is not None
+                and not (r.run_dir / analysis.END_SPECTRUM).exists()]  # fmt: skip
         if not todo:
             return
         config = TrainConfig.from_dict(read_json(todo[0].run_dir / "config.json"))

@@ -11,9 +11,10 @@ there, with and without BatchNorm. Per run this module reads
   (``step``, ``sharpness``, ``loss`` at the measured weights), the ``train`` lines, a
   ``stop_rule`` line where the run settled (:func:`settles`) and a ``divergence`` line
   if the run diverged;
-* ``trajectories.npz`` (the :class:`jaxnorm.observers.spectrum.SpectralDensity` record
-  at initialization: ``spectrum/steps``, ``/grid``, ``/density``, ``/nodes``) and
-  ``end_spectrum.npz`` (the same at the end, with its ``step``);
+* ``trajectories.npz`` (the :class:`jaxnorm.observers.spectrum.SpectralDensity` records
+  at initialization and at the cap: ``spectrum/steps``, ``/grid``, ``/density``,
+  ``/nodes``) and, for a run that settled before the cap, ``end_spectrum.npz`` (the
+  same at its end, with its ``step``);
 
 and the study's ``study.json`` (the setup as trained), and writes ``plots/sharpness.png``
 (sharpness / (2/η) vs step, one panel per (norm, η) with the seeds and the edge band; the
@@ -40,7 +41,7 @@ from jaxnorm.analysis.runs import Run, find_runs, variant_order
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, mean_interval
 from jaxnorm.results import read_json, read_npz
 
-#: The end-of-training spectral density of a run (written after training).
+#: The end-of-training spectral density of a run that ended before the cap (written after training).
 END_SPECTRUM = "end_spectrum.npz"
 
 #: The outlier ratio λ_1/λ_k is reported only when the Lanczos order is at least
@@ -184,14 +185,16 @@ def loss_series(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spectra(run: Run) -> dict[str, dict[str, np.ndarray]]:
-    """``{'init': {...}, 'end': {...}}``: the density records at step 0 and at the end
-    (``end_spectrum.npz``; absent for a diverged run), each with ``grid``, ``density``,
-    ``nodes`` and ``step``."""
+    """``{'init': {...}, 'end': {...}}``: the density records at step 0 and at the end --
+    the observer's record at the cap, else ``end_spectrum.npz`` (a run that settled
+    earlier); no end for a diverged run --, each with ``grid``, ``density``, ``nodes``
+    and ``step``."""
     out = {}
     t = run.trajectories
-    if "spectrum/steps" in t and 0 in np.asarray(t["spectrum/steps"]).tolist():
-        i = np.asarray(t["spectrum/steps"]).tolist().index(0)
-        out["init"] = {"step": 0, **{k: np.asarray(t[f"spectrum/{k}"][i]) for k in ("grid", "density", "nodes")}}
+    steps = np.asarray(t.get("spectrum/steps", [])).tolist()
+    for when, i in (("init", steps.index(0) if 0 in steps else None), ("end", len(steps) - 1 if steps and steps[-1] > 0 else None)):
+        if i is not None:
+            out[when] = {"step": int(steps[i]), **{k: np.asarray(t[f"spectrum/{k}"][i]) for k in ("grid", "density", "nodes")}}
     end = read_npz(run.path / END_SPECTRUM)
     if end:
         out["end"] = {"step": int(end["step"]), **{k: np.asarray(end[k][0]) for k in ("grid", "density", "nodes")}}

@@ -179,7 +179,7 @@ def _fmt_paired(p: Paired, log: bool) -> str:
     difference; the paired t-test's p and the sign test."""
     if p.n == 0:
         return "—"
-    tail = f"p {_fmt_p(p.p_t)}; sign {p.positive}+/{p.negative}−" + (f", {p.diff.excluded} excluded" if p.diff.excluded else "")
+    tail = f"p {_fmt_p(p.p_t)}; sign {p.positive}+/{p.negative}−, p {_fmt_p(p.p_sign)}" + (f", {p.diff.excluded} excluded" if p.diff.excluded else "")
     if not log:
         return p.format(4).split(" (p")[0] + f" ({tail})"
     d = p.diff
