@@ -14,7 +14,8 @@ wrapped observer's lines and calls ``rule(history)`` (a host-side function of th
 line dicts, in step order; it must depend on those lines only). When the rule first holds
 for a run, a line ``{"kind": "stop_rule", "step", "observer"}`` is written to that run's
 ``metrics.jsonl``. The group stops once every run has met its rule or diverged: its runs
-then get their last evaluation and checkpoint at that step and end ``finished`` (their
+then get their last evaluation (and checkpoint, where they keep checkpoints) at that
+step and end ``finished`` (their
 ``status.json`` step below ``total_steps``); until then a run that met its rule trains
 and records on like the others (the runs of one program step together, so stopping one
 alone would save nothing). ``TrainConfig.epochs``/``max_steps`` remain the cap.
