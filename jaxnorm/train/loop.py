@@ -87,6 +87,7 @@ from jaxnorm.train.run_folder import (
     write_trajectories,
 )
 from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
+from jaxnorm.observers.stopping import GroupStop
 from jaxnorm.train.optim import make_optimizer
 from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl
 from jaxnorm.train.state import TrainState, create_state
@@ -443,7 +444,9 @@ def fit_many(
     and BN runs share one structure, so the layers before a norm keep a bias whose
     gradient is zero up to rounding in the BN runs; their trajectories match the single
     runs to float32 rounding, and their checkpoints hold the superset's variables. A run
-    that diverges stops being recorded while the others go on. See
+    that diverges stops being recorded while the others go on; observers wrapped in
+    :class:`~jaxnorm.observers.stopping.StopWhen` end the group before the cap once every
+    run has met their rule or diverged. See
     :mod:`jaxnorm.train.multi_run` for the strategies (``'auto'``: vmap on GPU/TPU,
     loop on CPU).
 
@@ -575,6 +578,8 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
                     loop.evaluate(state, eval_data, epoch, step)
                 if loop.checkpoints_after(epoch):
                     loop.checkpoint(state, ckpts, keep, epoch, step)
+                if loop.ended():
+                    break
             for r, t, k in zip(runs, traj, keep):
                 write_trajectories(r, t, k)
         except BaseException as e:
@@ -622,10 +627,16 @@ class _Loop:
         self.pending, self.pending_obs = [], []
         self.synced_step = 0  # the last step whose metrics are on the host (and in the files)
         self._last_beat = -math.inf
+        self.stop = GroupStop(program.observers, program.num)  # jaxnorm.observers.stopping.StopWhen rules
+
+    def ended(self) -> bool:
+        """Every run diverged or met its StopWhen rules (never without such observers)."""
+        return self.stop.ended(self.divergence)
 
     def start(self, step: int, initial_losses) -> None:
         """The restored (or initial) step: writes the first heartbeat."""
         self.synced_step, self.initial_losses = step, list(initial_losses)
+        self.stop.start([read_jsonl(r.metrics) for r in self.runs])
         self.heartbeat(force=True)
 
     def heartbeat(self, force: bool = False) -> None:
@@ -654,18 +665,18 @@ class _Loop:
             epoch_end = s == plan.steps_per_epoch - 1 and (self.evaluates_after(epoch) or self.checkpoints_after(epoch))
             if step % cfg.log_every_steps == 0 or epoch_end or step == plan.total_steps:
                 bar.update(self.sync(step, epoch))
-                if all(self.divergence):
+                if all(self.divergence) or self.ended():
                     break
         return state, step
 
     # Evaluation and checkpoints follow a host sync; between them, full-batch runs (one
     # step per epoch) sync only every log_every_steps steps.
     def evaluates_after(self, epoch: int) -> bool:
-        return (epoch + 1) % self.plan.config.eval_every_epochs == 0 or epoch == self.plan.last_epoch
+        return (epoch + 1) % self.plan.config.eval_every_epochs == 0 or epoch == self.plan.last_epoch or self.ended()
 
     def checkpoints_after(self, epoch: int) -> bool:
         k = self.plan.config.checkpoint_every_epochs
-        return k > 0 and ((epoch + 1) % k == 0 or epoch == self.plan.last_epoch)
+        return k > 0 and ((epoch + 1) % k == 0 or epoch == self.plan.last_epoch or self.ended())
 
     def sync(self, step: int, epoch: int) -> int:
         """Pulls buffered metrics/observations of every run, checks each run's losses for
@@ -694,6 +705,8 @@ class _Loop:
                 what = "non-finite loss" if not np.isfinite(value) else f"loss above {factor:g} x its first step's {self.initial_losses[i]:.4g}"
                 self.divergence[i] = {"step": at, "reason": f"{what} ({value}) at step {at}"}
                 lines.append({"kind": "divergence", "epoch": epoch, **self.divergence[i]})
+            else:
+                self.stop.see(i, lines)
             append_jsonl(r.metrics, lines)
             if self.divergence[i]:  # final for this run whatever happens to the others
                 write_status(r, "diverged", self.divergence[i]["step"], self.plan.total_steps, divergence=self.divergence[i])

@@ -14,6 +14,7 @@ import pytest
 
 from experiments import smoothness
 from jaxnorm.analysis import smoothness as analysis
+from jaxnorm.analysis.runs import Run
 
 PROBE_KEYS = {"loss", "grad_norm", "loss_min", "loss_max", "grad_change_min", "grad_change_max", "beta_smoothness"}
 PNGS = ("landscape.png", "predictiveness.png", "beta_smoothness.png", "ics.png")
@@ -49,8 +50,10 @@ def test_quick_study_writes_runs_plots_and_summary(tmp_path, capsys):
     plots = root / "plots"
     assert all((plots / png).stat().st_size > 10_000 for png in PNGS)
     summary = (plots / "summary.md").read_text()
-    assert summary.count("| finished |") == 3 and "vanilla / BN" in summary and "¹" in summary
-    assert "smoothness: vanilla / BN" in capsys.readouterr().out
+    assert summary.count("| finished |") == 3 and "¹" in summary
+    # One seed: every comparison is listed, none tested.
+    assert "| 1 | effective β-smoothness (Fig. 4c) | vanilla vs bn |" in summary and summary.count("no test (n = 1)") == len(analysis.COMPARISONS)
+    assert "smoothness (up to 1 seeds per variant): vanilla vs bn loss_range" in capsys.readouterr().out
 
     # --plot-only redraws everything from the stored files; a rerun trains nothing and
     # keeps the recalibrated evaluation.
@@ -92,6 +95,41 @@ def test_summarize_medians_and_the_final_window():
     assert analysis.summarize(recs, {"acc": 0.9})["eval_acc"] == 0.9
     assert math.isnan(analysis.summarize([])["loss_range"])
     assert analysis.summarize(recs + [{"kind": "divergence", "step": 21}])["status"] == "diverged"
+
+
+def _run(tmp_path, variant, seed, loss_range, grad_change, beta, train_loss, acc):
+    """A stored run with two probes (so the medians are the given values) and a final window."""
+    probes = [{"kind": "smoothness", "step": s, "loss_min": 1.0, "loss_max": 1.0 + loss_range, "grad_change_max": grad_change,
+               "beta_smoothness": beta} for s in (0, 20)]
+    train = [{"kind": "train", "step": 20, "loss": train_loss, "acc": 0.9, "steps": 20}, {"kind": "eval", "split": "test", "acc": acc}]
+    return Run(path=tmp_path / f"{variant}_s{seed}", config={"norm": "bn_gamma_beta", "tag": variant, "seed": seed},
+               metrics=probes + train, trajectories={}, status={"status": "finished"})
+
+
+def test_summary_intervals_and_paired_comparisons_by_hand(tmp_path):
+    """Three seeds. Loss range: vanilla/BN ratios 100, 80 and 160 per seed -> geometric mean
+    (100·80·160)^(1/3) = 108.6x, its log-interval above 0: holds. Gradient change: the
+    ratios 1.1, 0.9, 1.0 -> not significant. β: vanilla half of BN's at every seed (a
+    constant log ratio: half-width 0, p = 0): does not hold here. Held-out accuracy:
+    noisy BN − BN = 0.01 on every seed: a difference, so "about the same" does not hold."""
+    vals = {  # seed: (loss_range, grad_change, beta, train_loss, acc) per variant
+        "vanilla": [(4.0, 1.1, 2.0, 0.3, 0.9), (2.4, 0.9, 3.0, 0.2, 0.92), (8.0, 1.0, 4.0, 0.25, 0.91)],
+        "bn": [(0.04, 1.0, 4.0, 0.03, 0.97), (0.03, 1.0, 6.0, 0.02, 0.96), (0.05, 1.0, 8.0, 0.04, 0.95)],
+        "noisy_bn": [(0.1, 1.0, 5.0, 0.05, 0.98), (0.1, 1.0, 5.0, 0.05, 0.97), (0.1, 1.0, 5.0, 0.05, 0.96)],
+    }
+    runs = {v: [_run(tmp_path, v, s, *x) for s, x in enumerate(xs)] for v, xs in vals.items()}
+    rows = {(r["a"], r["b"], r["number"]): r for r in analysis.comparisons({v: analysis.per_seed(rs, None) for v, rs in runs.items()})}
+    lr = rows[("vanilla", "bn", "loss_range")]
+    assert math.exp(lr["test"].diff.mean) == pytest.approx((100 * 80 * 160) ** (1 / 3)) and lr["verdict"] == "holds"
+    assert rows[("vanilla", "bn", "grad_change")]["verdict"] == "not significant (n = 3)"
+    beta = rows[("vanilla", "bn", "beta_smoothness")]
+    assert (beta["test"].p_t, beta["test"].diff.half_width, beta["verdict"]) == (0.0, 0.0, "does not hold here")
+    assert rows[("noisy_bn", "bn", "eval_acc")]["verdict"] == "does not hold here (higher)"
+    assert rows[("vanilla", "noisy_bn", "train_loss")]["verdict"] == "holds"
+    summary = analysis.summary_markdown({"setup": {}}, runs)
+    # vanilla's loss range 4, 2.4, 8: mean 4.8, half-width t(0.975, 2) · s / √3 = 4.303 · 2.884 / 1.732 = 7.2.
+    assert "| vanilla | 3 | 4.8 ± 7.2 |" in summary
+    assert "| 1 | loss range along the gradient (loss Lipschitzness, Fig. 4a) | vanilla vs bn | 109× [" in summary
 
 
 @pytest.mark.parametrize(
