@@ -636,7 +636,8 @@ class _Loop:
     def start(self, step: int, initial_losses) -> None:
         """The restored (or initial) step: writes the first heartbeat."""
         self.synced_step, self.initial_losses = step, list(initial_losses)
-        self.stop.start([read_jsonl(r.metrics) for r in self.runs])
+        if self.stop.rules:  # only StopWhen rules need the stored lines
+            self.stop.start([read_jsonl(r.metrics) for r in self.runs])
         self.heartbeat(force=True)
 
     def heartbeat(self, force: bool = False) -> None:
