@@ -160,5 +160,11 @@ def test_fit_many_carries_each_runs_eigenvector(tmp_path):
     together = fit_many([cfg.replace(name="a", seed=0), cfg.replace(name="b", seed=1)], observers=make(), progress=False)
     alone = fit(cfg.replace(name="alone", seed=1), observers=make(), progress=False)
     assert len(sharpness_lines(alone.metrics)) == 3
-    assert sharpness_lines(together[1].metrics) == sharpness_lines(alone.metrics)
-    assert sharpness_lines(together[0].metrics) != sharpness_lines(alone.metrics)
+    # The same run in two compiled programs (looped together vs alone): XLA may fuse and
+    # round differently (measured: 1 ulp, 1e-7 relative, with the legacy CPU emitters), so
+    # the steps and iteration counts must agree and the values to 1e-5; the other seed's
+    # run is farther than that from it.
+    same, other, ref = (sharpness_lines(r.metrics) for r in (together[1], together[0], alone))
+    assert [(s, i) for s, _, i in same] == [(s, i) for s, _, i in ref]
+    np.testing.assert_allclose([v for _, v, _ in same], [v for _, v, _ in ref], rtol=1e-5)
+    assert not np.allclose([v for _, v, _ in other], [v for _, v, _ in ref], rtol=1e-3)

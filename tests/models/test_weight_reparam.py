@@ -100,7 +100,10 @@ def test_weight_norm_starts_as_the_plain_net():
         np.testing.assert_allclose(f64(layer["reparam"]["g"]), np.linalg.norm(f64(layer["kernel"]), axis=0), rtol=1e-6)
     plain = get_model("mlp", depth=3, width=6, num_classes=3)
     plain_vars = init(plain, x)
-    np.testing.assert_array_equal(plain_vars["params"]["dense2"]["kernel"], variables["params"]["dense2"]["kernel"])
+    # The same draw from the same key; the two inits are separate compilations of the
+    # sampler, which may round its last bit differently (measured: 1 ulp in 1 of 36).
+    np.testing.assert_allclose(plain_vars["params"]["dense2"]["kernel"], variables["params"]["dense2"]["kernel"],
+                               rtol=4 * np.finfo(np.float32).eps, atol=0)
     np.testing.assert_allclose(f64(apply(m, variables["params"], x)), f64(apply(plain, plain_vars["params"], x)), rtol=RTOL, atol=ATOL)
 
 

@@ -29,12 +29,15 @@ from tests.train.helpers import tiny_config
 REL = 1e-4  # see the module docstring
 
 
-def rel_diff(a, b) -> float:
-    """Largest |a - b| over every leaf, relative to that leaf's largest |b|."""
+def rel_diff(a, b, floor: float = 0.0) -> float:
+    """Largest |a - b| over every leaf, relative to that leaf's largest |b|, or to
+    ``floor`` times the largest |b| of all leaves where that is larger (for leaves that
+    hold rounding noise only)."""
+    scale = max(float(np.max(np.abs(np.asarray(y, np.float64)))) for y in jax.tree.leaves(b))
     out = 0.0
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        out = max(out, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)))
+        out = max(out, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), floor * scale, 1e-30)))
     return out
 
 
@@ -218,7 +221,11 @@ def test_an_unfinished_run_of_a_group_trains_on_while_the_ended_ones_are_read_ba
     shutil.rmtree(first[1].run_dir)
     again = fit_many(group, observers=[], progress=False)
     assert again[0].traces == {} and again[1].traces["train_step"] == 1
-    assert rel_diff(again[1].state.params, first[1].state.params) < REL
+    # In the superset the BN run keeps the pre-BN biases, whose gradient is zero up to
+    # rounding: their values (~1e-9) are rounding noise that a program of one run need not
+    # reproduce bit for bit (measured: 5e-9 apart). They are compared on the scale of the
+    # run's parameters (1e-3 of its largest: 5e-6 against REL), every other leaf on its own.
+    assert rel_diff(again[1].state.params, first[1].state.params, floor=1e-3) < REL
 
 
 def test_l2_scope_reaches_the_loop_and_is_part_of_the_run_identity(tmp_path):
