@@ -7,8 +7,10 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   without materializing every gradient); ``batch_loss_fn``/``mean_gradient``.
 * :mod:`~jaxnorm.diagnostics.masking` -- ``random_mask`` (§1.6), ``flatten``.
 * :mod:`~jaxnorm.diagnostics.step_consistency` -- κ_W (Def. 2.5), perturbation samplers
-  (Defs. 2.6, 2.7, random), the Def. 4.1 forms, the SGD-step estimate.
-* :mod:`~jaxnorm.diagnostics.input_conditioning` -- κ_X (Defs. 3.4, 3.5, eq. 3.16).
+  (Defs. 2.6, 2.7, random, isotropic random), the Def. 4.1 forms, the SGD-step estimate,
+  each perturbation's own terms (``per_perturbation=True``).
+* :mod:`~jaxnorm.diagnostics.input_conditioning` -- κ_X (Defs. 3.4, 3.5, eq. 3.16), the
+  targeted, uniform and interpolation input samplers (Fig. 3.2), the ``(n, m)`` ratios.
 * :mod:`~jaxnorm.diagnostics.effective_rank` -- stable rank, relative gradient rank (Def. 3.7).
 * :mod:`~jaxnorm.diagnostics.dissonance` -- confusion (3.11), diversity (3.12), coherence (3.13).
 * :mod:`~jaxnorm.diagnostics.step_tracker` -- the in-training κ_W estimate as an optax
