@@ -15,7 +15,7 @@ Written to ``<run>/masking.json``; :mod:`jaxnorm.analysis.masking` plots the med
 with its interquartile band and the times.
 
     python -m experiments.masking                  # digits: 3 seeds x 6 epochs, 8 fractions x 10 masks, timing (10% mask vs none) on seed 0
-    python -m experiments.masking --quick          # 4 steps, a 3-layer MLP, 3 fractions x 2 masks, no timing (tests)
+    python -m experiments.masking --quick          # 4 steps, a 3-layer MLP, 3 fractions x 2 masks, no timing: a smoke run
     python -m experiments.masking --config cifar10 # the thesis's scale (GPU; tfds-prepared CIFAR-10)
     python -m experiments.masking --plot-only
 """

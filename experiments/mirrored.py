@@ -10,7 +10,7 @@ training. Here the same net, narrow, trains on digits through
 net with orthogonal (unmirrored) init, whose pair statistics are the chance level.
 
     python -m experiments.mirrored               # digits: 2 inits x 3 seeds, 40 layers of width 32, 6 epochs
-    python -m experiments.mirrored --quick       # 4 steps, 6 layers of width 8 (tests)
+    python -m experiments.mirrored --quick       # 4 steps, 6 layers of width 8: a smoke run
     python -m experiments.mirrored --plot-only
 
 Results: ``<results>/mirrored/<setup>/<init>_s<seed>/`` (``trajectories.npz`` holds

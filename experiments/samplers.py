@@ -14,7 +14,7 @@ samplers paired by seed. ``random_isotropic`` (not in the thesis) is the random 
 with every coordinate moving (the thesis's random sampler leaves zero biases and β still).
 
     python -m experiments.samplers                  # digits: 3 seeds x 6 epochs, 7 observations of 64 draws per sampler
-    python -m experiments.samplers --quick          # 4 steps, a 3-layer MLP, 8 draws (tests)
+    python -m experiments.samplers --quick          # 4 steps, a 3-layer MLP, 8 draws: a smoke run of the code path
     python -m experiments.samplers --config cifar10 # the thesis's scale (GPU; tfds-prepared CIFAR-10)
     python -m experiments.samplers --plot-only
 

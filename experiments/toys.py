@@ -14,7 +14,7 @@ Conditioning in Deep Neural Networks” (BYU thesis 2022).
   one pixel is a dense layer, so it is a dense resnet with BN).
 
     python -m experiments.toys                # 3 seeds: 1000 x 1000 Lemma samples, 256-point grids
-    python -m experiments.toys --quick        # tiny sizes (tests)
+    python -m experiments.toys --quick        # tiny sizes: a smoke run
     python -m experiments.toys --plot-only    # plots + summary.md from the stored files
 
 Results: ``<results>/toys/<setup>/lemma22.npz`` (``<reading>.<bias>.s<seed>.<field>``),

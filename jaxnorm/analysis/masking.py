@@ -9,7 +9,8 @@ call; a metric whose unmasked value is 0 in some run, listed in ``absolute_error
 has the absolute error there). Per metric and fraction the plot shows the median error over every mask of every
 seed with the interquartile band; the table adds the mean over seeds of each seed's
 median error with its 95% t-interval, and the time of the masked call relative to the
-unmasked one.
+unmasked one (each divided by the batch-gradient time of its own timing call, which
+cancels a change of the machine's load between the two calls).
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ LABELS = {
 }  # fmt: skip
 #: Which timed call each metric's time is read from (the Def. 4.1 forms come with κ_W).
 TIMED_AS = {"min_cosine": "kappa_w", "weight_gradient_diversity": "kappa_w", "weight_gradient_coherence": "kappa_w"}
+
+
+def _relative_time(timing: dict, fraction: str, metric: str) -> float:
+    """Masked over unmasked seconds of ``metric``, each divided by the batch-gradient time
+    measured in the same timing call when there is one: the calls run minutes apart, and
+    on a shared machine the load between them changes every time alike."""
+    def norm(q):
+        t = timing[q]
+        return t[metric] / t["batch_gradient"] if "batch_gradient" in t else t[metric]
+
+    return norm(fraction) / norm("unmasked")
 
 
 def load_masking(root) -> list[dict]:
@@ -100,9 +112,9 @@ def write_report(root) -> str:
             j = int(np.argmin(np.abs(fractions - p)))
             cells.append(mean_interval(np.median(errs[k][:, j], axis=1)).format(4))
             worst.setdefault(p, {})[k] = float(np.median(errs[k][:, j]))
-        t = timing and timing["unmasked"].get(TIMED_AS.get(k, k))
-        ratio = ", ".join(f"{timing[q][TIMED_AS.get(k, k)] / t:.2f}" for q in sorted(timing, key=lambda q: (q == 'unmasked', q))
-                          if q != "unmasked") if t else "—"  # fmt: skip
+        name = TIMED_AS.get(k, k)
+        ratio = ", ".join(f"{_relative_time(timing, q, name):.2f}" for q in sorted((q for q in timing if q != "unmasked"), key=float)) \
+            if timing and name in timing["unmasked"] else "—"  # fmt: skip
         lines.append(f"| {LABELS.get(k, k)} | " + " | ".join(cells) + f" | {ratio} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     p = shown[len(shown) // 2]
