@@ -36,14 +36,15 @@ For each distribution pair, with ``e = ‖·−·‖/‖·‖`` and ``R = (‖·
 sample, and the expected direction ``d = sign(E e_B − E e_A)``:
 ``condition_gap = |E e_B − E e_A|``; ``result_gap = d·(E R_B − E R_A)`` (> 0: the result
 holds in expectation in the condition's direction); ``condition_agreement`` /
-``result_agreement``: the fraction of samples whose own inequality has direction d.
+``result_agreement``: the fraction of samples whose own inequality has direction d
+(summarized by :func:`jaxnorm.analysis.toys.summarize_lemma`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PERTURBATIONS", "simulate", "summarize"]
+__all__ = ["PERTURBATIONS", "simulate"]
 
 #: How the second vector of a pair is drawn from the first (module docstring).
 PERTURBATIONS = ("independent", "shrink")
@@ -93,13 +94,3 @@ def simulate(seed: int, *, distributions: int = 1000, samples: int = 1000, dim: 
         out["result_agreement"].append(np.mean(np.sign(r_b - r_a) == d[:, None], axis=1))
     return {k: np.concatenate(v) for k, v in out.items()}
 
-
-def summarize(sim: dict[str, np.ndarray]) -> dict[str, float]:
-    """``same_direction`` (fraction of distribution pairs whose result holds in the
-    condition's direction in expectation), ``agreement_correlation`` (Pearson r of the
-    two agreement fractions) and ``gap_correlation`` (of the two gaps)."""
-    return {
-        "same_direction": float(np.mean(sim["result_gap"] > 0)),
-        "agreement_correlation": float(np.corrcoef(sim["condition_agreement"], sim["result_agreement"])[0, 1]),
-        "gap_correlation": float(np.corrcoef(sim["condition_gap"], sim["result_gap"])[0, 1]),
-    }

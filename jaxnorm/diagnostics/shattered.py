@@ -12,10 +12,10 @@ about its neighbour's) -- the paper's "shattered gradients".
   the statistics of the whole grid batch, held fixed per example (the ``frozen``
   semantics of :mod:`jaxnorm.diagnostics.per_example`), so ``f'(x_i)`` is the derivative
   of the function training would compute on that batch, without the cross-example terms.
-* :func:`lag_correlation` -- the Pearson correlation of ``f'(x_i)`` and ``f'(x_{i+lag})``:
+* :func:`jaxnorm.analysis.toys.lag_correlation` -- the Pearson correlation of ``f'(x_i)`` and ``f'(x_{i+lag})``:
   ≈ 1 for brown noise, ≈ 0 for white noise (the quantity behind the paper's covariance
   plots).
-* :func:`spectral_slope` -- the least-squares slope of log power against log frequency
+* :func:`jaxnorm.analysis.toys.spectral_slope` -- the least-squares slope of log power against log frequency
   of the mean-removed curve: ≈ −2 for brown noise, ≈ 0 for white noise.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxnorm.diagnostics.per_example import frozen_batch_stats
 
-__all__ = ["input_gradient_curve", "lag_correlation", "spectral_slope"]
+__all__ = ["input_gradient_curve"]
 
 
 def input_gradient_curve(module, variables, x: jax.Array) -> jax.Array:
@@ -51,26 +51,3 @@ def input_gradient_curve(module, variables, x: jax.Array) -> jax.Array:
     grads = jax.vmap(jax.grad(f), in_axes=(0, 0 if has_bn else None))(x, stats)
     return grads.reshape(x.shape[0])
 
-
-def lag_correlation(g, lag: int = 1) -> float:
-    """Pearson correlation of ``g[:-lag]`` and ``g[lag:]`` (NaN for a constant curve).
-
-    Raises:
-      ValueError: ``lag`` outside [1, len(g) − 2].
-    """
-    g = np.asarray(g, np.float64)
-    if not 1 <= lag <= len(g) - 2:
-        raise ValueError(f"lag must lie in [1, {len(g) - 2}], got {lag}.")
-    a, b = g[:-lag] - g[:-lag].mean(), g[lag:] - g[lag:].mean()
-    den = np.sqrt(np.sum(a * a) * np.sum(b * b))
-    return float(np.sum(a * b) / den) if den > 0 else float("nan")
-
-
-def spectral_slope(g) -> float:
-    """Slope of ``log |FFT|²`` against ``log frequency`` over the nonzero frequencies of
-    the mean-removed curve (module docstring)."""
-    g = np.asarray(g, np.float64)
-    power = np.abs(np.fft.rfft(g - g.mean())) ** 2
-    freq = np.fft.rfftfreq(len(g))
-    keep = (freq > 0) & (power > 0)
-    return float(np.polyfit(np.log(freq[keep]), np.log(power[keep]), 1)[0])

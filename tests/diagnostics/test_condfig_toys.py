@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from jaxnorm.analysis.samplers import expected_extreme
-from jaxnorm.diagnostics.lemma_simulation import simulate, summarize
+from jaxnorm.analysis.toys import lag_correlation, spectral_slope, summarize_lemma as summarize
+from jaxnorm.diagnostics.lemma_simulation import simulate
 from jaxnorm.diagnostics.mirrored import mirror_distances
-from jaxnorm.diagnostics.shattered import input_gradient_curve, lag_correlation, spectral_slope
+from jaxnorm.diagnostics.shattered import input_gradient_curve
 from jaxnorm.inits import looks_linear
 from jaxnorm.models import get_model
 
