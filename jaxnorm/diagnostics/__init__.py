@@ -22,6 +22,12 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   directional ‖Hĝ‖‖w‖/‖g‖ (``hessian_condition_number``, ``directional_condition_number``),
   the η sweeps of κ_W and κ_X with a plateau verdict (``kappa_w_sweep``, ``kappa_x_sweep``,
   ``plateau``): when the finite-difference κ is a lower bound of Def. 2.4 and when not.
+* :mod:`~jaxnorm.diagnostics.sampler_comparison` -- ``SamplerComparison``: every sampler's
+  per-draw terms during ``fit`` (Figs. 2.4, 3.2, 4.3);
+  :mod:`~jaxnorm.diagnostics.mask_effectiveness` -- metrics on mask coordinates of fixed
+  draws (Figs. 2.3-4.2); :mod:`~jaxnorm.diagnostics.lemma_simulation` (Figs. 2.1, 2.2);
+  :mod:`~jaxnorm.diagnostics.shattered` (Balduzzi et al.'s 1-D toy, Fig. 3.5);
+  :mod:`~jaxnorm.diagnostics.mirrored` -- ``MirroredPairs`` (looks-linear pairs, Fig. 3.11).
 * :mod:`~jaxnorm.observers.conditioning` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
 * :mod:`~jaxnorm.observers.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every
