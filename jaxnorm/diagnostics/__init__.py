@@ -7,8 +7,10 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   without materializing every gradient); ``batch_loss_fn``/``mean_gradient``.
 * :mod:`~jaxnorm.diagnostics.masking` -- ``random_mask`` (§1.6), ``flatten``.
 * :mod:`~jaxnorm.diagnostics.step_consistency` -- κ_W (Def. 2.5), perturbation samplers
-  (Defs. 2.6, 2.7, random), the Def. 4.1 forms, the SGD-step estimate.
-* :mod:`~jaxnorm.diagnostics.input_conditioning` -- κ_X (Defs. 3.4, 3.5, eq. 3.16).
+  (Defs. 2.6, 2.7, random, isotropic random), the Def. 4.1 forms, the SGD-step estimate,
+  each perturbation's own terms (``per_perturbation=True``).
+* :mod:`~jaxnorm.diagnostics.input_conditioning` -- κ_X (Defs. 3.4, 3.5, eq. 3.16), the
+  targeted, uniform and interpolation input samplers (Fig. 3.2), the ``(n, m)`` ratios.
 * :mod:`~jaxnorm.diagnostics.effective_rank` -- stable rank, relative gradient rank (Def. 3.7).
 * :mod:`~jaxnorm.diagnostics.dissonance` -- confusion (3.11), diversity (3.12), coherence (3.13).
 * :mod:`~jaxnorm.diagnostics.step_tracker` -- the in-training κ_W estimate as an optax
@@ -20,6 +22,12 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   directional ‖Hĝ‖‖w‖/‖g‖ (``hessian_condition_number``, ``directional_condition_number``),
   the η sweeps of κ_W and κ_X with a plateau verdict (``kappa_w_sweep``, ``kappa_x_sweep``,
   ``plateau``): when the finite-difference κ is a lower bound of Def. 2.4 and when not.
+* :mod:`~jaxnorm.diagnostics.sampler_comparison` -- ``SamplerComparison``: every sampler's
+  per-draw terms during ``fit`` (Figs. 2.4, 3.2, 4.3);
+  :mod:`~jaxnorm.diagnostics.mask_effectiveness` -- metrics on mask coordinates of fixed
+  draws (Figs. 2.3-4.2); :mod:`~jaxnorm.diagnostics.lemma_simulation` (Figs. 2.1, 2.2);
+  :mod:`~jaxnorm.diagnostics.shattered` (Balduzzi et al.'s 1-D toy, Fig. 3.5);
+  :mod:`~jaxnorm.diagnostics.mirrored` -- ``MirroredPairs`` (looks-linear pairs, Fig. 3.11).
 * :mod:`~jaxnorm.observers.conditioning` -- ``GradientConditioning``: any subset of the
   metrics every k steps during ``fit``.
 * :mod:`~jaxnorm.observers.sharpness` -- ``Sharpness``: the top Hessian eigenvalue every

@@ -34,7 +34,17 @@ Perturbation samplers (:func:`weight_perturbations`), each scaled by η (default
 * ``'limited_targeted'`` (Def. 2.7): ``±η ḡ / ‖ḡ‖_∞`` (at most two: n ∈ {1, 2}; with
   n = 1 the sign is random) -- what the thesis used for its results;
 * ``'random'``: per parameter leaf, Gaussian with the mean and standard deviation of
-  that leaf's weights, times η (the thesis's random baseline, §2.3).
+  that leaf's weights, times η (the thesis's random baseline, §2.3: "elements drawn
+  from a normal distribution with the same mean and standard deviation as the weights
+  being perturbed"). Its size is relative to each leaf's magnitude
+  (``E‖ω_leaf‖² = η²‖w_leaf‖²``), so a leaf whose values are all equal gets no random
+  direction at all: zero-initialized biases and BatchNorm's β (mean 0, std 0) are
+  *not perturbed* (ω = 0 there), and γ = 1 gets the same constant shift η in every
+  sample. At initialization this sampler therefore explores only the kernels.
+* ``'random_isotropic'``: one isotropic Gaussian direction over *all* coordinates
+  (biases, γ and β included), scaled to ``‖ω‖ = η‖w‖`` -- the norm the ``'random'``
+  sampler has in expectation, without its blind spots. Not in the thesis; offered so
+  that the random baseline can be read with every parameter moving.
 
 The nearly free in-training estimate (thesis §2.2) -- ω the SGD step itself -- is
 :func:`sgd_step_condition_number`; :mod:`jaxnorm.diagnostics.step_tracker` computes
@@ -106,10 +116,20 @@ def _random(key, params, n, eta, per_example, mean_grad):
     return jax.tree.unflatten(treedef, out)
 
 
+def _random_isotropic(key, params, n, eta, per_example, mean_grad):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    z = [jax.random.normal(k, (n,) + w.shape, jnp.float32) for w, k in zip(leaves, keys)]
+    z_norm = jnp.sqrt(sum(jnp.sum(jnp.square(a).reshape(n, -1), axis=1) for a in z))
+    scale = eta * _tree_norm(params) / z_norm
+    return jax.tree.unflatten(treedef, [a * scale.reshape((n,) + (1,) * (a.ndim - 1)) for a in z])
+
+
 PERTURBATIONS: dict[str, Callable] = {
     "targeted": _targeted,
     "limited_targeted": _limited_targeted,
     "random": _random,
+    "random_isotropic": _random_isotropic,
 }
 
 
@@ -126,7 +146,9 @@ def weight_perturbations(
     """``n`` weight perturbations ω_k, a params-shaped pytree with a leading ``(n,)`` axis.
 
     Args:
-      kind: ``'targeted'``, ``'limited_targeted'`` or ``'random'`` (module docstring).
+      kind: ``'targeted'``, ``'limited_targeted'``, ``'random'`` or ``'random_isotropic'``
+        (module docstring; ``'random'`` leaves constant leaves such as zero biases and
+        β unperturbed).
       key: PRNG key.
       params: the weights w.
       n: number of perturbations.
@@ -194,6 +216,7 @@ def weight_space_metrics(
     *,
     mask: Optional[GradientMask] = None,
     chunk_size: Optional[int] = None,
+    per_perturbation: bool = False,
 ) -> dict[str, jax.Array]:
     """κ_W (Def. 2.5) and the three Def. 4.1 metrics from one set of perturbed gradients.
 
@@ -203,18 +226,29 @@ def weight_space_metrics(
       perturbations: ω_k with a leading ``(n,)`` axis (:func:`weight_perturbations`).
       mask: compute every norm and inner product on these coordinates only (§1.6).
       chunk_size: perturbed gradients evaluated this many at a time (None: all at once).
+      per_perturbation: also return each perturbation's own terms before the max / min
+        over k, ``'ratio'`` ``(n,)`` = ``‖ḡ(w + ω_k) − ḡ(w)‖·‖w‖ / (‖ω_k‖·‖ḡ(w)‖)`` and
+        ``'cosine'`` ``(n,)`` = ``cos(ḡ(w + ω_k), ḡ(w))``: what a comparison of samplers
+        needs (thesis Figs. 2.4 and 4.3 estimate the expected max / min over 16 of 64
+        draws by bootstrap).
 
     Returns:
       ``{'kappa_w', 'min_cosine', 'weight_gradient_diversity',
-      'weight_gradient_coherence'}``, float32 scalars.
+      'weight_gradient_coherence'}``, float32 scalars (plus ``'ratio'``, ``'cosine'``).
     """
     grad = jax.grad(loss_fn)
     g0 = grad(params)
     gk = map_batched(lambda om: grad(jax.tree.map(jnp.add, params, om)), perturbations, chunk_size)
-    f0, fk = flatten(g0, 0, mask), flatten(gk, 1, mask)
-    return {
-        "kappa_w": kappa_w(f0, fk, flatten(perturbations, 1, mask), flatten(params, 0, mask)),
+    f0, fk, om, w = flatten(g0, 0, mask), flatten(gk, 1, mask), flatten(perturbations, 1, mask), flatten(params, 0, mask)
+    out = {
+        "kappa_w": kappa_w(f0, fk, om, w),
         "min_cosine": min_cosine_similarity(f0, fk),
         "weight_gradient_diversity": weight_gradient_diversity(fk),
         "weight_gradient_coherence": weight_gradient_coherence(f0, fk),
     }
+    if per_perturbation:
+        n = jnp.linalg.norm
+        out["ratio"] = n(fk - f0[None], axis=1) * n(w) / (n(om, axis=1) * n(f0))
+        out["cosine"] = (fk @ f0) / (n(fk, axis=1) * n(f0))
+    return out
+

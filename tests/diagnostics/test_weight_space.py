@@ -91,6 +91,21 @@ def test_quadratic_matches_the_closed_form():
     check(metrics(quadratic, tree(W), tree(OMEGAS), chunk_size=2), want)
 
 
+def test_per_perturbation_values_are_the_terms_before_the_max_and_min():
+    """per_perturbation=True: per ω_k the ratio ‖A ω_k‖‖w‖/(‖ω_k‖‖Aw‖) and the cosine of
+    A(w + ω_k) with Aw (closed form, float64); their max / min are weight_space_metrics'
+    κ_W / min cosine."""
+    got = metrics(quadratic, tree(W), tree(OMEGAS), per_perturbation=True)
+    g0, gk = A @ W, (A @ (W + OMEGAS).T).T
+    n = np.linalg.norm
+    ratio = [n(A @ o) * n(W) / (n(o) * n(g0)) for o in OMEGAS]
+    cos = [g @ g0 / (n(g) * n(g0)) for g in gk]
+    np.testing.assert_allclose(got["ratio"], ratio, rtol=RTOL)
+    np.testing.assert_allclose(got["cosine"], cos, rtol=RTOL)
+    check({k: v for k, v in got.items() if k not in ("ratio", "cosine")}, ref_metrics(g0, gk, OMEGAS, W))
+    assert float(got["kappa_w"]) == float(np.max(got["ratio"])) and float(got["min_cosine"]) == float(np.min(got["cosine"]))
+
+
 def test_quadratic_kappa_along_the_top_eigenvector_is_lambda_max_norm_ratio():
     """With ω along A's top eigenvector the ratio is λ_max‖w‖/‖Aw‖, the largest any ω can
     give: among random ω and the eigenvector, κ_W (the max over k) is that value."""
@@ -201,6 +216,31 @@ def test_random_perturbations_follow_each_leafs_weight_statistics():
         assert o.shape == (2,) + w.shape
         assert abs(o.mean() - w.mean()) < mean_tol * max(1.0, w.std())
         np.testing.assert_allclose(o.std(), w.std(), rtol=std_rtol)
+
+
+def test_random_leaves_constant_leaves_unperturbed_random_isotropic_moves_every_leaf():
+    """The thesis's 'random' sampler draws from each leaf's own mean and std: a zero bias
+    or β (std 0, mean 0) gets ω = 0 exactly, γ = 1 the constant η in every draw.
+    'random_isotropic' moves every coordinate: ‖ω_k‖ = η‖w‖ (float32: 1e-5), every leaf
+    nonzero, and -- an isotropic direction -- β's share of ‖ω‖² near its share 4/409 of
+    the coordinates (a χ²₄ share: relative std √(2/4) per draw, 5% over 200 draws, so
+    the 40% bound is 8 standard errors)."""
+    r = np.random.default_rng(5)
+    params = {"kernel": jnp.asarray(r.normal(size=(20, 20)), jnp.float32), "bias": jnp.zeros(1),
+              "beta": jnp.zeros(4), "gamma": jnp.ones(4)}
+    eta = 1e-3
+    om = perturb("random", jax.random.PRNGKey(0), params, 3, eta=eta)
+    assert np.all(np.asarray(om["bias"]) == 0) and np.all(np.asarray(om["beta"]) == 0)
+    np.testing.assert_allclose(om["gamma"], eta, rtol=1e-6)
+    assert np.asarray(om["kernel"]).std() > 0
+    iso = perturb("random_isotropic", jax.random.PRNGKey(1), params, 200, eta=eta)
+    flat = np.concatenate([np.asarray(l, np.float64).reshape(200, -1) for l in jax.tree.leaves(iso)], axis=1)
+    w_norm = np.linalg.norm(np.concatenate([np.asarray(l, np.float64).ravel() for l in jax.tree.leaves(params)]))
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=1), eta * w_norm, rtol=1e-5)
+    for name in ("bias", "beta", "gamma"):
+        assert np.all(np.abs(np.asarray(iso[name])).reshape(200, -1).max(axis=1) > 0), name
+    share = np.mean(np.sum(np.asarray(iso["beta"], np.float64) ** 2, axis=1) / np.sum(flat**2, axis=1))
+    np.testing.assert_allclose(share, 4 / 409, rtol=0.4)
 
 
 @pytest.mark.parametrize(
