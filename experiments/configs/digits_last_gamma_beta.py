@@ -8,10 +8,12 @@ group stays together in reports (variant ``<norm>+last_only``). Meant for the de
 BN placement: with ``--positions`` the norm layers keep the index of the layer they
 follow, so the regex then freezes whichever of norm1..norm4 exist.
 
-Launch: ``python -m experiments.ablation --config digits_last_gamma_beta``. Runtime: about
-1 min on a 2-core CPU (five variants in one program; measured 134 s wall with plots
-while the 2 cores were shared with another job, ~46 s for the same-sized
-``digits_gamma_init`` alone).
+Launch: ``python -m experiments.ablation --config digits_last_gamma_beta``. Runtime: the
+same programs as ``make demo`` (3 seeds x 10 epochs, about 2 min on 2 quiet CPU cores);
+measured 36 min wall on the shared 2-core Xeon at a load of 15-20 from other jobs.
+Measured (mean ± 95% interval over seeds 0-2): final training loss 0.0234 ± 0.0021 for
+bn_gamma_beta+last_only against 0.0232 ± 0.0032 with γ/β in every layer (the demo), and
+0.0456 ± 0.0052 for bn: the last layer's γ/β carry the whole training-loss gain.
 """
 
 from experiments.configs import digits
