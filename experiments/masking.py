@@ -117,7 +117,7 @@ def measure(setup: MaskingSetup, results) -> None:
         x = normalize(train.images[:need], train.mean, train.std).reshape((setup.num_batches, setup.batch_size) + train.images.shape[1:])
         y = np.asarray(train.labels[:need]).reshape(setup.num_batches, setup.batch_size)
         key = jax.random.PRNGKey(cfg.seed)
-        parts = jax.jit(lambda v: mask_parts(module, v, x, y, key=key, n_x=setup.n_x, m=setup.m))(r.state.variables)
+        parts = mask_parts(module, r.state.variables, x, y, key=key, n_x=setup.n_x, m=setup.m)  # compiled
         params = r.state.params
         masks = [random_mask(jax.random.PRNGKey(1000 * i + j), params, p) for i, p in enumerate(setup.fractions) for j in range(setup.repeats)]
         errs, absolute = relative_errors(parts, masks)

@@ -61,7 +61,7 @@ import jax
 from jaxnorm.analysis import sharpness as analysis
 from jaxnorm.data import load
 from jaxnorm.objective import LOSSES
-from jaxnorm.observers import Sharpness
+from jaxnorm.observers import Sharpness, compiled
 from jaxnorm.observers.spectrum import SpectralDensity
 from jaxnorm.observers.stopping import StopWhen
 from jaxnorm.results import read_json, write_npz
@@ -233,7 +233,7 @@ class SharpnessStudy:
         if not todo:
             return
         config = TrainConfig.from_dict(read_json(todo[0].run_dir / "config.json"))
-        measure = jax.jit(self.density(setup, build_model(config, load(setup.dataset, "train").num_classes), every=1))
+        measure = compiled(self.density(setup, build_model(config, load(setup.dataset, "train").num_classes), every=1))
         for r in todo:
             record = jax.device_get(measure(r.state))
             write_npz(r.run_dir / analysis.END_SPECTRUM, {"step": r.step, **{k: v[None] for k, v in record.items()}})

@@ -27,6 +27,7 @@ pass); the conditioning study's κ_X uses the frozen batch statistics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -97,6 +98,14 @@ def mask_parts(module, variables, xs, ys, *, key, n_x: int = 8, m: int = 16, eta
     nb, b = ys.shape
     if nb < 2 or not (1 <= m <= b and 1 <= n_x <= b):
         raise ValueError(f"need >= 2 batches and 1 <= m, n_x <= b={b}; got {nb} batches, m={m}, n_x={n_x}.")
+    # One compiled program for every vector (compiled once per module and sizes; inside a
+    # caller's jit it is inlined): op by op, the per-example and perturbed gradients of a
+    # trained network would compile each of their ops.
+    return _mask_parts(module, variables, xs, ys, key, n_x, m, eta)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _mask_parts(module, variables, xs, ys, key, n_x, m, eta) -> MaskParts:
     x, y, params = xs[0], ys[0], variables["params"]
     k_w, k_x = jax.random.split(key)
     loss = batch_loss_fn(module, variables, x, y, bn_mode="batch")

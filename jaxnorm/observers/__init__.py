@@ -28,7 +28,7 @@ from jaxnorm.observers.conditioning import METRICS, GradientConditioning
 from jaxnorm.observers.gamma_beta import GammaBetaRecorder, norm_layers
 from jaxnorm.observers.layer_statistics import LayerStatistics, layer_statistics
 from jaxnorm.observers.norm_inputs import NormInputs
-from jaxnorm.observers.protocol import Observer, is_stateful
+from jaxnorm.observers.protocol import Observer, compiled, is_stateful
 from jaxnorm.observers.relu_sparsity import ReluSparsity
 from jaxnorm.observers.sharpness import Sharpness
 from jaxnorm.observers.smoothness import Smoothness, smoothness_probe
@@ -53,6 +53,7 @@ __all__ = [
     "ReluSparsity",
     "Sharpness",
     "StepConditioning",
+    "compiled",
     "is_stateful",
     "norm_layers",
 ]

@@ -40,3 +40,15 @@ class Observer(Protocol):
 def is_stateful(observer) -> bool:
     """Whether ``observer`` carries state between calls (defines ``init_carry``)."""
     return callable(getattr(observer, "init_carry", None))
+
+
+def compiled(observer):
+    """A stateless ``observer`` as one compiled function ``state -> record``: the record
+    :func:`~jaxnorm.train.fit` takes at its observation steps, for a measurement outside
+    training (e.g. of a run's final state in a study's ``after`` step). Compile it once
+    and call it for every state of the same shapes."""
+    if is_stateful(observer):
+        raise ValueError(f"observer {getattr(observer, 'name', observer)!r} carries state; compiled() takes stateless observers only.")
+    import jax
+
+    return jax.jit(observer)

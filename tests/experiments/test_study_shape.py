@@ -13,7 +13,8 @@ import pytest
 from jaxnorm.study import build_parser
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
-STUDIES = ("ablation", "conditioning", "init_scale", "norm_kinds", "regularization", "sharpness", "smoothness", "tent")
+STUDIES = ("ablation", "conditioning", "init_scale", "masking", "mirrored", "norm_kinds", "regularization", "samplers", "sharpness",
+           "smoothness", "tent", "toys")
 MAX_LINES = 300
 #: What a training loop of its own is made of: gradients of a training objective,
 #: optimizer updates, compiled loops. The engine (jaxnorm.train) owns all of them.
