@@ -40,6 +40,9 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
         assert [m["step"] for m in step] == list(range(9))  # every logged step (log_every_steps=1)
         assert all(math.isnan(m["kappa_sgd"]) for m in step[:2])  # no previous step yet
         assert all(m["kappa_sgd"] > 0 and -1 <= m["cosine_sgd"] <= 1 for m in step[2:])
+        # The same-batch form needs one step only (the tracker keeps w_{t-1}).
+        assert math.isnan(step[0]["kappa_same_batch"]) and all(m["kappa_same_batch"] > 0 and m["cosine_same_batch"] <= 1 for m in step[1:])
+        assert not [m for m in lines if m["kind"] == "conditioning_sweep"]  # --quick sweeps no η grid
 
         costs = json.loads((run / "costs.json").read_text())
         assert set(costs["seconds"]) == {"kappa_w", "confusion", "kappa_sgd", "batch_gradient"}
@@ -56,6 +59,7 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
         assert (plots / f"{name}.png").is_file(), name
     summary = (plots / "summary.md").read_text()
     assert all(f"| {r.name} |" in summary for r in runs)
+    assert "## Over seeds (n = 1 per configuration" in summary and "| κ_SGD, consecutive batches | κ_SGD, same batch |" in summary
     assert "2 runs (0 diverged); median final training loss by depth: depth 4: BN " in capsys.readouterr().out
 
     # A rerun restores the final checkpoints instead of retraining and keeps the measured costs.
@@ -72,6 +76,8 @@ def test_setups_and_command_line_changes(tmp_path):
     assert all(c.dataset == "digits" and c.batch_size == 64 and c.track_step_conditioning for c in jobs)
     assert all(c.results_dir == "res" and c.study == "conditioning/digits" and c.checkpoint_every_epochs == c.epochs for c in jobs)
     assert digits.metric_names == METRICS
+    assert (digits.seeds, digits.cost_seeds, digits.base.epochs, digits.sweep_every, digits.same_batch) == ((0, 1, 2), (0,), 15, 2, True)
+    assert digits.etas[0] == 1e-6 and 1e-3 in digits.etas and digits.quick().etas == ()
     by_name = {c.name: c for c in jobs}
     assert dict(by_name["looks_linear-vanilla-d11"].model_kwargs) == {"depth": 11, "width": digits.fc_width, "activation": "crelu",
                                                                       "kernel_init": "looks_linear"}
