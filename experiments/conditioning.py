@@ -87,7 +87,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 NORMS = ("vanilla", "bn_gamma_beta")
 #: What ``--quick`` keeps (explicit flags win): architectures, depths, widths (FC, conv), metrics.
 QUICK = {"architectures": ("ortho_relu", "resnet"), "depths": (4,), "widths": (16, 4), "metrics": ("kappa_w", "confusion")}
-_TUPLES = ("architectures", "norms", "depths", "add_depths", "metrics", "cost_norms", "cost_seeds", "seeds", "etas")
+_TUPLES = ("architectures", "deep_architectures", "norms", "depths", "add_depths", "metrics", "cost_norms", "cost_seeds", "seeds", "etas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,8 @@ class ConditioningSetup:
         ``model``, ``model_kwargs``, ``norm``, ``tag`` (= the architecture), ``seed``,
         ``name``, ``study`` and ``results_dir`` are set per run.
       architectures, norms, depths: the grid; ``add_depths`` are appended to ``depths``.
+      deep_architectures: the architectures trained at every depth; the others at the
+        smallest depth only (None: every architecture at every depth).
       fc_width, conv_width, conv_stages: the models' widths; at most this many ConvNet stages.
       metrics: :data:`jaxnorm.observers.METRICS` names to record and time (None: all).
       samples_per_epoch: conditioning samples per epoch (the thesis: about two);
@@ -123,6 +125,7 @@ class ConditioningSetup:
     name: str
     base: TrainConfig
     architectures: tuple = tuple(ARCHITECTURES)
+    deep_architectures: Optional[tuple] = None
     norms: tuple = NORMS
     depths: tuple = (4, 11)
     add_depths: tuple = ()
@@ -153,6 +156,7 @@ class ConditioningSetup:
         from jaxnorm.layers import NORMS as known_norms
 
         for what, given, known in (("architecture", self.architectures, ARCHITECTURES), ("norm", self.norms, known_norms),
+                                   ("deep architecture", self.deep_architectures or self.architectures, ARCHITECTURES),
                                    ("metric", self.metrics or METRICS, METRICS)):  # fmt: skip
             unknown = sorted(set(given) - set(known))
             if unknown or not given:
@@ -194,13 +198,17 @@ class ConditioningSetup:
         )  # fmt: skip
 
     def jobs(self, seeds: Sequence[int] = (0,), results: str = "results") -> list[TrainConfig]:
-        """Every run's config: architecture-major, then norm, depth, seed."""
+        """Every run's config: architecture-major, then norm, depth, seed (the
+        architectures outside ``deep_architectures`` at the smallest depth only)."""
         grid = itertools.product(self.architectures, self.norms, self.all_depths, seeds)
-        return [self.run_config(a, n, d, s, results) for a, n, d, s in grid]
+        deep = self.deep_architectures
+        keep = lambda a, d: deep is None or a in deep or d == self.all_depths[0]
+        return [self.run_config(a, n, d, s, results) for a, n, d, s in grid if keep(a, d)]
 
 
 SETUPS = {
     "digits": ConditioningSetup(name="digits", **conditioning_digits.get_config()),
+    "digits_full": ConditioningSetup(name="digits_full", **conditioning_digits.get_full_config()),
     "cifar10": ConditioningSetup(name="cifar10", **conditioning_cifar10.get_config()),
 }
 
@@ -237,10 +245,10 @@ def study_observers(setup: ConditioningSetup, config: TrainConfig) -> list:
     return out + [StepConditioning(setup.step_every or config.log_every_steps, **pool)]
 
 
-def write_costs(setup: ConditioningSetup, config: TrainConfig, results) -> None:
-    """The ``after`` step: times the metrics on the trained state into ``costs.json``
+def write_costs(setup: ConditioningSetup, configs: Sequence[TrainConfig], results) -> None:
+    """The ``after`` step: times the metrics on each trained state into ``costs.json``
     (skipped when the run already has one: a rerun keeps the first measurement)."""
-    for r in results:
+    for config, r in zip(configs, results):
         path = pathlib.Path(r.run_dir) / "costs.json"
         if path.is_file():
             continue
@@ -267,14 +275,16 @@ class ConditioningStudy:
         parser.add_argument("--quick-subset", type=positive_int, help="training examples of a --quick run (default 512)")
 
     def groups(self, setup: ConditioningSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
-        """One group per run (runs differ in model or norm: separate programs)."""
-
-        def observers(config):
-            return study_observers(setup, config)
-
+        """One group per architecture, norm and depth: its seeds train as one ``fit_many``
+        program (one compile of the model and of every observer; the observers' batches
+        do not depend on the seed, so the first seed's config builds them)."""
+        jobs = setup.jobs(seeds, results=root.parent.parent)
+        by_config = {}
+        for c in jobs:
+            by_config.setdefault((c.tag, c.norm, c.model_kwargs["depth"]), []).append(c)
         return [
-            RunGroup((c,), observers=functools.partial(observers, c), after=functools.partial(write_costs, setup, c))
-            for c in setup.jobs(seeds, results=root.parent.parent)
+            RunGroup(tuple(cs), observers=functools.partial(study_observers, setup, cs[0]), after=functools.partial(write_costs, setup, tuple(cs)))
+            for cs in by_config.values()
         ]
 
     def analyze(self, setup: ConditioningSetup, root: pathlib.Path) -> str:

@@ -12,10 +12,8 @@ key; the same Def. 2.7 directions ±ḡ/‖ḡ‖_∞ for κ_W), so the grid's e
 conditioning observer's ``eta`` is the recorded ``kappa_w``/``kappa_x`` of that line
 (no mask) and the sweep can be read next to ``kappa_w_hessian``/``kappa_w_directional``.
 The values are those of :func:`~jaxnorm.diagnostics.hessian_conditioning.kappa_w_sweep`
-and :func:`~jaxnorm.diagnostics.hessian_conditioning.kappa_x_sweep` (absolute η), but the
-grid is mapped with ``jax.vmap`` (one batched program) instead of one copy per η: on a CPU
-those functions unroll the grid (and κ_X's perturbations within each η), which made one
-11-point sweep of an 11-layer digits net take minutes to compile.
+and :func:`~jaxnorm.diagnostics.hessian_conditioning.kappa_x_sweep` (absolute η), which
+this observer calls on that batch.
 
 Record (``metrics.jsonl`` kind ``conditioning_sweep``; the grid is the line's ``etas``
 annotation):
@@ -40,12 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.flatten_util import ravel_pytree
-
-from jaxnorm.diagnostics.hessian_conditioning import directional_condition_number, plateau
-from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
-from jaxnorm.diagnostics.per_example import batch_loss_fn, per_example_grads
-from jaxnorm.diagnostics.step_consistency import kappa_w, weight_perturbations
+from jaxnorm.diagnostics.hessian_conditioning import kappa_w_sweep, kappa_x_sweep
+from jaxnorm.diagnostics.per_example import batch_loss_fn
 from jaxnorm.observers.conditioning import GradientConditioning
 
 __all__ = ["ConditioningSweep", "DEFAULT_ETAS", "eta_key"]
@@ -108,38 +102,17 @@ class ConditioningSweep:
                     f"{quantity}_plateau": jnp.where(p.length >= self.min_plateau, value, jnp.nan)})  # fmt: skip
         return out
 
-    def kappa_w(self, loss, params) -> jax.Array:
-        """``(G,)`` κ_W (Def. 2.5) at each η with the limited-targeted pair ±η ḡ/‖ḡ‖_∞."""
-        g = jax.grad(loss)(params)
-        d = weight_perturbations("limited_targeted", jax.random.PRNGKey(0), params, 2, eta=1.0, mean_grad=g)
-        fw, unravel = ravel_pytree(params)
-        f0 = ravel_pytree(g)[0]
-        fd = jax.vmap(lambda t: ravel_pytree(t)[0])(d)
-        grad_at = lambda om: ravel_pytree(jax.grad(loss)(jax.tree.map(jnp.add, params, unravel(om))))[0]
-        omegas = jnp.asarray(self.etas, jnp.float32)[:, None, None] * fd[None]  # (G, 2, P)
-        gk = jax.vmap(jax.vmap(grad_at))(omegas)
-        return jax.vmap(lambda om, gg: kappa_w(f0, gg, om, fw))(omegas, gk)
-
-    def kappa_x(self, variables, x, y, key) -> jax.Array:
-        """``(G,)`` mean κ_X (eq. 3.16) at each η with one set of targeted directions
-        (Def. 3.5, norm η): ``GradientConditioning``'s perturbations at that η."""
-        c = self.conditioning
-        hx = per_example_grads(c.module, variables, x, y, bn_mode=c.bn_mode, wrt="inputs", chunk_size=c.chunk_size)
-        unit = input_perturbations(key, hx, c.n_x, eta=1.0)
-        at = lambda s: input_condition_number(c.module, variables, x, y, key=key, bn_mode=c.bn_mode, n=c.n_x, m=c.m_x,
-                                              perturbations=s * unit, chunk_size=c.chunk_size, weight_decay=c.weight_decay)  # fmt: skip
-        return jax.vmap(at)(jnp.asarray(self.etas, jnp.float32))
-
     def __call__(self, state) -> dict[str, jax.Array]:
         c = self.conditioning
         xs, ys, key = c._batches(state.step)
         x, y = xs[0], ys[0]
         _, k_x = jax.random.split(key)  # GradientConditioning's κ_X key
         loss = batch_loss_fn(c.module, state.variables, x, y, bn_mode="batch", weight_decay=c.weight_decay)
-        w, xv = self.kappa_w(loss, state.params), self.kappa_x(state.variables, x, y, k_x)
-        limit = directional_condition_number(loss, state.params)  # along ĝ: the pair's limit
-        pw, px = plateau(w, self.rtol, limit), plateau(xv, self.rtol)
-        out = {**self._summary("kappa_w", w, pw), **self._summary("kappa_x", xv, px)}
-        out["kappa_w_limit"] = limit
-        out["kappa_w_contains_limit"] = (pw.contains_limit & (pw.length >= self.min_plateau)).astype(jnp.float32)
+        # kappa_w_sweep's default directions are the Def. 2.7 pair ±ḡ/‖ḡ‖_∞, its limit ‖Hĝ‖·‖w‖/‖g‖.
+        w = kappa_w_sweep(loss, state.params, self.etas, rtol=self.rtol)
+        xv = kappa_x_sweep(c.module, state.variables, x, y, self.etas, key=k_x, n=c.n_x, m=c.m_x, rtol=self.rtol,
+                           bn_mode=c.bn_mode, chunk_size=c.chunk_size, weight_decay=c.weight_decay)  # fmt: skip
+        out = {**self._summary("kappa_w", w.values, w.plateau), **self._summary("kappa_x", xv.values, xv.plateau)}
+        out["kappa_w_limit"] = w.limit
+        out["kappa_w_contains_limit"] = (w.plateau.contains_limit & (w.plateau.length >= self.min_plateau)).astype(jnp.float32)
         return out
