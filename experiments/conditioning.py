@@ -1,8 +1,8 @@
 """The gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022): metrics throughout training of
 deep nets with and without BatchNorm, and what they cost.
 
-Trains every architecture x norm x depth (x seed) of a named setup, one ``fit`` per run,
-with the in-optimizer κ_W estimate on (``track_step_conditioning``) and three observers:
+Trains every architecture x norm x depth (x seed) of a named setup (the seeds of one
+architecture, norm and depth as one ``fit_many`` program), with the in-optimizer κ_W estimate on (``track_step_conditioning``) and three observers:
 ``GradientConditioning`` (every metric of ``jaxnorm.diagnostics``, about twice per epoch,
 on batches drawn from the first ``pool_size`` training examples) and ``StepConditioning``
 (κ_W of the SGD step itself, every ``log_every_steps`` steps, consecutive-batch and
@@ -18,7 +18,8 @@ orthogonal init, ReLU / CReLU), ``looks_linear`` (``deep_fc``, CReLU with mirror
 blocks, Def. 3.9), ``convnet`` and ``resnet`` (``convnet`` without / with identity skips);
 norms ``vanilla`` and ``bn_gamma_beta``; depths = weight layers.
 
-    python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 60 runs (3 seeds)
+    python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 8 configurations x 3 seeds
+    python -m experiments.conditioning --config digits_full   # every architecture at depths 4 and 11: 60 runs
     python -m experiments.conditioning --depth 26          # add depths to the setup's
     python -m experiments.conditioning --config cifar10    # the thesis's setup (GPU; CIFAR-10 prepared for tfds)
     python -m experiments.conditioning --config cifar10 --shard 2/4   # one SLURM array task of four
@@ -176,14 +177,15 @@ class ConditioningSetup:
 
     def quick(self) -> "ConditioningSetup":
         """A smoke version under ``<name>-quick`` (:data:`QUICK`; a few timed calls, every run timed;
-        one seed; no η sweep: its compile would double the smoke run)."""
+        one seed; every kept architecture at every depth; no η sweep: its compile would
+        double the smoke run)."""
         fc, conv = QUICK["widths"]
         return dataclasses.replace(
             self, name=f"{self.name}-quick", is_quick=True, depths=QUICK["depths"], fc_width=fc, conv_width=conv,
             architectures=tuple(a for a in self.architectures if a in QUICK["architectures"]) or self.architectures[:1],
             metrics=tuple(m for m in self.metric_names if m in QUICK["metrics"]) or self.metric_names[:1],
             cost_repeats=min(self.cost_repeats, 2), cost_norms=None, cost_seeds=None, every=None, etas=(), samples_per_epoch=2,
-            seeds=(0,),
+            seeds=(0,), deep_architectures=None,
         )  # fmt: skip
 
     def run_config(self, arch: str, norm: str, depth: int, seed: int = 0, results: str = "results") -> TrainConfig:

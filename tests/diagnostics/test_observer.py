@@ -121,12 +121,11 @@ def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
         assert m["kappa_same_batch"] > 0 and -1 <= m["cosine_same_batch"] <= 1
 
 
-def test_the_sweep_is_the_library_sweep_on_the_recorded_batch(module):
-    """ConditioningSweep's κ_W/κ_X grids equal kappa_w_sweep/kappa_x_sweep on the batch and
-    κ_X key the conditioning observer uses (vmapped over η instead of unrolled), its entry
-    at the observer's η is the recorded kappa_w/kappa_x, and the plateau summary follows."""
-    from jaxnorm.diagnostics.hessian_conditioning import kappa_w_sweep, kappa_x_sweep
-    from jaxnorm.diagnostics.per_example import batch_loss_fn
+def test_the_sweep_on_the_recorded_batch(module):
+    """ConditioningSweep (a thin caller of kappa_w_sweep/kappa_x_sweep, whose values are
+    tested against dense references in test_hessian_conditioning.py) sweeps the batch and
+    κ_X key the conditioning observer uses: its entry at the observer's η is the recorded
+    kappa_w/kappa_x, and the plateau summary follows the documented rule."""
     from jaxnorm.observers.conditioning_sweep import eta_key
 
     etas = (1e-4, 1e-3, 1e-2)
@@ -134,26 +133,16 @@ def test_the_sweep_is_the_library_sweep_on_the_recorded_batch(module):
     sweep = ConditioningSweep(obs, etas, min_plateau=2)
     assert (sweep.name, sweep.sink, sweep.every, sweep.annotations["etas"]) == ("conditioning_sweep", "metrics", 50, list(etas))
     state = create_state(jax.random.PRNGKey(0), module, make_optimizer(0.1), POOL[0][:1])
-
-    @jax.jit
-    def both(st):
-        xs, ys, key = obs._batches(st.step)
-        loss = batch_loss_fn(module, st.variables, xs[0], ys[0], bn_mode="batch")
-        w = kappa_w_sweep(loss, st.params, etas)
-        x = kappa_x_sweep(module, st.variables, xs[0], ys[0], etas, key=jax.random.split(key)[1], n=1, m=3)
-        return sweep(st), obs(st), (w.values, w.limit, x.values)
-
-    got, rec, (want_w, want_limit, want_x) = jax.device_get(both(state))
-    # Same float32 operations batched differently: reassociation only. For κ_W it enters
-    # through ḡ(w + ω) − ḡ(w), so its relative effect scales as 1/η: measured 1.4e-4 at
-    # η = 1e-4 (the grid's smallest); 2e-3 leaves > 10x headroom.
-    np.testing.assert_allclose([got[eta_key("kappa_w", e)] for e in etas], want_w, rtol=2e-3)
-    np.testing.assert_allclose([got[eta_key("kappa_x", e)] for e in etas], want_x, rtol=1e-4)
-    np.testing.assert_allclose(got["kappa_w_limit"], want_limit, rtol=1e-4)
-    # The observer scales ±ḡ/‖ḡ‖_∞ by η once, the sweep by η after building it at η = 1:
-    # one rounding of ω (u|ω|) plus the reassociation above (2e-3 at η = 1e-3: 100x headroom).
+    got, rec = jax.device_get(jax.jit(lambda st: (sweep(st), obs(st)))(state))
+    # The observer scales ±ḡ/‖ḡ‖_∞ by η once, the sweep by η after building it at η = 1,
+    # and batches the perturbed gradients differently: one rounding of ω (u|ω|) plus
+    # reassociation, whose relative effect on ḡ(w + ω) − ḡ(w) scales as 1/η -- measured
+    # 1.4e-4 at η = 1e-4 against the unbatched kernel, so 2e-3 at η = 1e-3 is > 100x headroom.
     np.testing.assert_allclose(got[eta_key("kappa_w", 1e-3)], rec["kappa_w"], rtol=2e-3)
     np.testing.assert_allclose(got[eta_key("kappa_x", 1e-3)], rec["kappa_x"], rtol=1e-4)
+    assert got["kappa_w_limit"] > 0
+    want_w = np.array([got[eta_key("kappa_w", e)] for e in etas])
+    want_x = np.array([got[eta_key("kappa_x", e)] for e in etas])
     for q, values in (("kappa_w", want_w), ("kappa_x", want_x)):
         start, stop = int(got[f"{q}_plateau_start"]), int(got[f"{q}_plateau_stop"])
         run = values[start:stop]
