@@ -22,8 +22,10 @@ without BN only.
 ``--config digits_full`` (:func:`get_full_config`) is the whole grid: all five
 architectures (adding CReLU with orthogonal and with looks-linear init) x {no BN, BN} x
 depths 4 and 11 x 3 seeds, 60 runs in 20 programs, the sweep at every second sample.
-Runtime: see the README's gradient-conditioning section for the measured times of both
-(the full grid is about 2.5x the default's configurations with twice the sweeps).
+Runtime, on the shared 2-core Intel Xeon CPU under a load average of about 20: the
+first two configurations (6 runs) took 33 min wall and 7.3 CPU-min; extrapolated, the
+default needs about 28 CPU-min there (about 14 min on 2 busy cores, somewhat less on
+quiet ones: not measured), the full grid 2.5-3x that.
 A GPU gains little on nets this small; for the thesis's setup see ``conditioning_cifar10``.
 """
 
