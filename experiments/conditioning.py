@@ -2,7 +2,8 @@
 deep nets with and without BatchNorm, and what they cost.
 
 Trains every architecture x norm x depth (x seed) of a named setup (the seeds of one
-architecture, norm and depth as one ``fit_many`` program), with the in-optimizer κ_W estimate on (``track_step_conditioning``) and three observers:
+architecture, norm and depth as one ``fit_many`` program), with the in-optimizer κ_W
+estimate on (``track_step_conditioning``) and three observers:
 ``GradientConditioning`` (every metric of ``jaxnorm.diagnostics``, about twice per epoch,
 on batches drawn from the first ``pool_size`` training examples) and ``StepConditioning``
 (κ_W of the SGD step itself, every ``log_every_steps`` steps, consecutive-batch and
@@ -20,7 +21,7 @@ norms ``vanilla`` and ``bn_gamma_beta``; depths = weight layers.
 
     python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 8 configurations x 3 seeds
     python -m experiments.conditioning --config digits_full   # every architecture at depths 4 and 11: 60 runs
-    python -m experiments.conditioning --depth 26          # add depths to the setup's
+    python -m experiments.conditioning --depth 26          # add depths (to the setup's deep_architectures)
     python -m experiments.conditioning --config cifar10    # the thesis's setup (GPU; CIFAR-10 prepared for tfds)
     python -m experiments.conditioning --config cifar10 --shard 2/4   # one SLURM array task of four
     python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics, 1 seed
