@@ -1,11 +1,14 @@
 """The gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022): metrics throughout training of
 deep nets with and without BatchNorm, and what they cost.
 
-Trains every architecture x norm x depth (x seed) of a named setup, one ``fit`` per run,
-with the in-optimizer κ_W estimate on (``track_step_conditioning``) and two observers:
+Trains every architecture x norm x depth (x seed) of a named setup (the seeds of one
+architecture, norm and depth as one ``fit_many`` program), with the in-optimizer κ_W
+estimate on (``track_step_conditioning``) and three observers:
 ``GradientConditioning`` (every metric of ``jaxnorm.diagnostics``, about twice per epoch,
 on batches drawn from the first ``pool_size`` training examples) and ``StepConditioning``
-(κ_W of the SGD step itself, every ``log_every_steps`` steps). After training, each run's
+(κ_W of the SGD step itself, every ``log_every_steps`` steps, consecutive-batch and
+same-batch) and ``ConditioningSweep`` (κ_W, κ_X over an η grid on the conditioning
+batch, every ``sweep_every`` samples). After training, each run's
 ``after`` step times every metric alone on the final state next to one batch gradient
 (``jaxnorm.observers.costs``; in every run, or in the runs of ``cost_norms``) into the
 run's ``costs.json`` (kept on a rerun). Then the plots and ``summary.md``
@@ -16,11 +19,12 @@ orthogonal init, ReLU / CReLU), ``looks_linear`` (``deep_fc``, CReLU with mirror
 blocks, Def. 3.9), ``convnet`` and ``resnet`` (``convnet`` without / with identity skips);
 norms ``vanilla`` and ``bn_gamma_beta``; depths = weight layers.
 
-    python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 20 runs, ~6 min on 2 CPU cores
-    python -m experiments.conditioning --depth 26          # add depths to the setup's
+    python -m experiments.conditioning                     # digits (configs/conditioning_digits.py): 8 configurations x 3 seeds
+    python -m experiments.conditioning --config digits_full   # every architecture at depths 4 and 11: 60 runs
+    python -m experiments.conditioning --depth 26          # add depths (to the setup's deep_architectures)
     python -m experiments.conditioning --config cifar10    # the thesis's setup (GPU; CIFAR-10 prepared for tfds)
     python -m experiments.conditioning --config cifar10 --shard 2/4   # one SLURM array task of four
-    python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics: ~1 min
+    python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics, 1 seed
     python -m experiments.conditioning --plot-only         # plots + summary.md from the stored files
 
 Results: ``<results>/conditioning/<setup>[-quick]/<arch>-<norm>-d<depth>[_s<seed>]/`` (the
@@ -43,6 +47,7 @@ import jaxnorm.study
 from experiments.configs import conditioning_cifar10, conditioning_digits
 from jaxnorm.analysis.conditioning import analyze_conditioning
 from jaxnorm.observers import METRICS, GradientConditioning, StepConditioning
+from jaxnorm.observers.conditioning_sweep import DEFAULT_ETAS, ConditioningSweep
 from jaxnorm.observers.costs import conditioning_costs
 from jaxnorm.results import write_json
 from jaxnorm.study import RunGroup
@@ -84,7 +89,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 NORMS = ("vanilla", "bn_gamma_beta")
 #: What ``--quick`` keeps (explicit flags win): architectures, depths, widths (FC, conv), metrics.
 QUICK = {"architectures": ("ortho_relu", "resnet"), "depths": (4,), "widths": (16, 4), "metrics": ("kappa_w", "confusion")}
-_TUPLES = ("architectures", "norms", "depths", "add_depths", "metrics", "cost_norms", "seeds")
+_TUPLES = ("architectures", "deep_architectures", "norms", "depths", "add_depths", "metrics", "cost_norms", "cost_seeds", "seeds", "etas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,8 @@ class ConditioningSetup:
         ``model``, ``model_kwargs``, ``norm``, ``tag`` (= the architecture), ``seed``,
         ``name``, ``study`` and ``results_dir`` are set per run.
       architectures, norms, depths: the grid; ``add_depths`` are appended to ``depths``.
+      deep_architectures: the architectures trained at every depth; the others at the
+        smallest depth only (None: every architecture at every depth).
       fc_width, conv_width, conv_stages: the models' widths; at most this many ConvNet stages.
       metrics: :data:`jaxnorm.observers.METRICS` names to record and time (None: all).
       samples_per_epoch: conditioning samples per epoch (the thesis: about two);
@@ -105,8 +112,14 @@ class ConditioningSetup:
       pool_size: the observer draws its batches from the first this many training examples.
       conditioning: further ``GradientConditioning`` options (``batch_size``, ``num_batches``, ...).
       cost_repeats: timed calls per metric after a compile call (0: no timing);
-        ``cost_norms``: time only runs of these norms (None: every run).
-      seeds: default training seeds.
+        ``cost_norms``, ``cost_seeds``: time only runs of these norms and seeds (None:
+        every run; the seeds share the model, so one seed says what a metric costs).
+      etas, sweep_every: the ``ConditioningSweep`` grid (empty: no sweep) and its interval
+        in conditioning samples (1: at every sample; the sweep costs about as much as all
+        the other metrics together, so the default sweeps every fourth, from step 0).
+      same_batch: the ``StepConditioning`` also measures the same-batch κ of the step.
+      seeds: default training seeds (the metrics' batches and perturbations do not depend
+        on the seed: every seed is measured on the same examples, so seeds pair).
       is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
         ``quick_subset`` examples.
     """
@@ -114,6 +127,7 @@ class ConditioningSetup:
     name: str
     base: TrainConfig
     architectures: tuple = tuple(ARCHITECTURES)
+    deep_architectures: Optional[tuple] = None
     norms: tuple = NORMS
     depths: tuple = (4, 11)
     add_depths: tuple = ()
@@ -128,6 +142,10 @@ class ConditioningSetup:
     conditioning: Mapping = dataclasses.field(default_factory=lambda: {"batch_size": 64, "num_batches": 4})
     cost_repeats: int = 5
     cost_norms: Optional[tuple] = None
+    cost_seeds: Optional[tuple] = None
+    etas: tuple = DEFAULT_ETAS
+    sweep_every: int = 4
+    same_batch: bool = True
     seeds: tuple = (0,)
     is_quick: bool = False
     quick_steps: int = 8
@@ -140,14 +158,15 @@ class ConditioningSetup:
         from jaxnorm.layers import NORMS as known_norms
 
         for what, given, known in (("architecture", self.architectures, ARCHITECTURES), ("norm", self.norms, known_norms),
+                                   ("deep architecture", self.deep_architectures or self.architectures, ARCHITECTURES),
                                    ("metric", self.metrics or METRICS, METRICS)):  # fmt: skip
             unknown = sorted(set(given) - set(known))
             if unknown or not given:
                 raise ValueError(f"unknown {what}(s) {unknown or list(given)}; known: {sorted(known)}.")
         if not self.depths or any(d < 2 for d in self.all_depths):
             raise ValueError(f"depths count weight layers and must be >= 2, got {self.all_depths}.")
-        if self.cost_repeats < 0 or self.quick_steps < 1 or self.quick_subset < 2:
-            raise ValueError("cost_repeats must be >= 0, quick_steps >= 1 and quick_subset >= 2.")
+        if self.cost_repeats < 0 or self.quick_steps < 1 or self.quick_subset < 2 or self.sweep_every < 1:
+            raise ValueError("cost_repeats must be >= 0, quick_steps >= 1, quick_subset >= 2 and sweep_every >= 1.")
 
     @property
     def all_depths(self) -> tuple[int, ...]:
@@ -158,13 +177,16 @@ class ConditioningSetup:
         return tuple(self.metrics) if self.metrics is not None else METRICS
 
     def quick(self) -> "ConditioningSetup":
-        """A smoke version under ``<name>-quick`` (:data:`QUICK`; a few timed calls, every run timed)."""
+        """A smoke version under ``<name>-quick`` (:data:`QUICK`; a few timed calls, every run timed;
+        one seed; every kept architecture at every depth; no η sweep: its compile would
+        double the smoke run)."""
         fc, conv = QUICK["widths"]
         return dataclasses.replace(
             self, name=f"{self.name}-quick", is_quick=True, depths=QUICK["depths"], fc_width=fc, conv_width=conv,
             architectures=tuple(a for a in self.architectures if a in QUICK["architectures"]) or self.architectures[:1],
             metrics=tuple(m for m in self.metric_names if m in QUICK["metrics"]) or self.metric_names[:1],
-            cost_repeats=min(self.cost_repeats, 2), cost_norms=None, every=None,
+            cost_repeats=min(self.cost_repeats, 2), cost_norms=None, cost_seeds=None, every=None, etas=(), samples_per_epoch=2,
+            seeds=(0,), deep_architectures=None,
         )  # fmt: skip
 
     def run_config(self, arch: str, norm: str, depth: int, seed: int = 0, results: str = "results") -> TrainConfig:
@@ -179,13 +201,17 @@ class ConditioningSetup:
         )  # fmt: skip
 
     def jobs(self, seeds: Sequence[int] = (0,), results: str = "results") -> list[TrainConfig]:
-        """Every run's config: architecture-major, then norm, depth, seed."""
+        """Every run's config: architecture-major, then norm, depth, seed (the
+        architectures outside ``deep_architectures`` at the smallest depth only)."""
         grid = itertools.product(self.architectures, self.norms, self.all_depths, seeds)
-        return [self.run_config(a, n, d, s, results) for a, n, d, s in grid]
+        deep = self.deep_architectures
+        keep = lambda a, d: deep is None or a in deep or d == self.all_depths[0]
+        return [self.run_config(a, n, d, s, results) for a, n, d, s in grid if keep(a, d)]
 
 
 SETUPS = {
     "digits": ConditioningSetup(name="digits", **conditioning_digits.get_config()),
+    "digits_full": ConditioningSetup(name="digits_full", **conditioning_digits.get_full_config()),
     "cifar10": ConditioningSetup(name="cifar10", **conditioning_cifar10.get_config()),
 }
 
@@ -205,19 +231,32 @@ def conditioning_observer(setup: ConditioningSetup, config: TrainConfig) -> Grad
     return GradientConditioning(
         build_model(config, train.num_classes), train.images[:pool], train.labels[:pool], mean=train.mean, std=train.std,
         metrics=setup.metric_names, every=every, batch_size=batch, num_batches=num_batches,
-        weight_decay=config.weight_decay, seed=config.seed, **options,
+        weight_decay=config.weight_decay, seed=0, **options,
     )  # fmt: skip
 
 
-def write_costs(setup: ConditioningSetup, config: TrainConfig, results) -> None:
-    """The ``after`` step: times the metrics on the trained state into ``costs.json``
+def study_observers(setup: ConditioningSetup, config: TrainConfig) -> list:
+    """A run's observers: ``GradientConditioning``; ``ConditioningSweep`` on its batches
+    every ``sweep_every`` samples (unless ``etas`` is empty); ``StepConditioning`` (with
+    the same-batch κ on the conditioning pool when ``same_batch``)."""
+    cond = conditioning_observer(setup, config)
+    out = [cond]
+    if setup.etas:
+        out.append(ConditioningSweep(cond, setup.etas, every=cond.every * setup.sweep_every))
+    pool = dict(module=cond.module, images=cond.images, labels=cond.labels, mean=cond.mean, std=cond.std,
+                batch_size=cond.batch_size, weight_decay=config.weight_decay) if setup.same_batch else {}  # fmt: skip
+    return out + [StepConditioning(setup.step_every or config.log_every_steps, **pool)]
+
+
+def write_costs(setup: ConditioningSetup, configs: Sequence[TrainConfig], results) -> None:
+    """The ``after`` step: times the metrics on each trained state into ``costs.json``
     (skipped when the run already has one: a rerun keeps the first measurement)."""
-    for r in results:
+    for config, r in zip(configs, results):
         path = pathlib.Path(r.run_dir) / "costs.json"
         if path.is_file():
             continue
         obs = conditioning_observer(setup, config)
-        timed = setup.cost_norms is None or config.norm in setup.cost_norms
+        timed = (setup.cost_norms is None or config.norm in setup.cost_norms) and (setup.cost_seeds is None or config.seed in setup.cost_seeds)
         costs = conditioning_costs(obs, r.state, repeats=setup.cost_repeats if timed else 0)
         write_json(path, {**costs, "conditioning_every": obs.every})
 
@@ -239,14 +278,16 @@ class ConditioningStudy:
         parser.add_argument("--quick-subset", type=positive_int, help="training examples of a --quick run (default 512)")
 
     def groups(self, setup: ConditioningSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
-        """One group per run (runs differ in model or norm: separate programs)."""
-
-        def observers(config):
-            return [conditioning_observer(setup, config), StepConditioning(setup.step_every or config.log_every_steps)]
-
+        """One group per architecture, norm and depth: its seeds train as one ``fit_many``
+        program (one compile of the model and of every observer; the observers' batches
+        do not depend on the seed, so the first seed's config builds them)."""
+        jobs = setup.jobs(seeds, results=root.parent.parent)
+        by_config = {}
+        for c in jobs:
+            by_config.setdefault((c.tag, c.norm, c.model_kwargs["depth"]), []).append(c)
         return [
-            RunGroup((c,), observers=functools.partial(observers, c), after=functools.partial(write_costs, setup, c))
-            for c in setup.jobs(seeds, results=root.parent.parent)
+            RunGroup(tuple(cs), observers=functools.partial(study_observers, setup, cs[0]), after=functools.partial(write_costs, setup, tuple(cs)))
+            for cs in by_config.values()
         ]
 
     def analyze(self, setup: ConditioningSetup, root: pathlib.Path) -> str:

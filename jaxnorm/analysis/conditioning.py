@@ -14,10 +14,18 @@ Key points of a run (thesis Figs. 2.6, 3.4, 3.17, ...): the training loss smooth
 moving average over ``window`` consecutive ``train`` records (default 20, the thesis's
 "moving average over 20 samples"; fewer when a run has fewer records, down to 2).
 The moving average's consecutive differences are the mean loss decrease per step over
-the window, ``(L[i] - L[i+w]) / (step[i+w] - step[i])``; the **point of steepest
-descent** is where that rate is largest, the **point of lowest smoothed loss** where the
-moving average is smallest. Each lies at the mean step of its window(s); a metric "at" a
-point is its sample nearest in step (metrics are sampled about twice per epoch).
+the window, ``(L[i] - L[i+w]) / (step[i+w] - step[i])``. The **point of lowest smoothed
+loss** is where the moving average is smallest (window j, records ``j .. j+w-1``). The
+**point of steepest descent** is where that rate is largest *during the descent that
+leads there*: among the rates whose records ``i .. i+w`` all come before the lowest
+window (``i + w < j``), so the two points never share a training record. (Without that
+rule a run still falling at its end -- the thesis's Figs. 2.6 and 3.4 show many -- had
+both points on its last window.) A run has no descent phase, and no point of steepest
+descent (``steepest_step`` None, noted in the summary), when its lowest window starts
+within the first ``w`` records or no earlier rate is positive: its smoothed loss never
+fell below where it started, so "the metric where learning was fastest" does not exist.
+Each point lies at the mean step of its window(s); a metric "at" a point is its sample
+nearest in step (metrics are sampled about twice per epoch).
 
 ``analyze_conditioning(root)`` (the study's analysis) writes ``root/costs.json`` (metric ->
 ``[{run, params, seconds, ...}]``, :func:`collect_costs`), then the report, and returns a
@@ -28,9 +36,13 @@ one-line verdict. ``write_conditioning_report(root)`` writes into ``root/plots``
 * ``scatter_<metric>.png`` -- the metric at the point of steepest descent against that
   rate, and at the lowest smoothed loss against that loss, one point per run (colour:
   architecture, marker: norm, label: depth);
+* ``sweep_kappa_w.png``, ``sweep_kappa_x.png`` -- κ against η at the initialization and
+  at both key points (:func:`~jaxnorm.analysis.conditioning_stats.plot_sweeps`);
 * ``costs.png`` -- seconds per call of each metric against the number of learnable
   parameters, log-log (thesis Fig. 4.10);
 * ``summary.md`` -- the runs, their key points, every metric at both points, the costs,
+  the over-seeds tables (:func:`~jaxnorm.analysis.conditioning_stats.seed_summary_md`:
+  intervals, BN vs no BN paired by seed, the η sweep, the thesis's correlation claims)
   and notes on runs left out (diverged before any record, too few records).
 """
 
@@ -78,12 +90,16 @@ CONDITIONING_METRICS: dict[str, tuple[str, bool]] = {
     "kappa_w": ("κ_W, weight-space condition number (Def. 2.5)", True),
     "kappa_w_hessian": ("κ, Hessian form ‖H‖·‖w‖/‖∇L‖ (Def. 2.4)", True),
     "kappa_w_directional": ("κ_W's η→0 limit ‖Hĝ‖·‖w‖/‖∇L‖", True),
+    "kappa_w_plateau": ("κ_W on its η-plateau (η sweep)", True),
     "kappa_sgd": ("κ_W from the SGD step (in training, §2.2)", True),
+    "kappa_same_batch": ("κ_W of the SGD step, both gradients on one batch", True),
     "cosine_sgd": ("cos(g_t, g_t−1), consecutive training gradients", False),
+    "cosine_same_batch": ("cos of the gradients before/after a step, one batch", False),
     "min_cosine": ("min cosine similarity after ω (Def. 4.1)", False),
     "weight_gradient_diversity": ("weight-gradient diversity (eq. 4.2)", False),
     "weight_gradient_coherence": ("weight-gradient coherence (eq. 4.3)", False),
     "kappa_x": ("κ_X, input-space condition number (eq. 3.16)", True),
+    "kappa_x_plateau": ("κ_X on its η-plateau (η sweep)", True),
     "weight_rank": ("relative rank of weight gradients (Def. 3.7)", False),
     "input_rank": ("relative rank of input gradients (Def. 3.7)", False),
     "confusion": ("gradient confusion (Def. 3.11)", False),
@@ -91,8 +107,10 @@ CONDITIONING_METRICS: dict[str, tuple[str, bool]] = {
     "per_example_diversity": ("gradient diversity, per example (Yin et al.)", True),
     "coherence": ("gradient coherence (Def. 3.13)", False),
 }
-_RECORD_KINDS = ("conditioning", "step_conditioning")
-_NOT_METRICS = {"kind", "step", "n_batches", "batch_size", "grad_norm"}
+_RECORD_KINDS = ("conditioning", "step_conditioning", "conditioning_sweep")
+_NOT_METRICS = {"kind", "step", "n_batches", "batch_size", "grad_norm", "etas", "rtol", "min_plateau", "kappa_w_limit",
+                "kappa_w_contains_limit", "kappa_w_plateau_start", "kappa_w_plateau_stop", "kappa_x_plateau_start",
+                "kappa_x_plateau_stop"}
 
 #: Architecture key (the run's ``tag``) -> (label, colour).
 ARCHITECTURE_STYLE: dict[str, tuple[str, str]] = {
@@ -178,7 +196,7 @@ def available_metrics(runs: Iterable[CondRun]) -> list[str]:
     for r in runs:
         for m in r.run.metrics:
             if m.get("kind") in _RECORD_KINDS:
-                found |= {k for k in m if k not in _NOT_METRICS}
+                found |= {k for k in m if k not in _NOT_METRICS and "@" not in k}  # "@": one η of a sweep
     return [m for m in CONDITIONING_METRICS if m in found] + sorted(found - set(CONDITIONING_METRICS))
 
 
@@ -190,12 +208,14 @@ def smoothed_loss(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[n
 
 
 class KeyPoints(dict):
-    """``{'window', 'steepest_step', 'rate', 'lowest_step', 'lowest_loss'}`` (a dict)."""
+    """``{'window', 'steepest_step', 'rate', 'lowest_step', 'lowest_loss'}`` (a dict);
+    ``steepest_step`` and ``rate`` are None for a run without a descent phase."""
 
 
 def key_points(run: CondRun, window: int = 20, min_window: int = 2) -> tuple[Optional[KeyPoints], str]:
     """The points of steepest descent and of lowest smoothed loss of ``run`` (see the module
-    docstring), and a note (empty, or why the window shrank or the run has no key points).
+    docstring), and a note (empty, or why the window shrank, why there is no point of
+    steepest descent, or why the run has no key points).
 
     The window is ``min(window, records - 1)`` so there are at least two smoothed points;
     with fewer than ``min_window + 1`` finite training-loss records there are none (None)."""
@@ -207,11 +227,18 @@ def key_points(run: CondRun, window: int = 20, min_window: int = 2) -> tuple[Opt
     w = min(window, n - 1)
     centers, smooth = smoothed_loss(steps, losses, w)
     rates = -np.diff(smooth) / np.diff(centers)
-    i = int(np.argmax(rates))
     j = int(np.argmin(smooth))
+    before = rates[: max(0, j - w)]  # rate i uses records i .. i+w: disjoint from the lowest window iff i + w < j
     note = f"window {w} (of {window}: {n} training-loss records)" if w < window else ""
-    return KeyPoints(window=w, steepest_step=float((centers[i] + centers[i + 1]) / 2), rate=float(rates[i]),
-                     lowest_step=float(centers[j]), lowest_loss=float(smooth[j])), note
+    kp = KeyPoints(window=w, steepest_step=None, rate=None, lowest_step=float(centers[j]), lowest_loss=float(smooth[j]))
+    if before.size and before.max() > 0:
+        i = int(np.argmax(before))
+        kp.update(steepest_step=float((centers[i] + centers[i + 1]) / 2), rate=float(rates[i]))
+    else:
+        why = "no descent phase: the lowest smoothed loss lies within the first window" if not before.size else \
+            "no descent phase: the smoothed loss never fell before its lowest window"
+        note = "; ".join(x for x in (note, f"{why}, so no point of steepest descent") if x)
+    return kp, note
 
 
 def metric_at(run: CondRun, metric: str, step: float) -> Optional[float]:
@@ -251,7 +278,7 @@ def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)  # small PNGs: the README embeds three
     plt.close(fig)
     return path
 
@@ -304,14 +331,16 @@ def plot_conditioning_curves(runs: Sequence[CondRun], metric: str, path, title: 
 def metric_at_key_points(runs: Sequence[CondRun], metric: str, window: int = 20) -> list[dict]:
     """One dict per run that has key points and samples of ``metric``: ``run`` (the
     :class:`CondRun`), the :class:`KeyPoints` entries, and ``at_steepest`` /
-    ``at_lowest``, the metric at each point (what the scatter plots draw)."""
+    ``at_lowest``, the metric at each point (what the scatter plots draw; ``at_steepest``
+    None for a run without a descent phase)."""
     out = []
     for r in runs:
         kp, _ = key_points(r, window)
         if kp is None:
             continue
-        at_steepest, at_lowest = metric_at(r, metric, kp["steepest_step"]), metric_at(r, metric, kp["lowest_step"])
-        if at_steepest is not None and at_lowest is not None:
+        at_lowest = metric_at(r, metric, kp["lowest_step"])
+        at_steepest = None if kp["steepest_step"] is None else metric_at(r, metric, kp["steepest_step"])
+        if at_lowest is not None:
             out.append({"run": r, **kp, "at_steepest": at_steepest, "at_lowest": at_lowest})
     return out
 
@@ -330,7 +359,7 @@ def plot_conditioning_scatter(runs: Sequence[CondRun], metric: str, path, window
     panels = (("rate", "at_steepest", "steepest descent: loss decrease per step (moving average)", "at the point of steepest descent"),
               ("lowest_loss", "at_lowest", "lowest smoothed training loss", "at the lowest smoothed loss"))
     for ax, (xkey, ykey, xlabel, where) in zip(axes, panels):
-        for p in points:
+        for p in (p for p in points if p[ykey] is not None):
             r = p["run"]
             color = _arch_style(r.arch, seen)[1]
             ax.scatter([p[xkey]], [p[ykey]], s=42, marker=_norm_style(r.norm)[1], facecolors="none" if r.diverged else color,
@@ -340,7 +369,7 @@ def plot_conditioning_scatter(runs: Sequence[CondRun], metric: str, path, window
         ax.set_title(f"{metric} {where}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(label)
-    _set_scale(axes[0], "y", [p["at_steepest"] for p in points] + [p["at_lowest"] for p in points], log)
+    _set_scale(axes[0], "y", [p["at_steepest"] for p in points if p["at_steepest"] is not None] + [p["at_lowest"] for p in points], log)
     _set_scale(axes[1], "x", [p["lowest_loss"] for p in points], True)
     archs = list(dict.fromkeys(p["run"].arch for p in points))
     _arch_legend(axes[0], archs, seen, list(dict.fromkeys(p["run"].norm for p in points)), markers=True,
@@ -442,7 +471,7 @@ def conditioning_summary_md(runs: Sequence[CondRun], window: int = 20, title: st
         kp, _ = keys[r.name]
         rows.append([r.name, _arch_style(r.arch, {})[0], _norm_style(r.norm)[0], _fmt(r.depth), _fmt(r.params), r.status,
                      _fmt(r.run.status.get("step")), _fmt(r.final("train", "loss")), _fmt(r.final("eval", "acc", "test")),
-                     "–" if kp is None else f"{_fmt(kp['rate'])} @ {kp['steepest_step']:.0f}",
+                     "–" if kp is None or kp["rate"] is None else f"{_fmt(kp['rate'])} @ {kp['steepest_step']:.0f}",
                      "–" if kp is None else f"{_fmt(kp['lowest_loss'])} @ {kp['lowest_step']:.0f}"])
     out.append("## Runs\n")
     out.append(_table(["run", "architecture", "norm", "depth", "params", "status", "steps", "final train loss",
@@ -451,7 +480,7 @@ def conditioning_summary_md(runs: Sequence[CondRun], window: int = 20, title: st
         rows = []
         for r in runs:
             kp, _ = keys[r.name]
-            if kp is not None:
+            if kp is not None and kp[point] is not None:
                 rows.append([r.name] + [_fmt(metric_at(r, m, kp[point])) for m in metrics])
         out.append(f"\n## Metrics at {where}\n")
         out.append(_table(["run", *metrics], rows) if rows and metrics else "No run has both key points and metric samples.\n")
@@ -472,6 +501,9 @@ def conditioning_summary_md(runs: Sequence[CondRun], window: int = 20, title: st
               f"({(r.run.divergence or {}).get('reason', '')}); its records stop there." for r in runs if r.diverged]
     missing = [f"- `{r.name}`: no samples of {', '.join(m for m in metrics if not metric_series(r, m)[0].size)}."
                for r in runs if any(not metric_series(r, m)[0].size for m in metrics)]
+    from jaxnorm.analysis.conditioning_stats import seed_summary_md  # it builds on this module
+
+    out.append("\n" + seed_summary_md(runs, window))
     if notes or missing:
         out.append("\n## Notes\n")
         out.append("\n".join(notes + missing) + "\n")
@@ -491,6 +523,12 @@ def write_conditioning_report(root, out_dir=None, window: int = 20) -> dict[str,
             path = fn(out / f"{stem}.png")
             if path is not None:
                 written[stem] = path
+    from jaxnorm.analysis.conditioning_stats import plot_sweeps
+
+    for quantity in ("kappa_w", "kappa_x"):
+        path = plot_sweeps(runs, quantity, out / f"sweep_{quantity}.png", window)
+        if path is not None:
+            written[f"sweep_{quantity}"] = path
     path = plot_costs(collect_costs(runs), out / "costs.png")
     if path is not None:
         written["costs"] = path

@@ -94,7 +94,7 @@ from jaxnorm.diagnostics.step_consistency import (
     weight_perturbations,
     weight_space_metrics,
 )
-from jaxnorm.diagnostics.step_tracker import find_step_conditioning, track_step_conditioning
+from jaxnorm.diagnostics.step_tracker import find_step_conditioning, same_batch_step_conditioning, track_step_conditioning
 
 __all__ = [
     "HessianConditioning",
@@ -125,6 +125,7 @@ __all__ = [
     "cosine_matrix",
     "diversity_from_gram",
     "find_step_conditioning",
+    "same_batch_step_conditioning",
     "flatten",
     "frozen_batch_stats",
     "gaussian_stable_rank",

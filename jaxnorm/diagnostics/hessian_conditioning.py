@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnorm.diagnostics._mapping import map_batched, map_chunks
+from jaxnorm.diagnostics._mapping import map_batched
 from jaxnorm.diagnostics.hessian import _lanczos_flat, flat_hvp, hvp
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
 from jaxnorm.diagnostics.masking import GradientMask, flatten
@@ -312,8 +312,8 @@ def kappa_w_sweep(
       chunk_size: perturbed gradients evaluated this many at a time.
 
     Returns:
-      :class:`KappaSweep`. Jit-able with ``etas`` closed over. Cost: G·n gradients and
-      n HVPs.
+      :class:`KappaSweep`. Jit-able with ``etas`` closed over. Cost: G·n gradients (one
+      batch of G·n rows, ``chunk_size`` at a time) and n HVPs.
 
     Raises:
       ValueError: ``etas`` empty, not 1-D or not all > 0; ``rtol`` <= 0.
@@ -336,14 +336,15 @@ def kappa_w_sweep(
         # The mask selects coordinates of the params pytree: back to trees, then masked.
         pick = lambda v: flatten(jax.vmap(unravel)(v), 1, mask) if v.ndim == 2 else flatten(unravel(v), 0, mask)
 
-    def at(eta):
-        omegas = eta * fd
-        gk = map_batched(lambda om: ravel_pytree(grad(jax.tree.map(jnp.add, params, unravel(om))))[0], omegas, chunk_size)
-        # Def. 2.5 on the perturbation as built (η·d_k); w + ω is rounded once more inside
-        # the loss, which is the u·‖w‖ round-off term of the module docstring.
-        return kappa_w(pick(f0), pick(gk.astype(dt)), pick(omegas), pick(fw))
-
-    values = map_chunks(at, grid)
+    # Every (η, d_k) pair in one stacked batch of perturbed gradients (chunked by
+    # ``chunk_size``), not one program copy per η: on a CPU an unrolled grid made an
+    # 11-point sweep of an 11-layer digits net take minutes to compile.
+    omegas = grid.astype(dt)[:, None, None] * fd[None]  # (G, n, P)
+    flat_grad = lambda om: ravel_pytree(grad(jax.tree.map(jnp.add, params, unravel(om))))[0]
+    gk = map_batched(flat_grad, omegas.reshape((-1, fw.shape[0])), chunk_size).reshape(omegas.shape)
+    # Def. 2.5 on the perturbation as built (η·d_k); w + ω is rounded once more inside
+    # the loss, which is the u·‖w‖ round-off term of the module docstring.
+    values = jax.vmap(lambda om, gg: kappa_w(pick(f0), pick(gg.astype(dt)), pick(om), pick(fw)))(omegas, gk)
     limit = directional_condition_number(loss_fn, params, directions, mask=mask, chunk_size=chunk_size)
     return KappaSweep(grid, values, limit, plateau(values, rtol, limit))
 
@@ -385,7 +386,8 @@ def kappa_x_sweep(
     unit = input_perturbations(key, hx, n, eta=1.0)
     mm = x.shape[0] if m is None else m
     scale = jnp.mean(jnp.linalg.norm(x[:mm].reshape(mm, -1), axis=1)) if relative else 1.0
-    # One compiled program for the grid: the step size enters as a traced scale.
-    at = jax.jit(lambda s: input_condition_number(module, variables, x, y, key=key, bn_mode=bn_mode, n=n, m=m, perturbations=s * unit, **kwargs))
-    values = jnp.stack([at(eta * scale) for eta in grid])
+    # The grid mapped as one batched program (the step size a vmapped scale of the shared
+    # directions), not one copy of the κ_X computation per η.
+    at = lambda s: input_condition_number(module, variables, x, y, key=key, bn_mode=bn_mode, n=n, m=m, perturbations=s * unit, **kwargs)
+    values = jax.jit(jax.vmap(at))(grid * scale)
     return KappaSweep(grid, values, None, plateau(values, rtol))

@@ -10,7 +10,8 @@ only the state's fields, never the trainer itself.
 * ``GammaBetaRecorder`` -- every norm layer's γ/β (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023).
 * ``ReluSparsity`` -- the fraction of post-norm activations a ReLU zeroes.
 * ``GradientConditioning`` -- the metrics of the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022) from per-example gradients.
-* ``StepConditioning`` -- the in-training κ_W estimate kept by the optimizer.
+* ``StepConditioning`` -- the in-training κ_W estimate kept by the optimizer (and its same-batch form).
+* ``ConditioningSweep`` -- κ_W and κ_X over a grid of step sizes η, with a plateau verdict.
 * ``Sharpness`` -- the top Hessian eigenvalue, warm-started (stateful).
 * ``SpectralDensity`` -- the Hessian's spectral density (stochastic Lanczos quadrature).
 * ``Smoothness`` -- loss-landscape probes along the gradient (Santurkar et al. 2018).
@@ -25,6 +26,7 @@ wraps (e.g. ``layer_statistics``, ``smoothness_probe``, ``scale_invariant_layers
 
 from jaxnorm.observers.bn_evaluation import BNEvaluation
 from jaxnorm.observers.conditioning import METRICS, GradientConditioning
+from jaxnorm.observers.conditioning_sweep import ConditioningSweep
 from jaxnorm.observers.gamma_beta import GammaBetaRecorder, norm_layers
 from jaxnorm.observers.layer_statistics import LayerStatistics, layer_statistics
 from jaxnorm.observers.norm_inputs import NormInputs
@@ -47,6 +49,7 @@ __all__ = [
     "layer_statistics",
     "scale_invariant_layers",
     "smoothness_probe",
+    "ConditioningSweep",
     "GradientConditioning",
     "METRICS",
     "Observer",

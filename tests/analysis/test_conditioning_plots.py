@@ -11,6 +11,7 @@ import pytest
 from jaxnorm.analysis.conditioning import (
     CONDITIONING_METRICS,
     collect_costs,
+    conditioning_summary_md,
     find_conditioning_runs,
     key_points,
     metric_at,
@@ -20,6 +21,7 @@ from jaxnorm.analysis.conditioning import (
 from jaxnorm.results import append_jsonl, write_json
 
 STEPS = np.arange(2, 122, 2)  # 60 train records, every 2 steps
+ETAS = (1e-5, 1e-4, 1e-3, 1e-2)
 
 
 def sigmoid_loss(center):
@@ -27,19 +29,28 @@ def sigmoid_loss(center):
     return 0.5 + 1.5 / (1.0 + np.exp((STEPS - center) / 6.0))
 
 
-def write_run(root, arch, norm, depth, loss, *, params=1000, diverge_at=None, kappa=None):
+def write_run(root, arch, norm, depth, loss, *, params=1000, diverge_at=None, kappa=None, seed=0, sweep=None):
     """A run folder as experiments/conditioning.py writes it: train lines every 2 steps,
     conditioning lines every 10 (kappa_w = ``kappa(step)``, confusion = 0.1), step
-    conditioning lines every 2 (kappa_sgd NaN at step 0), costs.json."""
-    folder = root / f"{arch}-{norm}-d{depth}"
+    conditioning lines every 2 (kappa_sgd NaN at step 0), costs.json; with ``sweep`` (a
+    function of the step -> (kappa_w values on ETAS, limit)) sweep lines every 20."""
+    folder = root / (f"{arch}-{norm}-d{depth}" + (f"_s{seed}" if seed else ""))
     write_json(folder / "config.json", {"norm": norm, "tag": arch, "model": "deep_fc", "model_kwargs": {"depth": depth},
-                                        "learning_rate": 0.01, "seed": 0, "name": folder.name})
+                                        "learning_rate": 0.01, "seed": seed, "name": folder.name})
     kappa = kappa or (lambda s: 100.0 + s)
     last = STEPS[-1] if diverge_at is None else diverge_at - 1
     lines = [{"kind": "conditioning", "step": s, "kappa_w": kappa(s), "confusion": 0.1, "n_batches": 4.0, "batch_size": 64.0}
              for s in range(0, int(last) + 1, 10)]
     lines += [{"kind": "step_conditioning", "step": s, "kappa_sgd": float("nan") if s == 0 else 5.0, "cosine_sgd": 0.5,
-               "grad_norm": 1.0} for s in range(0, int(last) + 1, 2)]
+               "grad_norm": 1.0, "kappa_same_batch": float("nan") if s == 0 else 2.0 + seed + (norm != "vanilla")} for s in range(0, int(last) + 1, 2)]
+    for s in range(0, int(last) + 1, 20) if sweep else ():
+        values, limit = sweep(s)
+        rec = {"kind": "conditioning_sweep", "step": s, "etas": list(ETAS), "kappa_w_limit": limit,
+               **{f"kappa_w@{e:.3g}": v for e, v in zip(ETAS, values)}, **{f"kappa_x@{e:.3g}": 3.0 for e in ETAS}}
+        flat = [i for i in range(1, len(values)) if abs(values[i] / values[i - 1] - 1) < 0.05]  # toy plateau: indices 0-2
+        rec.update(kappa_w_plateau=float(np.median(values[:3])) if len(flat) >= 2 else float("nan"), kappa_x_plateau=3.0,
+                   kappa_w_contains_limit=float(len(flat) >= 2 and abs(values[0] / limit - 1) < 0.05))
+        lines.append(rec)
     lines += [{"kind": "train", "step": int(s), "epoch": int(s) // 22, "loss": float(v), "ce": float(v), "acc": 0.5, "steps": 2}
               for s, v in zip(STEPS, loss) if s <= last]
     lines += [{"kind": "eval", "split": "test", "epoch": 5, "step": int(last), "loss": 1.0, "acc": 0.8, "n": 100}]
@@ -115,8 +126,8 @@ def test_report_writes_every_plot_and_a_summary_that_notes_what_it_left_out(stud
     assert "`convnet-vanilla-d26`: no key points: only 2 finite training-loss record(s) (diverged)" in summary
     assert "diverged at step 5" in summary
     steepest = summary.split("## Metrics at the point of steepest descent")[1].split("##")[0]
-    assert "| run | kappa_w | kappa_sgd | cosine_sgd | confusion |" in steepest
-    assert "| ortho_relu-vanilla-d11 | 160 | 5 | 0.5 | 0.1 |" in steepest
+    assert "| run | kappa_w | kappa_sgd | kappa_same_batch | cosine_sgd | confusion |" in steepest
+    assert "| ortho_relu-vanilla-d11 | 160 | 5 | 2 | 0.5 | 0.1 |" in steepest
     assert "convnet-vanilla-d26" not in steepest
     assert "## Metric cost" in summary
 
@@ -144,3 +155,55 @@ def test_every_metric_has_a_label():
     from jaxnorm.observers import METRICS
 
     assert set(METRICS) | {"kappa_sgd", "cosine_sgd"} <= set(CONDITIONING_METRICS)
+
+
+def test_steepest_descent_and_lowest_loss_never_share_a_window(tmp_path):
+    """A loss that falls fastest at its end (the case where both points used to be the last
+    window) gets a steepest point whose rate window ends before the lowest window; a flat
+    or rising loss has no descent phase: no steepest point, a note, and no crash."""
+    root = tmp_path / "c"
+    accelerating = 2.0 - 1.5 * ((STEPS - STEPS[0]) / (STEPS[-1] - STEPS[0])) ** 2
+    write_run(root, "ortho_relu", "vanilla", 4, accelerating)
+    write_run(root, "ortho_relu", "bn_gamma_beta", 4, 1.0 + 1e-3 * STEPS)
+    runs = {r.norm: r for r in find_conditioning_runs(root)}
+    kp, note = key_points(runs["vanilla"], window=20)
+    assert note == "" and kp["lowest_step"] == pytest.approx(STEPS[-20:].mean())
+    # rate i spans records i .. i+20; the lowest window starts at record 40: i <= 19.
+    assert kp["steepest_step"] == pytest.approx((STEPS[19:39].mean() + STEPS[20:40].mean()) / 2)
+    kp, note = key_points(runs["bn_gamma_beta"], window=20)
+    assert kp["steepest_step"] is None and kp["rate"] is None and kp["lowest_step"] == pytest.approx(STEPS[:20].mean())
+    assert "no descent phase" in note
+    # The summary alone (the full report's plots are test_report_writes_every_plot_...'s).
+    summary = conditioning_summary_md(list(runs.values()), 20, title="t")
+    assert "no descent phase" in summary and "| 0/1) |" not in summary
+
+
+def test_over_seeds_tables_pair_bn_with_no_bn_by_seed(tmp_path):
+    """Two seeds of one architecture without and with BN: intervals over n = 2, the paired
+    comparison (BN's κ_SGD on one batch is 2 + seed + 1 vs 2 + seed: ×1.5/×1.33 -- so a
+    ratio > 1 and 'does not hold here' when the interval excludes 1), the sweep table and
+    the sweep plots."""
+    from jaxnorm.analysis.conditioning_stats import by_config, plot_sweeps, quantity_at
+
+    root = tmp_path / "c"
+    smooth = lambda s: ([50.0, 50.5, 51.0, 400.0], 50.2)  # converged plateau on the first three η
+    kinked = lambda s: ([900.0, 300.0, 100.0, 30.0], 20.0)  # ∝ 1/√η: no plateau
+    for seed in (0, 1):
+        write_run(root, "ortho_relu", "vanilla", 4, sigmoid_loss(60), seed=seed, sweep=smooth)
+        write_run(root, "ortho_relu", "bn_gamma_beta", 4, sigmoid_loss(50), seed=seed, sweep=kinked)
+    runs = find_conditioning_runs(root)
+    assert [len(g) for g in by_config(runs).values()] == [2, 2]
+    r = runs[0]
+    assert quantity_at(r, "kappa_w_plateau", 0.0) == 50.5 and quantity_at(r, "kappa_w_plateau", None) != quantity_at(r, "kappa_w_plateau", None)
+    # The sweep plots and the summary only: every other plot is test_report_writes_every_plot_...'s.
+    assert all(plot_sweeps(runs, q, tmp_path / f"sweep_{q}.png").is_file() for q in ("kappa_w", "kappa_x"))
+    summary = conditioning_summary_md(runs, 20, title="t")
+    assert "## Over seeds (n = 2 per configuration" in summary
+    sweep = summary.split("### The η sweep")[1].split("###")[0]
+    assert "| FC orthogonal ReLU, no BN, d4 | 14 | 14/14 | 14/14 | 14/14 |" in sweep  # 7 sweeps (steps 0, 20, .., 120) x 2 seeds
+    assert "| FC orthogonal ReLU, BN, d4 | 14 | 0/14 | 0/14 | 14/14 |" in sweep
+    bn = summary.split("### BN vs no BN")[1].split("###")[0]
+    row = next(l for l in bn.splitlines() if "κ_SGD, same batch" in l)
+    assert "p = " in row and ("not significant (n = 2)" in row or "does not hold here" in row)
+    assert "×1.41" in row  # geometric mean of 3/2 and 4/3
+    assert "### The thesis's correlation claims" in summary

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.data import load
-from jaxnorm.observers import METRICS, GradientConditioning, StepConditioning
+from jaxnorm.observers import METRICS, ConditioningSweep, GradientConditioning, StepConditioning
 from jaxnorm.train import TrainConfig, build_model, create_state, fit, make_optimizer
 
 DIGITS = load("digits", "train")
@@ -105,7 +105,8 @@ def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
     above) and StepConditioning, both every 2 steps: lines at steps 0 (before training),
     2 and 4. κ_SGD is NaN at step 0 (no step yet), then finite and positive."""
     obs = observer(module, metrics=("diversity",), every=2)
-    result = fit(config(tmp_path), observers=[obs, StepConditioning(2)], progress=False)
+    step_obs = StepConditioning(2, module, *POOL, mean=DIGITS.mean, std=DIGITS.std, batch_size=4)
+    result = fit(config(tmp_path), observers=[obs, step_obs], progress=False)
     assert result.status == "finished" and result.step == 4
     cond = [m for m in result.metrics if m["kind"] == "conditioning"]
     steps = [m for m in result.metrics if m["kind"] == "step_conditioning"]
@@ -113,10 +114,58 @@ def test_fit_writes_conditioning_and_step_conditioning_lines(module, tmp_path):
     for m in cond:
         assert set(m) == {"kind", "step", "diversity", "n_batches", "batch_size"}
         assert m["diversity"] > 0 and (m["n_batches"], m["batch_size"]) == (2, 4)
-    assert math.isnan(steps[0]["kappa_sgd"])
+    assert math.isnan(steps[0]["kappa_sgd"]) and math.isnan(steps[0]["kappa_same_batch"])  # no step yet
     for m in steps[1:]:
-        assert set(m) == {"kind", "step", "kappa_sgd", "cosine_sgd", "grad_norm"}
+        assert set(m) == {"kind", "step", "kappa_sgd", "cosine_sgd", "grad_norm", "kappa_same_batch", "cosine_same_batch"}
         assert m["kappa_sgd"] > 0 and -1 <= m["cosine_sgd"] <= 1 and m["grad_norm"] > 0
+        assert m["kappa_same_batch"] > 0 and -1 <= m["cosine_same_batch"] <= 1
+
+
+def test_the_sweep_on_the_recorded_batch(module):
+    """ConditioningSweep (a thin caller of kappa_w_sweep/kappa_x_sweep, whose values are
+    tested against dense references in test_hessian_conditioning.py) sweeps the batch and
+    κ_X key the conditioning observer uses: its entry at the observer's η is the recorded
+    kappa_w/kappa_x, and the plateau summary follows the documented rule."""
+    from jaxnorm.observers.conditioning_sweep import eta_key
+
+    etas = (1e-4, 1e-3, 1e-2)
+    obs = observer(module, metrics=("kappa_w", "kappa_x"), eta=1e-3)
+    sweep = ConditioningSweep(obs, etas, min_plateau=2)
+    assert (sweep.name, sweep.sink, sweep.every, sweep.annotations["etas"]) == ("conditioning_sweep", "metrics", 50, list(etas))
+    state = create_state(jax.random.PRNGKey(0), module, make_optimizer(0.1), POOL[0][:1])
+    got, rec = jax.device_get(jax.jit(lambda st: (sweep(st), obs(st)))(state))
+    # The observer scales ±ḡ/‖ḡ‖_∞ by η once, the sweep by η after building it at η = 1,
+    # and batches the perturbed gradients differently: one rounding of ω (u|ω|) plus
+    # reassociation, whose relative effect on ḡ(w + ω) − ḡ(w) scales as 1/η -- measured
+    # 1.4e-4 at η = 1e-4 against the unbatched kernel, so 2e-3 at η = 1e-3 is > 100x headroom.
+    np.testing.assert_allclose(got[eta_key("kappa_w", 1e-3)], rec["kappa_w"], rtol=2e-3)
+    np.testing.assert_allclose(got[eta_key("kappa_x", 1e-3)], rec["kappa_x"], rtol=1e-4)
+    assert got["kappa_w_limit"] > 0
+    want_w = np.array([got[eta_key("kappa_w", e)] for e in etas])
+    want_x = np.array([got[eta_key("kappa_x", e)] for e in etas])
+    for q, values in (("kappa_w", want_w), ("kappa_x", want_x)):
+        start, stop = int(got[f"{q}_plateau_start"]), int(got[f"{q}_plateau_stop"])
+        run = values[start:stop]
+        if stop - start >= 2:  # the documented summary: the run's median, agreeing within rtol
+            assert run.max() <= 1.05 * run.min() and got[f"{q}_plateau"] == pytest.approx(np.median(run), rel=1e-6)
+        else:
+            assert math.isnan(got[f"{q}_plateau"])
+    assert got["kappa_w_contains_limit"] in (0.0, 1.0)
+    for kw, match in ((dict(etas=(1e-3,)), "at least two"), (dict(etas=(1e-2, 1e-3)), "ascending"),
+                      (dict(rtol=0.0), "rtol"), (dict(min_plateau=4), "min_plateau"), (dict(every=75), "multiple")):
+        with pytest.raises(ValueError, match=match):
+            ConditioningSweep(obs, **{"etas": etas, **kw})
+    with pytest.raises(ValueError, match="without mask_fraction"):
+        ConditioningSweep(observer(module, metrics=("kappa_w",), mask_fraction=0.5), etas)
+
+
+def test_step_conditioning_pool_errors(module):
+    with pytest.raises(ValueError, match="together"):
+        StepConditioning(2, module)
+    with pytest.raises(ValueError, match="mean and std"):
+        StepConditioning(2, module, *POOL)
+    with pytest.raises(ValueError, match="batch_size <= pool size"):
+        StepConditioning(2, module, *POOL, mean=DIGITS.mean, std=DIGITS.std, batch_size=64)
 
 
 @pytest.mark.parametrize(

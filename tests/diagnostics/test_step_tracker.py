@@ -102,3 +102,20 @@ def test_errors(trajectory):
     tx = track_step_conditioning()
     with pytest.raises(ValueError, match="needs params"):
         tx.update(trajectory.grads[0], tx.init(P0))
+
+
+def test_same_batch_form_is_the_ratio_of_one_batchs_gradients(trajectory):
+    """same_batch_step_conditioning(loss, w_t, w_{t−1}): Def. 2.5 with ω = the last step and
+    both gradients of the same loss, by hand in float64 (RTOL as above); NaN for no step."""
+    from jaxnorm.diagnostics import same_batch_step_conditioning
+
+    n = np.linalg.norm
+    w0, w1 = trajectory.params[1], trajectory.params[2]
+    g0, g1 = flat(jax.grad(loss)(w0)), flat(jax.grad(loss)(w1))
+    kappa, cosine = jax.jit(lambda a, b: same_batch_step_conditioning(loss, a, b))(w1, w0)
+    f0, f1 = flat(w0), flat(w1)
+    np.testing.assert_allclose(kappa, n(g1 - g0) * n(f0) / (n(f1 - f0) * n(g0)), rtol=RTOL)
+    np.testing.assert_allclose(cosine, g1 @ g0 / (n(g1) * n(g0)), rtol=RTOL)
+    # On this one loss the consecutive-step κ the tracker kept is the same quantity.
+    np.testing.assert_allclose(kappa, find_step_conditioning(trajectory.states[2]).kappa, rtol=RTOL)
+    assert all(np.isnan(v) for v in same_batch_step_conditioning(loss, w0, w0))

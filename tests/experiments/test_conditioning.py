@@ -40,6 +40,9 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
         assert [m["step"] for m in step] == list(range(9))  # every logged step (log_every_steps=1)
         assert all(math.isnan(m["kappa_sgd"]) for m in step[:2])  # no previous step yet
         assert all(m["kappa_sgd"] > 0 and -1 <= m["cosine_sgd"] <= 1 for m in step[2:])
+        # The same-batch form needs one step only (the tracker keeps w_{t-1}).
+        assert math.isnan(step[0]["kappa_same_batch"]) and all(m["kappa_same_batch"] > 0 and m["cosine_same_batch"] <= 1 for m in step[1:])
+        assert not [m for m in lines if m["kind"] == "conditioning_sweep"]  # --quick sweeps no η grid
 
         costs = json.loads((run / "costs.json").read_text())
         assert set(costs["seconds"]) == {"kappa_w", "confusion", "kappa_sgd", "batch_gradient"}
@@ -56,6 +59,7 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
         assert (plots / f"{name}.png").is_file(), name
     summary = (plots / "summary.md").read_text()
     assert all(f"| {r.name} |" in summary for r in runs)
+    assert "## Over seeds (n = 1 per configuration" in summary and "| κ_SGD, consecutive batches | κ_SGD, same batch |" in summary
     assert "2 runs (0 diverged); median final training loss by depth: depth 4: BN " in capsys.readouterr().out
 
     # A rerun restores the final checkpoints instead of retraining and keeps the measured costs.
@@ -67,19 +71,28 @@ def test_quick_study_records_every_metric_times_them_and_plots(tmp_path, capsys)
 def test_setups_and_command_line_changes(tmp_path):
     digits = conditioning.SETUPS["digits"]
     jobs = digits.jobs(results="res")
-    assert len(jobs) == 5 * 2 * 2 and len({c.name for c in jobs}) == len(jobs)
-    assert jobs[0].name == "ortho_relu-vanilla-d4" and jobs[-1].name == "resnet-bn_gamma_beta-d11"
+    # BN vs no BN on three architectures at depth 4, the depth contrast on the FC ReLU net only.
+    assert [c.name for c in jobs] == [f"{a}-{n}-d{d}" for a, ds in (("ortho_relu", (4, 11)), ("convnet", (4,)), ("resnet", (4,)))
+                                      for n in ("vanilla", "bn_gamma_beta") for d in ds]  # fmt: skip
     assert all(c.dataset == "digits" and c.batch_size == 64 and c.track_step_conditioning for c in jobs)
     assert all(c.results_dir == "res" and c.study == "conditioning/digits" and c.checkpoint_every_epochs == c.epochs for c in jobs)
     assert digits.metric_names == METRICS
-    by_name = {c.name: c for c in jobs}
+    assert (digits.seeds, digits.cost_seeds, digits.base.epochs, digits.sweep_every, digits.same_batch) == ((0, 1, 2), (0,), 15, 5, True)
+    assert digits.etas[0] == 1e-6 and 1e-3 in digits.etas and digits.quick().etas == ()
+    full = conditioning.SETUPS["digits_full"]
+    by_name = {c.name: c for c in full.jobs(results="res")}
+    assert len(by_name) == 5 * 2 * 2 and full.base == digits.base and full.sweep_every == 2
     assert dict(by_name["looks_linear-vanilla-d11"].model_kwargs) == {"depth": 11, "width": digits.fc_width, "activation": "crelu",
                                                                       "kernel_init": "looks_linear"}
     assert by_name["resnet-vanilla-d4"].model_kwargs["residual"] and by_name["resnet-vanilla-d4"].model_kwargs["stages"] == 1
     assert not by_name["convnet-vanilla-d11"].model_kwargs["residual"] and by_name["convnet-vanilla-d11"].model_kwargs["stages"] == 3
     assert [c.name for c in digits.jobs([0, 2])[:2]] == ["ortho_relu-vanilla-d4", "ortho_relu-vanilla-d4_s2"]
-    groups = conditioning.STUDY.groups(digits, [0], tmp_path / "conditioning" / "digits")
-    assert len(groups) == 20 and all(len(g.configs) == 1 and g.after is not None for g in groups)
+    # The seeds of a configuration are one fit_many group.
+    groups = conditioning.STUDY.groups(digits, [0, 1, 2], tmp_path / "conditioning" / "digits")
+    assert len(groups) == 8 and all([c.seed for c in g.configs] == [0, 1, 2] and g.after is not None for g in groups)
+    assert all(len({c.name.split("_s")[0] for c in g.configs}) == 1 for g in groups)
+    with pytest.raises(ValueError, match="unknown deep architecture"):
+        setup_with(digits, {"deep_architectures": ["vgg"]}, quick=False)
 
     cifar = conditioning.SETUPS["cifar10"]
     assert (cifar.base.dataset, cifar.base.batch_size, cifar.base.schedule, cifar.depths) == ("cifar10", 64, "plateau", (11, 26, 40))
