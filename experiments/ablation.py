@@ -46,7 +46,7 @@ from experiments.configs import CONFIGS, get_config
 from jaxnorm.analysis.ablation import analyze_ablation
 from jaxnorm.layers import ABLATION_VARIANTS
 from jaxnorm.observers import GammaBetaRecorder, ReluSparsity
-from jaxnorm.study import RunGroup
+from jaxnorm.study import RunGroup, positive_float, positive_int
 from jaxnorm.train import TrainConfig, build_model
 
 STRATEGIES = ("auto", "vmap", "loop", "map")
@@ -232,13 +232,13 @@ class AblationStudy:
     default = "digits"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--lr-scale", type=_positive_float, nargs="+", help="learning-rate multipliers (default 1)")
+        parser.add_argument("--lr-scale", type=positive_float, nargs="+", help="learning-rate multipliers (default 1)")
         parser.add_argument("--positions", nargs="+", choices=PLACEMENTS, help="BN placements (default: default)")
         parser.add_argument("--variants", nargs="+", choices=ABLATION_VARIANTS, help="default: all five")
         parser.add_argument("--published-code", action="store_true", default=None, help="what the thesis's code did instead of its text")
         parser.add_argument("--strategy", choices=STRATEGIES, help="fit_many's multi-run strategy (default auto)")
-        parser.add_argument("--quick-steps", type=_positive_int, help="steps of a --quick run (default 20)")
-        parser.add_argument("--quick-subset", type=_positive_int, help="training examples of a --quick run (default 512)")
+        parser.add_argument("--quick-steps", type=positive_int, help="steps of a --quick run (default 20)")
+        parser.add_argument("--quick-subset", type=positive_int, help="training examples of a --quick run (default 512)")
 
     def groups(self, setup: AblationSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
         base = setup.base_config()
@@ -257,21 +257,6 @@ class AblationStudy:
         return analyze_ablation(root)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-_positive_float.__name__, _positive_int.__name__ = "positive float", "positive int"  # argparse: "invalid positive float value"
 STUDY = AblationStudy()
 
 

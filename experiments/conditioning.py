@@ -1,17 +1,14 @@
-"""The gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU thesis 2022): metrics throughout training of
-deep nets with and without BatchNorm, and what they cost.
+"""The gradient-conditioning study (“Gradient Conditioning in Deep Neural Networks”, BYU
+thesis 2022): metrics throughout training of deep nets with and without BatchNorm, and
+what they cost.
 
-Trains every architecture x norm x depth (x seed) of a named setup (the seeds of one
-architecture, norm and depth as one ``fit_many`` program), with the in-optimizer κ_W
-estimate on (``track_step_conditioning``) and three observers:
-``GradientConditioning`` (every metric of ``jaxnorm.diagnostics``, about twice per epoch,
-on batches drawn from the first ``pool_size`` training examples) and ``StepConditioning``
-(κ_W of the SGD step itself, every ``log_every_steps`` steps, consecutive-batch and
-same-batch) and ``ConditioningSweep`` (κ_W, κ_X over an η grid on the conditioning
-batch, every ``sweep_every`` samples). After training, each run's
-``after`` step times every metric alone on the final state next to one batch gradient
-(``jaxnorm.observers.costs``; in every run, or in the runs of ``cost_norms``) into the
-run's ``costs.json`` (kept on a rerun). Then the plots and ``summary.md``
+Every architecture x norm x depth of a setup, its seeds as one ``fit_many`` program, with
+``track_step_conditioning`` and three observers: ``GradientConditioning`` (every metric of
+``jaxnorm.diagnostics`` about twice per epoch on batches from the first ``pool_size``
+training examples), ``StepConditioning`` (κ_W of the SGD step itself, consecutive- and
+same-batch) and ``ConditioningSweep`` (κ_W, κ_X over an η grid). Each run's ``after``
+step times every metric on the final state (``jaxnorm.observers.costs``) into
+``costs.json`` (kept on a rerun); then plots and ``summary.md``
 (``jaxnorm.analysis.conditioning``).
 
 Architectures (:data:`ARCHITECTURES`): ``ortho_relu`` / ``ortho_crelu`` (``deep_fc``,
@@ -27,12 +24,10 @@ norms ``vanilla`` and ``bn_gamma_beta``; depths = weight layers.
     python -m experiments.conditioning --quick             # 8 steps, 2 architectures, tiny widths, 2 metrics, 1 seed
     python -m experiments.conditioning --plot-only         # plots + summary.md from the stored files
 
-Results: ``<results>/conditioning/<setup>[-quick]/<arch>-<norm>-d<depth>[_s<seed>]/`` (the
-seed suffix for seeds other than 0) with ``config.json``, ``metrics.jsonl`` (``train``,
-``eval``, ``conditioning``, ``step_conditioning`` lines), ``status.json``, the final
-checkpoint, and ``costs.json`` (parameter count, seconds per metric call);
-``<results>/conditioning/<setup>/costs.json`` (metric -> list of ``{run, params, seconds}``)
-and ``plots/``. A finished run is restored from its final checkpoint, not retrained.
+Results: ``<results>/conditioning/<setup>[-quick]/<arch>-<norm>-d<depth>[_s<seed>]/``
+(``config.json``, ``metrics.jsonl`` with ``train``, ``eval``, ``conditioning``,
+``step_conditioning`` lines, ``status.json``, the final checkpoint, ``costs.json``); the
+study's ``costs.json`` (metric -> ``[{run, params, seconds}]``) and ``plots/``.
 """
 
 from __future__ import annotations
@@ -50,7 +45,7 @@ from jaxnorm.observers import METRICS, GradientConditioning, StepConditioning
 from jaxnorm.observers.conditioning_sweep import DEFAULT_ETAS, ConditioningSweep
 from jaxnorm.observers.costs import conditioning_costs
 from jaxnorm.results import write_json
-from jaxnorm.study import RunGroup
+from jaxnorm.study import RunGroup, positive_int
 from jaxnorm.train import TrainConfig, build_model
 
 
@@ -111,15 +106,12 @@ class ConditioningSetup:
       step_every: the ``StepConditioning`` interval (None: ``base.log_every_steps``).
       pool_size: the observer draws its batches from the first this many training examples.
       conditioning: further ``GradientConditioning`` options (``batch_size``, ``num_batches``, ...).
-      cost_repeats: timed calls per metric after a compile call (0: no timing);
-        ``cost_norms``, ``cost_seeds``: time only runs of these norms and seeds (None:
-        every run; the seeds share the model, so one seed says what a metric costs).
-      etas, sweep_every: the ``ConditioningSweep`` grid (empty: no sweep) and its interval
-        in conditioning samples (1: at every sample; the sweep costs about as much as all
-        the other metrics together, so the default sweeps every fourth, from step 0).
+      cost_repeats: timed calls per metric after a compile call (0: no timing); only in
+        runs of ``cost_norms`` and ``cost_seeds`` (None: every run).
+      etas, sweep_every: the ``ConditioningSweep`` grid (empty: none) and its interval in
+        conditioning samples (it costs about all other metrics together).
       same_batch: the ``StepConditioning`` also measures the same-batch κ of the step.
-      seeds: default training seeds (the metrics' batches and perturbations do not depend
-        on the seed: every seed is measured on the same examples, so seeds pair).
+      seeds: default training seeds (the metrics' batches do not depend on it: seeds pair).
       is_quick, quick_steps, quick_subset: ``--quick`` trains ``quick_steps`` steps on
         ``quick_subset`` examples.
     """
@@ -177,9 +169,8 @@ class ConditioningSetup:
         return tuple(self.metrics) if self.metrics is not None else METRICS
 
     def quick(self) -> "ConditioningSetup":
-        """A smoke version under ``<name>-quick`` (:data:`QUICK`; a few timed calls, every run timed;
-        one seed; every kept architecture at every depth; no η sweep: its compile would
-        double the smoke run)."""
+        """A smoke version under ``<name>-quick`` (:data:`QUICK`): one seed, a few timed
+        calls, no η sweep (its compile would double the smoke run)."""
         fc, conv = QUICK["widths"]
         return dataclasses.replace(
             self, name=f"{self.name}-quick", is_quick=True, depths=QUICK["depths"], fc_width=fc, conv_width=conv,
@@ -278,9 +269,8 @@ class ConditioningStudy:
         parser.add_argument("--quick-subset", type=positive_int, help="training examples of a --quick run (default 512)")
 
     def groups(self, setup: ConditioningSetup, seeds: Sequence[int], root: pathlib.Path) -> list[RunGroup]:
-        """One group per architecture, norm and depth: its seeds train as one ``fit_many``
-        program (one compile of the model and of every observer; the observers' batches
-        do not depend on the seed, so the first seed's config builds them)."""
+        """One group per architecture, norm and depth: its seeds as one ``fit_many`` program
+        (the observers' batches do not depend on the seed: the first seed's config builds them)."""
         jobs = setup.jobs(seeds, results=root.parent.parent)
         by_config = {}
         for c in jobs:
@@ -292,15 +282,6 @@ class ConditioningStudy:
 
     def analyze(self, setup: ConditioningSetup, root: pathlib.Path) -> str:
         return analyze_conditioning(root)
-
-
-def positive_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 STUDY = ConditioningStudy()

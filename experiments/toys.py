@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -106,12 +108,19 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--results", default="results")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace stored results of another setup")
     args = p.parse_args(argv)
     setup = ToySetup().quick() if args.quick else ToySetup()
     if args.seeds:
         setup = dataclasses.replace(setup, seeds=tuple(args.seeds))
     root = pathlib.Path(args.results) / "toys" / setup.name
     t0 = time.perf_counter()
+    stored = root / "setup.json"
+    if not args.plot_only and stored.is_file() and not args.overwrite:
+        if json.loads(stored.read_text()) != {**dataclasses.asdict(setup), "seeds": list(setup.seeds)}:
+            print(f"error: {root} holds results of another setup ({stored}); pass --overwrite to replace them, "
+                  "or --results DIR for a new folder.", file=sys.stderr)
+            return 2
     if not args.plot_only:
         root.mkdir(parents=True, exist_ok=True)
         write_npz(root / "lemma22.npz", run_lemma(setup))

@@ -50,6 +50,7 @@ the current flags.
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import dataclasses
 import json
@@ -234,6 +235,25 @@ def run_study(
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an int >= 1 (else argparse's one-line "invalid positive int value")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite float > 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return value
+
+
+positive_int.__name__, positive_float.__name__ = "positive int", "positive float"  # argparse: "invalid positive int value"
 
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
