@@ -111,3 +111,13 @@ def test_import_jaxnorm_exposes_every_subpackage():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
     assert out.returncode == 0, out.stderr
+
+
+def test_every_benchmark_script_imports():
+    """The benchmarks run only on request (and on a GPU), so an API move that breaks one
+    would go unseen: each must at least import (their torch peers are imported lazily)."""
+    import importlib
+
+    for path in sorted((ROOT.parent / "experiments" / "benchmarks").glob("*.py")):
+        if not path.stem.startswith("_"):
+            importlib.import_module(f"experiments.benchmarks.{path.stem}")

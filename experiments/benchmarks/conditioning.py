@@ -39,13 +39,10 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments.benchmarks.train_step import CIFAR10, Result, _load, machine_info, make_data
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import (
-    GradientConditioning,
-    StepConditioning,
     batch_loss_fn,
     num_coordinates,
     per_example_grads,
@@ -53,6 +50,7 @@ from jaxnorm.diagnostics import (
     per_example_sq_norms,
 )
 from jaxnorm.models import get_model
+from jaxnorm.observers import GradientConditioning, StepConditioning
 from jaxnorm.train.optim import make_optimizer
 from jaxnorm.train.state import create_state
 from jaxnorm.train.step import make_train_step

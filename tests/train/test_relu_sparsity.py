@@ -44,6 +44,6 @@ def test_fit_writes_sparsity_lines_and_the_report_plots_them(tmp_path):
 
 
 def test_no_sparsity_records_means_no_plot(tmp_path):
-    r = fit(tiny_config(tmp_path, max_steps=2, checkpoint_every_epochs=0), observers=[], progress=False)
+    fit(tiny_config(tmp_path, max_steps=2, checkpoint_every_epochs=0), observers=[], progress=False)
     (run,) = find_runs(tmp_path)
     assert plot_sparsity([run], tmp_path / "none.png") is None and sparsity_table_md([run]) == ""
