@@ -12,7 +12,11 @@ every 5 steps and the ReLU sparsity after each BN layer a ReLU follows (All-CNN-
 too) on a probe batch; placements are :func:`positions_preset`'s; then the plots and
 ``summary.md`` with 95% intervals over seeds and paired tests against vanilla
 (``jaxnorm.analysis.ablation``; again from the stored files with ``--plot-only`` or
-``python -m experiments.plot <results dir>``).
+``python -m experiments.plot <results dir>``). After training, each finished run's final
+logits on its training-loss set go to ``final_logits.npz``
+(:func:`jaxnorm.train.predict.save_final_logits`; a rerun that reads finished runs back
+writes only the missing ones), for the summary's split of the variants' loss gaps into
+logit scale and the rest (:mod:`jaxnorm.analysis.logit_scale`).
 
     python -m experiments.ablation                                  # digits default (make demo): ~2 min on 2 CPU cores
     python -m experiments.ablation --config cifar10_3c3d --lr-scale 0.1 1 10
@@ -47,7 +51,8 @@ from jaxnorm.analysis.ablation import analyze_ablation
 from jaxnorm.layers import ABLATION_VARIANTS
 from jaxnorm.observers import GammaBetaRecorder, ReluSparsity
 from jaxnorm.study import RunGroup, positive_float, positive_int
-from jaxnorm.train import TrainConfig, build_model
+from jaxnorm.train import TrainConfig
+from jaxnorm.train.predict import group_module, save_final_logits
 
 STRATEGIES = ("auto", "vmap", "loop", "map")
 #: Seeds a ``--quick`` setup keeps (the first of the setup's).
@@ -218,7 +223,7 @@ def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list
     train = load(cfg.dataset, cfg.train_split)
     n = min(probe_size, cfg.train_subset or probe_size, len(train))
     probe = normalize(train.images[:n], train.mean, train.std)
-    module = build_model(cfg, train.num_classes, norm="bn_ablation" if len({c.norm for c in configs}) > 1 else None)
+    module = group_module(configs)
     every = max(1, min(10 * cfg.record_every_steps, (cfg.max_steps or 10**9) // 4))
     return [GammaBetaRecorder(cfg.record_every_steps), ReluSparsity(module, probe, every=every, skip=unrectified_norms(cfg, module))]
 
@@ -250,7 +255,8 @@ class AblationStudy:
                 programs = [sum(per_seed, [])] if seeds_in_one_program(setup, len(seeds)) else per_seed
                 for runs in programs:
                     configs = tuple(runs)
-                    out.append(RunGroup(configs, observers=functools.partial(observers_for, configs, setup.probe_size), strategy=setup.strategy))
+                    out.append(RunGroup(configs, observers=functools.partial(observers_for, configs, setup.probe_size),
+                                        after=functools.partial(save_final_logits, configs), strategy=setup.strategy))
         return out
 
     def analyze(self, setup: AblationSetup, root: pathlib.Path) -> str:

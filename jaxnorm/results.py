@@ -243,4 +243,6 @@ class RunDir:
     trajectories = property(lambda self: self.root / "trajectories.npz")
     status = property(lambda self: self.root / "status.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
+    #: the final state's logits on the training-loss set (``jaxnorm.train.predict.save_final_logits``)
+    final_logits = property(lambda self: self.root / "final_logits.npz")
     lock = property(lambda self: self.root / ".lock")

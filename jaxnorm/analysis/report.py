@@ -11,7 +11,9 @@
   :func:`~jaxnorm.analysis.sparsity.plot_sparsity`;
 * ``activity.md`` -- the activity metrics of every run with γ/β records;
 * ``summary.md`` -- the summary table (with each run's state; a run with an empty
-  ``metrics.jsonl`` is a "no records" row, not left out), then the activity table.
+  ``metrics.jsonl`` is a "no records" row, not left out), per group the ReLU-sparsity
+  table and, for runs that stored ``final_logits.npz``, the logit-scale split of the
+  loss gaps (:mod:`~jaxnorm.analysis.logit_scale`), then the activity table.
 
 The folder is first cleared of what an earlier report wrote
 (:func:`~jaxnorm.analysis.plotting.fresh_report_dir`: PNGs, ``summary.md``,
@@ -33,6 +35,7 @@ from jaxnorm.analysis.activity import activity_metrics, activity_table_md
 from jaxnorm.analysis.contours import plot_gamma_beta
 from jaxnorm.analysis.curves import plot_curves
 from jaxnorm.analysis.gammabeta import gamma_beta_arrays
+from jaxnorm.analysis.logit_scale import logit_scale_markdown
 from jaxnorm.analysis.plotting import fresh_report_dir
 from jaxnorm.analysis.runs import find_runs, fmt_value, group_key, group_runs
 from jaxnorm.analysis.sparsity import plot_sparsity, sparsity_table_md
@@ -98,6 +101,9 @@ def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), tar
         if table:
             summary += f"\n## ReLU sparsity, {_group_suffix(key, by)}\n\nFraction of each norm layer's outputs " \
                        "that the following ReLU zeroes, on the probe batch, at the last measurement.\n\n" + table
+        logits = logit_scale_markdown(group)
+        if logits:
+            summary += f"\n## Logit scale, {_group_suffix(key, by)}\n\n" + logits
     summary += "\n" + activity.replace("# γ/β activity", "## γ/β activity", 1)
     (out / "summary.md").write_text(summary)
     written["summary"] = out / "summary.md"

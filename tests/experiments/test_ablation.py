@@ -8,11 +8,13 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from experiments import ablation, plot
 from experiments.configs import CONFIGS, get_config
+from jaxnorm.analysis.logit_scale import ce_at_scale, logit_scale
 from jaxnorm.layers import ABLATION_VARIANTS
 from jaxnorm.study import run_study, setup_with
 from jaxnorm.train import build_model
@@ -47,11 +49,21 @@ def test_digits_default_quick_trains_the_five_variants_and_reports(ablation_quic
         assert cfg["seed"] == int(r.name[-1]) and cfg["learning_rate"] == pytest.approx(0.1) and cfg["max_steps"] == 20
         assert cfg["study"] == "ablation/digits-quick/lr1" and cfg["results_dir"] == str(results)
         assert cfg["train_subset"] == 512
+        # The after step stored the final state's train_eval logits; the cross-entropy
+        # recomputed from them (float64) is the stored final train loss, a float32 mean
+        # over <= 1437 examples (relative rounding <= n·2^-24 ≈ 1e-4, with headroom).
+        with np.load(r / "final_logits.npz") as f:
+            logits, labels, step = f["logits"], f["labels"], int(f["step"])
+        assert step == status["step"] and logits.shape == (len(labels), 10)
+        final = [m["loss"] for m in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+                 if m.get("kind") == "eval" and m.get("split") == "train_eval"][-1]
+        assert ce_at_scale(logits, labels, logit_scale(logits)) == pytest.approx(final, rel=2e-4, abs=1e-5)
     stored = json.loads((root / "study.json").read_text())
     assert stored["study"] == "ablation" and stored["setup"]["quick_steps"] == 20 and stored["seeds"] == seeds
     summary = (root / "plots" / "summary.md").read_text()
     assert all(f"| {v} | 2 |" in summary for v in ABLATION_VARIANTS) and (root / "plots" / "curves_lr0.1.png").is_file()
     assert " ± " in summary.split("|---", 1)[1] and "(p = " in summary  # intervals and paired tests in the cells
+    assert "## Logit scale, lr0.1" in summary and "| bn_gamma − bn_beta |" in summary
     assert "lr 0.1: final test acc vanilla" in out and "beat vanilla" in out
 
     # The re-plot command redraws the same summary from the stored files.
