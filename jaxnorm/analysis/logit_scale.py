@@ -15,11 +15,14 @@ over classes removed (cross-entropy does not see it):
 * ``ce(t) = mean_i [logsumexp_k(t·u_ik) − t·u_iy]``, the cross-entropy of the run's
   logit directions at scale ``t``; ``ce(s)`` is the run's own loss.
 
-Within one seed (the variants of a seed start from the same weights and see the same
-batches), every variant is also evaluated at the **common scale** ``s*``, the geometric
-mean of the seed's variants' scales. The paired difference of ``ce(s*)`` between two
-variants is the part of their loss gap that is *not* scale (their logit directions
-compared at equal confidence); the rest of the gap, ``Δce(s) − Δce(s*)``, is scale.
+Two variants are compared seed by seed (the variants of a seed start from the same
+weights and see the same batches): both runs' logit directions are evaluated at the
+pair's **common scale** ``s* = sqrt(s_a s_b)``. The difference ``ce_a(s*) − ce_b(s*)`` is
+the part of their loss gap that is *not* scale (their logit directions compared at equal
+confidence); the rest, ``[ce_a(s_a) − ce_b(s_b)] − [ce_a(s*) − ce_b(s*)]``, is scale.
+Each part gets the paired t-interval over seeds. (A common scale per pair rather than
+per seed: a variant stuck near chance, such as vanilla at a too-large step size, has a
+tiny scale and would drag a seed-wide mean away from both compared runs.)
 
 The logits come from each run's ``final_logits.npz`` (written after training by the
 ablation study's ``after`` step with :func:`jaxnorm.train.predict.split_logits`: the
@@ -88,28 +91,32 @@ def load_logits(run) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def seed_statistics(runs) -> dict[str, dict[int, dict]]:
-    """``{variant: {seed: {'scale', 'margin', 'ce', 'ce_common', 'stored_ce'}}}`` for the
-    finished runs of one group that have finite logits; the common scale of a seed is the
-    geometric mean of its variants' scales (module docstring)."""
-    per_seed: dict[int, dict[str, tuple]] = {}
+    """``{variant: {seed: {'scale', 'margin', 'ce', 'stored_ce', 'logits', 'labels'}}}``
+    for the finished runs of one group that stored finite, non-constant logits."""
+    out: dict[str, dict[int, dict]] = {}
     for r in runs:
         data = load_logits(r) if r.finished else None
         if data is None or not np.all(np.isfinite(data[0])):
             continue
-        logits, labels = data
-        if logit_scale(logits) == 0:
+        z, y = data
+        s = logit_scale(z)
+        if s == 0:
             continue
-        per_seed.setdefault(r.seed, {})[r.variant] = (r, logits, labels)
-    out: dict[str, dict[int, dict]] = {}
-    for seed, variants in per_seed.items():
-        common = math.exp(np.mean([math.log(logit_scale(z)) for _, z, _ in variants.values()]))
-        for variant, (r, z, y) in variants.items():
-            stored = r.eval_series("train_eval", "loss")[1]
-            out.setdefault(variant, {})[seed] = {
-                "scale": logit_scale(z), "margin": normalized_margin(z, y), "ce": ce_at_scale(z, y, logit_scale(z)),
-                "ce_common": ce_at_scale(z, y, common), "stored_ce": float(stored[-1]) if stored.size else math.nan,
-            }  # fmt: skip
+        stored = r.eval_series("train_eval", "loss")[1]
+        out.setdefault(r.variant, {})[r.seed] = {
+            "scale": s, "margin": normalized_margin(z, y), "ce": ce_at_scale(z, y, s),
+            "stored_ce": float(stored[-1]) if stored.size else math.nan, "logits": z, "labels": y,
+        }  # fmt: skip
     return out
+
+
+def split_gap(a: dict, b: dict) -> tuple[float, float]:
+    """For one seed's runs ``a`` and ``b`` (entries of :func:`seed_statistics`): their
+    loss difference ``ce_a(s_a) − ce_b(s_b)`` and the part that is not scale,
+    ``ce_a(s*) − ce_b(s*)`` at the pair's common scale ``s* = sqrt(s_a s_b)``."""
+    common = math.sqrt(a["scale"] * b["scale"])
+    return (a["ce"] - b["ce"],
+            ce_at_scale(a["logits"], a["labels"], common) - ce_at_scale(b["logits"], b["labels"], common))
 
 
 def comparisons(variants: Sequence[str]) -> list[tuple[str, str]]:
@@ -137,28 +144,24 @@ def logit_scale_markdown(runs) -> str | None:
     if not stats:
         return None
     order = variant_order(stats)
-    rows = ["| variant | n | logit scale s | normalized margin | final train loss ce(s) (stored) | ce at the seed's common scale |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| variant | n | logit scale s | normalized margin | final train loss ce(s) (stored) |", "|---|---|---|---|---|"]
     for v in order:
         seeds = sorted(stats[v])
-        ci = {k: mean_interval([stats[v][s][k] for s in seeds]) for k in ("scale", "margin", "ce", "ce_common", "stored_ce")}
+        ci = {k: mean_interval([stats[v][s][k] for s in seeds]) for k in ("scale", "margin", "ce", "stored_ce")}
         rows.append(f"| {v} | {len(seeds)} | {ci['scale'].format(3, say_single=False)} | {ci['margin'].format(3, say_single=False)} | "
-                    f"{ci['ce'].format(4, say_single=False)} ({ci['stored_ce'].format(4, say_single=False)}) | "
-                    f"{ci['ce_common'].format(4, say_single=False)} |")
+                    f"{ci['ce'].format(4, say_single=False)} ({ci['stored_ce'].format(4, say_single=False)}) |")
     pairs = [(a, b) for a, b in comparisons(order) if a in stats and b in stats]
     if pairs:
-        rows += ["", "| comparison (paired by seed) | Δ train loss | Δ at the common scale (not scale) | scale's part of Δ |", "|---|---|---|---|"]
+        rows += ["", "| comparison (paired by seed) | Δ train loss | Δ at the pair's common scale (not scale) | scale's part of Δ |", "|---|---|---|---|"]
         for a, b in pairs:
-            seeds = sorted(set(stats[a]) & set(stats[b]))
-            da = [stats[a][s]["ce"] for s in seeds]
-            db = [stats[b][s]["ce"] for s in seeds]
-            ca = [stats[a][s]["ce_common"] for s in seeds]
-            cb = [stats[b][s]["ce_common"] for s in seeds]
-            scale_part = paired_test([x - y for x, y in zip(da, ca)], [x - y for x, y in zip(db, cb)])
-            rows.append(f"| {a} − {b} | {paired_test(da, db).format(4)} | {paired_test(ca, cb).format(4)} | {scale_part.format(4)} |")
+            split = [split_gap(stats[a][s], stats[b][s]) for s in sorted(set(stats[a]) & set(stats[b]))]
+            total, shape = [t for t, _ in split], [d for _, d in split]
+            zero = [0.0] * len(split)
+            rows.append(f"| {a} − {b} | {paired_test(total, zero).format(4)} | {paired_test(shape, zero).format(4)} | "
+                        f"{paired_test(total, shape).format(4)} |")
     head = ("Final checkpoint on the train_eval set: s = RMS of the centred logits, normalized margin = mean "
             "(correct − best other logit)/s, ce(s) = the cross-entropy recomputed from the stored logits (in brackets "
-            "the run's stored final train loss, which it should equal), and the cross-entropy of the same logit "
-            "directions at the seed's common scale s* (geometric mean of the seed's variants' s). A paired Δ at the "
-            "common scale is the part of a loss gap that is not logit scale (`jaxnorm/analysis/logit_scale.py`).\n\n")
+            "the run's stored final train loss, which it should equal). A comparison evaluates both runs of a seed "
+            "at their common scale s* = √(s_a s_b): the Δ there is the part of the loss gap that is not logit scale, "
+            "the rest is scale (`jaxnorm/analysis/logit_scale.py`).\n\n")
     return head + "\n".join(rows) + "\n"
