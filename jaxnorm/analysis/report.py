@@ -47,10 +47,8 @@ def _slug(s: str) -> str:
 
 
 def _group_suffix(key: tuple, by: Sequence[str]) -> str:
-    parts = []
-    for k, v in zip(by, key):
-        parts.append(("lr" if k == "learning_rate" else _slug(k)) + _slug(fmt_value(v)))
-    return "_".join(parts)
+    # An empty field (the default placement's tag) adds nothing: "lr0.1", not "lr0.1_tag".
+    return "_".join(("lr" if k == "learning_rate" else _slug(k)) + _slug(fmt_value(v)) for k, v in zip(by, key) if v not in ("", None))
 
 
 def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), target_acc: float | None = None) -> dict[str, pathlib.Path]:

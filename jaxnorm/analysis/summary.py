@@ -245,7 +245,8 @@ def summary_markdown(runs, target_acc: float | None = None, baseline: str = "van
     for r in rows:
         groups.setdefault(tuple(r["group"].items()), []).append(r)
     for gkey, grows in groups.items():
-        gname = ", ".join(f"{'lr' if k == 'learning_rate' else k} = {fmt_value(v)}" for k, v in gkey)
+        # An empty field (the default placement's tag) names nothing: "lr = 1", not "lr = 1, tag = ".
+        gname = ", ".join(f"{'lr' if k == 'learning_rate' else k} = {fmt_value(v)}" for k, v in gkey if v not in ("", None))
         target = grows[0]["target"]
         if target is None:
             tdesc = "no target (no run that did not diverge got a final test accuracy whose 90% is above chance)"
