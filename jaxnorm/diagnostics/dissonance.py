@@ -27,6 +27,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxnorm._precision import as_working
+
 __all__ = [
     "gradient_confusion",
     "confusion_from_gram",
@@ -44,7 +46,7 @@ def _matrix(g: jax.Array, what: str) -> jax.Array:
         raise ValueError(f"{what} expects gradients as a matrix (n, d), one per row; got shape {g.shape}.")
     if g.shape[0] < 1:
         raise ValueError(f"{what} needs at least one gradient.")
-    return jnp.asarray(g, jnp.float32)
+    return as_working(g)
 
 
 def _safe_div(a, b):

@@ -20,6 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from jaxnorm._precision import as_working
 import numpy as np
 
 __all__ = [
@@ -32,8 +34,9 @@ __all__ = [
 
 
 def gram(a: jax.Array) -> jax.Array:
-    """The smaller Gram matrix of ``a`` (``(n, n)`` for ``(n, d)``, n <= d), float32."""
-    a = jnp.asarray(a, jnp.float32)
+    """The smaller Gram matrix of ``a`` (``(n, n)`` for ``(n, d)``, n <= d), in float32 or
+    ``a``'s wider dtype (float64 stays float64)."""
+    a = as_working(a)
     return a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm._precision import as_working, working_dtype
+
 __all__ = ["GradientMask", "random_mask", "flatten", "num_coordinates"]
 
 
@@ -104,12 +106,14 @@ def num_coordinates(params: Any) -> int:
 
 
 def flatten(tree: Any, batch_dims: int = 0, mask: Optional[GradientMask] = None) -> jax.Array:
-    """``tree`` as one float32 matrix ``(*batch, P)`` (or ``(*batch, mask.size)``).
+    """``tree`` as one matrix ``(*batch, P)`` (or ``(*batch, mask.size)``), in float32 or
+    the leaves' wider dtype (float64 leaves stay float64).
 
     Leaves are raveled in leaf order after their ``batch_dims`` leading axes and
     concatenated; with ``mask`` only its coordinates are kept.
     """
     if mask is not None:
-        return mask.apply(tree, batch_dims).astype(jnp.float32)
+        return as_working(mask.apply(tree, batch_dims))
     leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.concatenate([l.reshape(l.shape[:batch_dims] + (-1,)).astype(jnp.float32) for l in leaves], axis=-1)
+    dtype = working_dtype(jnp.result_type(*leaves))
+    return jnp.concatenate([l.reshape(l.shape[:batch_dims] + (-1,)).astype(dtype) for l in leaves], axis=-1)
