@@ -19,8 +19,8 @@ is about one forward and one backward pass of the batch, plus per-layer products
 Which layers, and how (chosen per layer from shapes at trace time):
 
 * ``nn.Dense`` (input ``(b, ..., n)``; ``T`` = the product of the middle axes, 1 for an
-  MLP) and ``nn.Conv`` (through its patches, ``jax.lax.conv_general_dilated_patches``:
-  ``A_i`` is ``(T, k²·c_in)`` over the T output positions, and ``g_i = A_iᵀ Δ_i``).
+  MLP) and ``nn.Conv`` (through its patches, im2col: ``A_i`` is ``(T, k²·c_in)`` over
+  the T output positions, and ``g_i = A_iᵀ Δ_i``).
   With ``T = 1`` the identities above are used as they stand. With ``T > 1`` the Gram
   entry is ``Σ_{t,s} (A_i A_jᵀ)_{ts} (Δ_i Δ_jᵀ)_{ts}``, ``O(b² T² (n + m))`` flops; the
   alternative is to form this one layer's per-example kernel gradients
@@ -53,13 +53,19 @@ layer's statistics (gcd of the group sizes) and the pass is vmapped over them. I
 statistics, so ``∂(Σℓ)/∂ε`` is NOT the matrix of per-example output gradients (it mixes
 rows); that mode always uses the materialized path (``per_example_grads``'s b
 vector-Jacobian products) -- also for networks without BatchNorm, whose ``'running'``
-numbers are the same apart from dropout. For comparison, BackPACK's ``BatchL2Grad`` in
-train mode backpropagates the ordinary batch loss's output gradients through BatchNorm
-with its batch statistics and applies the same per-layer identity to them: the
-statistics' contribution is folded into each row's Δ, and the resulting "individual"
-quantities are neither the ``frozen`` nor the ``coupled`` per-example gradients -- which
-is why BackPACK warns that with BatchNorm in train mode they are not per-example
-quantities.
+numbers are the same apart from dropout.
+
+For comparison, BackPACK's ``BatchL2Grad`` (backpack-for-pytorch 1.7) applies the same
+per-layer identity to autograd's output gradients ``g_out`` of the batch loss ``L``
+(with ``reduction='mean'`` its per-example quantities are those of ``ℓ_i / b``). With a
+BatchNorm in training mode it raises ``NotImplementedError`` ("results like individual
+gradients may not be meaningful, as BatchNorm mixes samples"); were the check removed,
+row i of ``g_out`` below a BN layer would be ``Σ_j ∂ℓ_j/∂z_i`` -- the contribution of
+example i's activation row to the batch gradient, every example's loss term mixed in
+through the statistics -- so its "individual gradients" would sum to the batch
+gradient but be neither jaxnorm's ``coupled`` rows ``∂ℓ_i/∂θ`` nor its ``frozen``
+ones. (Layers above the last BN are the exception: there both coincide with it.) In
+eval mode it computes what ``'running'`` computes here.
 
 Exactness: every statistic is the exact value of the materialized computation
 (:func:`~jaxnorm.diagnostics.per_example.per_example_grads` and friends) up to
@@ -86,6 +92,7 @@ from jaxnorm.diagnostics.per_example import (
     _batch_norm_paths,
     _check,
     _chunks,
+    _gram_of_rows,
     _make_rows,
     frozen_batch_stats,
 )
@@ -135,9 +142,6 @@ class _Call:
     args: tuple  # the call's positional arguments after the input (e.g. Norm's train)
     kwargs: tuple  # the call's keyword arguments, as sorted (name, value) pairs
     out: jax.ShapeDtypeStruct
-
-
-_SPATIAL = "HWDXYZ"
 
 
 def _conv_settings(m: nn.Conv, nd: int):
@@ -231,19 +235,28 @@ def _replay_grads(call: _Call, layer_vars, a, d):
 
 
 def _patches(call: _Call, a):
-    """``(b, T, k²·c_in)`` patches of a conv input, features in the kernel's HWIO order."""
+    """``(b, T, k²·c_in)`` patches of a conv input, features in the kernel's HWIO order.
+
+    Gathered by strided slices of the padded input (pure data movement, so exact at any
+    matmul precision; ``jax.lax.conv_general_dilated_patches`` computes the same array
+    as a convolution with a one-hot ``(k²c_in, c_in, k, k)`` filter: k²c_in times the
+    layer's own flops, and subject to the backend's reduced-precision convolutions)."""
     m, nd = call.module, a.ndim - 2
-    ks = tuple(np.atleast_1d(m.kernel_size))
+    ks = tuple(int(k) for k in np.atleast_1d(m.kernel_size))
     strides, padding, dilation = _conv_settings(m, nd)
-    sp = _SPATIAL[:nd]
-    p = jax.lax.conv_general_dilated_patches(
-        a, ks, strides, padding, rhs_dilation=dilation,
-        dimension_numbers=(f"N{sp}C", f"OI{sp}", f"N{sp}C"), precision=jax.lax.Precision.HIGHEST,
-    )
-    cin = a.shape[-1]
-    p = p.reshape(p.shape[:-1] + (cin,) + ks)  # lax orders the patch features (c_in, *window)
-    p = jnp.moveaxis(p, -nd - 1, -1)
-    return p.reshape(a.shape[0], -1, math.prod(ks) * cin)
+    window = tuple((k - 1) * d + 1 for k, d in zip(ks, dilation))
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(a.shape[1:-1], window, strides, padding)
+    a = jnp.pad(a, [(0, 0), *[tuple(p) for p in padding], (0, 0)])
+    out = tuple((s - w) // st + 1 for s, w, st in zip(a.shape[1:-1], window, strides))
+    parts = []
+    for offset in np.ndindex(*ks):  # row-major over the window: the kernel's H, W order
+        index = tuple(
+            slice(o * d, o * d + (n - 1) * st + 1, st) for o, d, n, st in zip(offset, dilation, out, strides)
+        )
+        parts.append(a[(slice(None), *index, slice(None))])
+    p = jnp.stack(parts, axis=-2)  # (b, *out, k², c_in)
+    return p.reshape(a.shape[0], math.prod(out), math.prod(ks) * a.shape[-1])
 
 
 def _subtree(tree, path):
@@ -437,44 +450,37 @@ def _finish(acc: _Acc, params) -> PerExampleStats:
 
 
 def _materialized(module, variables, x, y, *, bn_mode, loss, weight_decay, want, chunk_size, rng):
-    """The statistics from per-example gradient rows, ``chunk_size`` rows at a time."""
+    """The statistics from per-example gradient rows, ``chunk_size`` rows at a time (the
+    Gram in blocks of two chunks, as :func:`~jaxnorm.diagnostics.per_example_gram`)."""
     rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     b = x.shape[0]
     idx = _chunks(b, chunk_size)
     n, c = idx.shape
-    valid = (jnp.arange(n * c) < b).reshape(n, c)
-    flat = lambda i: flatten(rows.fn(i)[0], 1)
-    # Padded rows (the last chunk repeats example b-1) get weight 0 in the sums.
-    wsum = lambda w, t: jax.tree.map(lambda g: jnp.tensordot(w.astype(g.dtype), g, axes=1), t)
-
-    def chunk(args):
-        i, w = args
-        gp = rows.fn(i)[0]
-        sq = jnp.sum(jnp.square(flatten(gp, 1)), axis=1)
-        return sq, wsum(w, jax.tree.map(jnp.square, gp)), wsum(w, gp)
-
+    sq = gram = second = mean = None
     if n == 1:
-        sq, sum_sq, total = chunk((idx[0], valid[0]))
+        gp = rows.fn(idx[0])[0]
+        f = flatten(gp, 1)
+        sq, gram = jnp.sum(jnp.square(f), axis=1), f @ f.T
+        second = jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), gp)
+        mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), gp)
     else:
-        sq, sum_sq, total = map_chunks(chunk, (idx, valid))
-        sq = sq.reshape(-1)[:b]
-        sum_sq, total = (jax.tree.map(lambda a: jnp.sum(a, axis=0), t) for t in (sum_sq, total))
-    second = jax.tree.map(lambda a: a / b, sum_sq)
-    mean = jax.tree.map(lambda a: a / b, total)
-    gram = None
-    if "gram" in want:
-        if n == 1:
-            f = flat(idx[0])
-            gram = f @ f.T
-        else:
-            blocks = map_chunks(lambda i: (lambda gi: map_chunks(lambda j: gi @ flat(j).T, idx))(flat(i)), idx)
-            gram = blocks.transpose(0, 2, 1, 3).reshape(n * c, n * c)[:b, :b]
-    return PerExampleStats(
-        sq if "sq_norms" in want else None,
-        gram,
-        second if "second_moment" in want else None,
-        mean if "mean_grad" in want else None,
-    )
+        if want & {"sq_norms", "second_moment", "mean_grad"}:
+            # Padded rows (the last chunk repeats example b-1) get weight 0 in the sums.
+            valid = (jnp.arange(n * c) < b).reshape(n, c)
+            wsum = lambda w, t: jax.tree.map(lambda g: jnp.tensordot(w.astype(g.dtype), g, axes=1), t)
+
+            def chunk(args):
+                i, w = args
+                gp = rows.fn(i)[0]
+                return jnp.sum(jnp.square(flatten(gp, 1)), axis=1), wsum(w, jax.tree.map(jnp.square, gp)), wsum(w, gp)
+
+            sq, sum_sq, total = map_chunks(chunk, (idx, valid))
+            sq = sq.reshape(-1)[:b]
+            second, mean = (jax.tree.map(lambda a: jnp.sum(a, axis=0) / b, t) for t in (sum_sq, total))
+        if "gram" in want:
+            gram = _gram_of_rows(rows, chunk_size)
+    pick = lambda name, value: value if name in want else None
+    return PerExampleStats(pick("sq_norms", sq), pick("gram", gram), pick("second_moment", second), pick("mean_grad", mean))
 
 
 def resolve_method(method: str, bn_mode: str, mask=None) -> str:
