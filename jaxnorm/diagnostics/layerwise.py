@@ -365,13 +365,13 @@ def _group_size(module, variables, x, bn_mode: str) -> Optional[int]:
     return math.gcd(*sizes) if sizes else None
 
 
-def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want):
+def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rng=None):
     params = variables["params"]
     b = x.shape[0]
     other = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
     g = _group_size(module, variables, x, bn_mode)
     if bn_mode == "frozen":
-        stats = frozen_batch_stats(module, variables, x)  # (b, ...) per example
+        stats = frozen_batch_stats(module, variables, x, rng=rng)  # (b, ...) per example
     else:
         stats = variables.get("batch_stats", {})
 
@@ -515,7 +515,7 @@ def statistics(module, variables, x, y, *, bn_mode, loss, weight_decay, want, me
     kw = dict(bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=frozenset(want))
     if how != "materialize":
         try:
-            return _layerwise(module, variables, x, y, **kw)
+            return _layerwise(module, variables, x, y, rng=rng, **kw)
         except _Unsupported:
             if how == "layerwise":
                 raise
@@ -548,7 +548,8 @@ def per_example_statistics(
 
     Args:
       module, variables, x, y, loss, weight_decay, rng: as :func:`per_example_grads`
-        (``rng``: the dropout key of the ``'batch'`` mode's pass only).
+        (``rng``: the key of the training-mode passes -- the coupled rows, and the pass
+        that takes the ``frozen`` statistics, where a :class:`Norm` injects noise).
       bn_mode: ``'running'``, ``'frozen'`` (default, as the per-example functions) or
         ``'batch'`` (coupled: always materialized, module docstring).
       method: ``'layerwise'`` (this module's identities: about one forward and one

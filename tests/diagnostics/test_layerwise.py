@@ -5,8 +5,9 @@ The reference is :func:`per_example_grads` (a vmap of single-example gradients, 
 against Python loops in test_per_example.py), reduced here in float64 NumPy: ``Σ g²``,
 ``G Gᵀ``, the mean of ``g²`` and of ``g``. Every model family of the registry (mlp,
 deep_fc, convnet plain and residual, 3c3d, allcnnc), tiny, in ``running`` and ``frozen``
-mode, with and without BatchNorm, ghost groups, the ``bn_ablation`` superset, layer
-norm and weight norm (the per-layer fallback).
+mode, with and without BatchNorm, ghost groups, the ``bn_ablation`` superset and layer
+norm; weight norm (the per-layer fallback of a re-parameterized kernel) in the float32
+test below.
 
 The zoo runs in float64 (``jax.enable_x64``) with a float64 loss (the library's losses
 compute in float32): that is where "exact" can be checked. ``running`` without weight
@@ -14,8 +15,8 @@ decay, ``frozen`` with λ = 0.1, whose reference adds ``λ·W`` to the rows' ker
 (per_example_grads' definition; its own L2 term, :func:`jaxnorm.objective.l2_penalty`,
 sums in float32). To stay within the file's time budget (compilation-bound) the
 networks run ``frozen`` only -- the mode where BN's statistics are batch-dependent, and
-without BN the same computation as ``running`` -- except the two BN nets mlp_bn and
-convnet_bn, which run both. The two paths compute the same sums in another order; in float64 that is
+without BN the same computation as ``running`` -- except the BN ConvNet, which runs
+both. The two paths compute the same sums in another order; in float64 that is
 ~1e-15 relative, amplified by the conditioning of the frozen BN statistics of these
 tiny batches (b = 4 examples at 1x1 resolution in 3C3D: measured ~1e3 in float32,
 where both paths move ~5e-5 away from the float64 value), so ~1e-12 at worst;
@@ -55,7 +56,7 @@ from jaxnorm.diagnostics import (
     per_example_statistics,
     random_mask,
 )
-from jaxnorm.diagnostics.layerwise import layer_plan
+from jaxnorm.diagnostics.layerwise import STATISTICS, layer_plan
 from jaxnorm.layers import set_ablation_variant
 from jaxnorm.models import get_model
 from tests.diagnostics.helpers import CLASSES, assert_tree_close
@@ -69,19 +70,22 @@ MODES = ("running", "frozen")
 # nets have fixed widths, so they get a small input instead (9x9: the smallest that
 # survives 3C3D's VALID convs, and All-CNN-C's two stride-2 convs and VALID 3x3).
 CASES = {
-    "mlp_bn": ("mlp", dict(depth=3, width=8, norm="bn_gamma_beta"), (8, 8, 1), 8, {}),
+    "mlp_bn": ("mlp", dict(depth=3, width=8, norm="bn_gamma_beta"), (8, 8, 1), 8, dict(modes=("frozen",))),
     "mlp_ghost": (
         "mlp", dict(depth=3, width=8, norm="bn_gamma_beta", norm_options={"group_size": 4}), (8, 8, 1), 8, dict(modes=("frozen",))
     ),
-    "mlp_weight_norm": ("mlp", dict(depth=3, width=8, weight_reparam="weight_norm"), (6,), 8, dict(modes=("frozen",))),
     "deep_fc_ablation": ("deep_fc", dict(depth=4, width=8, norm="bn_ablation"), (6,), 8, dict(variant="bn_gamma", modes=("frozen",))),
     "convnet_bn": ("convnet", dict(depth=3, width=4, norm="bn_gamma_beta"), (8, 8, 1), 8, {}),
     "convnet_residual_layer": (
-        "convnet", dict(depth=5, width=4, residual=True, norm="layer", stages=2), (8, 8, 1), 8, dict(modes=("frozen",))
+        "convnet", dict(depth=4, width=4, residual=True, norm="layer", stages=1), (8, 8, 1), 8, dict(modes=("frozen",))
     ),
     "3c3d_bn": ("3c3d", dict(norm="bn_gamma_beta"), (9, 9, 1), 4, dict(modes=("frozen",))),
-    "allcnnc_vanilla": ("allcnnc", dict(), (9, 9, 1), 4, dict(modes=("frozen",))),
+    # Without the second moment, so that the convs at 5x5 and 3x3 take the position-pair
+    # forms of the squared norms and the Gram (test_layer_plan_names_each_layer_treatment).
+    "allcnnc_vanilla": ("allcnnc", dict(), (9, 9, 1), 2, dict(modes=("frozen",), compute=("sq_norms", "gram", "mean_grad"))),
 }
+# Only in the float32 test.
+OTHER_CASES = {"mlp_weight_norm": ("mlp", dict(depth=3, width=8, weight_reparam="weight_norm"), (6,), 8, {})}
 
 
 def ce64(logits, labels):
@@ -99,7 +103,7 @@ def case(name):
     """``(module, variables, x, y, options)`` with generic values drawn in NumPy (as
     helpers.model): kernels ~ N(0, 1/fan_in), biases/β ~ N(0, 0.2²), γ ~ 1 + N(0, 0.2²),
     weight norm's g ~ 1 + N(0, 0.2²), running means ~ N(0, 0.5²), variances ~ U(0.5, 2)."""
-    reg, kwargs, shape, b, opts = CASES[name]
+    reg, kwargs, shape, b, opts = {**CASES, **OTHER_CASES}[name]
     module = get_model(reg, num_classes=CLASSES, **kwargs)
     x, y = data(shape, b)
     shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x[:1])
@@ -135,13 +139,16 @@ def results(name):
     plus ``λ·W`` on the kernels), one compilation."""
     module, v, x, y, opts = case(name)
     modes = opts.get("modes", MODES)
+    compute = opts.get("compute", STATISTICS)
     with jax.enable_x64(True):
         v64, x64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (v, x))
 
         def run(v):
             return {
                 m: (
-                    per_example_statistics(module, v, x64, y, bn_mode=m, method="layerwise", loss=ce64, weight_decay=DECAY_IN[m]),
+                    per_example_statistics(
+                        module, v, x64, y, bn_mode=m, method="layerwise", loss=ce64, weight_decay=DECAY_IN[m], compute=compute
+                    ),
                     per_example_grads(module, v, x64, y, bn_mode=m, loss=ce64),
                 )
                 for m in modes
@@ -167,7 +174,8 @@ def assert_stats_close(stats, rows, rtol, what):
     scale = np.sqrt(np.outer(np.diag(gram), np.diag(gram)))
     np.testing.assert_array_less(np.abs(np.asarray(stats.sq_norms, np.float64) - sq), rtol * sq + 1e-300, err_msg=f"{what} sq_norms")
     np.testing.assert_array_less(np.abs(np.asarray(stats.gram, np.float64) - gram), rtol * scale + 1e-300, err_msg=f"{what} gram")
-    assert_tree_close(stats.second_moment, second, rtol, f"{what} second_moment")
+    if stats.second_moment is not None:
+        assert_tree_close(stats.second_moment, second, rtol, f"{what} second_moment")
     row_scale = jax.tree.map(lambda a: np.abs(a).max(axis=0), rows)
     assert_tree_close(stats.mean_grad, mean, rtol, f"{what} mean_grad", scale=row_scale)
 
@@ -270,17 +278,20 @@ def test_public_functions_and_mean_gradient_agree():
 def test_layer_plan_names_each_layer_treatment():
     """3C3D at 9x9: conv1 (T = 25 positions) forms its per-example kernel gradients,
     T = 1 layers (the dense ones, and conv2/conv3 at 1x1 resolution) use the
-    outer-product identity, norm layers their own per-example VJPs. For a Gram alone,
-    All-CNN-C's conv6 (T = 9 positions, 3x3x192 -> 192) takes the position-pair form,
-    its conv1 (T = 81, 3x3x1 -> 96) the per-example kernel."""
+    outer-product identity, norm layers their own per-example VJPs. Without the second
+    moment (the zoo test's All-CNN-C case), All-CNN-C's conv4-6 (T = 25 and 9 positions,
+    3x3x192 -> 192) take the position-pair form, its conv1-2 (T = 81) the per-example
+    kernel; the conv7-9 at 1x1 the identity."""
     module, v, x, _, _ = case("3c3d_bn")
     plan = dict(layer_plan(module, v, x))
     assert plan["conv1"] == "per-example kernel"
     assert plan["conv2"] == plan["conv3"] == plan["dense1"] == plan["dense3"] == "identity"
     assert plan["norm1"] == "per-example vjp"
     module, v, x, _, _ = case("allcnnc_vanilla")
-    gram_only = dict(layer_plan(module, v, x, compute=("gram",)))
-    assert gram_only["conv1"] == "per-example kernel" and gram_only["conv6"] == "patch-gram"
+    plan = dict(layer_plan(module, v, x, compute=CASES["allcnnc_vanilla"][4]["compute"]))
+    assert plan["conv1"] == plan["conv2"] == "per-example kernel"
+    assert plan["conv4"] == plan["conv5"] == plan["conv6"] == "patch-gram"
+    assert plan["conv7"] == plan["conv9"] == "identity"
 
 
 class _WithTemperature(nn.Module):
