@@ -65,7 +65,14 @@ example i's activation row to the batch gradient, every example's loss term mixe
 through the statistics -- so its "individual gradients" would sum to the batch
 gradient but be neither jaxnorm's ``coupled`` rows ``∂ℓ_i/∂θ`` nor its ``frozen``
 ones. (Layers above the last BN are the exception: there both coincide with it.) In
-eval mode it computes what ``'running'`` computes here.
+eval mode it computes what ``'running'`` computes here (the benchmark
+``experiments/benchmarks/per_example_stats.py`` compares the two on 3C3D).
+
+Weight decay λ adds ``λ·W`` to every example's kernel gradient (as in
+:func:`~jaxnorm.diagnostics.per_example.per_example_grads`); it enters through
+``‖g_i + λW‖² = ‖g_i‖² + 2λ<g_i, W> + λ²‖W‖²`` with ``<g_i, W> = Σ_t a_itᵀ W δ_it`` (and
+the same expansion for the Gram and the second moment), so it needs no per-example
+gradient either.
 
 Exactness: every statistic is the exact value of the materialized computation
 (:func:`~jaxnorm.diagnostics.per_example.per_example_grads` and friends) up to
@@ -97,7 +104,6 @@ from jaxnorm.diagnostics.per_example import (
     frozen_batch_stats,
 )
 from jaxnorm.layers import Norm
-from jaxnorm.modes import check_bn_mode
 from jaxnorm.objective import get_loss, is_weight
 
 __all__ = ["PerExampleStats", "STATISTICS", "METHODS", "per_example_statistics", "layer_plan"]
@@ -483,7 +489,7 @@ def _materialized(module, variables, x, y, *, bn_mode, loss, weight_decay, want,
     return PerExampleStats(pick("sq_norms", sq), pick("gram", gram), pick("second_moment", second), pick("mean_grad", mean))
 
 
-def resolve_method(method: str, bn_mode: str, mask=None) -> str:
+def _resolve_method(method: str, bn_mode: str, mask=None) -> str:
     """``'layerwise'`` or ``'materialize'`` for ``method`` (:data:`METHODS`) in ``bn_mode``;
     ``'auto'`` picks the layer-wise path wherever it is exact (``running``/``frozen``, no
     mask) and lets an unsupported layer fall back at trace time.
@@ -508,10 +514,10 @@ def resolve_method(method: str, bn_mode: str, mask=None) -> str:
     return method
 
 
-def statistics(module, variables, x, y, *, bn_mode, loss, weight_decay, want, method, chunk_size=None, rng=None):
+def _statistics(module, variables, x, y, *, bn_mode, loss, weight_decay, want, method, chunk_size=None, rng=None):
     """The dispatcher behind :func:`per_example_statistics` and the ``method=`` of
     ``per_example_gram``/``per_example_sq_norms`` (arguments already checked)."""
-    how = resolve_method(method, bn_mode)
+    how = _resolve_method(method, bn_mode)
     kw = dict(bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=frozenset(want))
     if how != "materialize":
         try:
@@ -579,8 +585,7 @@ def per_example_statistics(
     unknown = [s for s in want if s not in STATISTICS]
     if unknown or not want:
         raise ValueError(f"compute must be a non-empty subset of {list(STATISTICS)}, got {list(want)}.")
-    check_bn_mode(bn_mode, ("running", "frozen", "batch"))
-    return statistics(
+    return _statistics(
         module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=want, method=method,
         chunk_size=chunk_size, rng=rng,
     )

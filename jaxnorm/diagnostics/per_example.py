@@ -332,9 +332,9 @@ def per_example_gram(
     """
     _check(variables, x, y, bn_mode, "params", chunk_size)
     if _layerwise_method(method, bn_mode, mask) != "materialize":
-        from jaxnorm.diagnostics.layerwise import statistics
+        from jaxnorm.diagnostics.layerwise import _statistics
 
-        return statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=("gram",),
+        return _statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=("gram",),
                           method=method, chunk_size=chunk_size, rng=rng).gram
     rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     return _gram_of_rows(rows, chunk_size, mask)
@@ -374,9 +374,9 @@ def per_example_sq_norms(
     :func:`per_example_grads` and :func:`per_example_gram`."""
     _check(variables, x, y, bn_mode, "params", chunk_size)
     if _layerwise_method(method, bn_mode, mask) != "materialize":
-        from jaxnorm.diagnostics.layerwise import statistics
+        from jaxnorm.diagnostics.layerwise import _statistics
 
-        return statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay,
+        return _statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay,
                           want=("sq_norms",), method=method, chunk_size=chunk_size, rng=rng).sq_norms
     rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     sq = lambda idx: jnp.sum(jnp.square(flatten(rows.fn(idx)[0], 1, mask)), axis=-1)
@@ -385,9 +385,9 @@ def per_example_sq_norms(
 
 
 def _layerwise_method(method: str, bn_mode: str, mask) -> str:
-    from jaxnorm.diagnostics.layerwise import resolve_method
+    from jaxnorm.diagnostics.layerwise import _resolve_method
 
-    return resolve_method(method, bn_mode, mask)
+    return _resolve_method(method, bn_mode, mask)
 
 
 def batch_loss_fn(
