@@ -96,7 +96,6 @@ import numpy as np
 from jaxnorm.diagnostics._mapping import map_chunks
 from jaxnorm.diagnostics.masking import flatten
 from jaxnorm.diagnostics.per_example import (
-    _batch_norm_paths,
     _check,
     _chunks,
     _gram_of_rows,
@@ -148,6 +147,7 @@ class _Call:
     args: tuple  # the call's positional arguments after the input (e.g. Norm's train)
     kwargs: tuple  # the call's keyword arguments, as sorted (name, value) pairs
     out: jax.ShapeDtypeStruct
+    inp: tuple[int, ...]  # the input's shape
 
 
 def _conv_settings(m: nn.Conv, nd: int):
@@ -202,7 +202,7 @@ def _forward(module, variables, x, y, loss, eps, calls):
         k = len(aux)
         if eps is None:
             calls.append(_Call(m.path, _kind(m, args[0]), m.unbind()[0], tuple(args[1:]), tuple(sorted(kwargs.items())),
-                               jax.ShapeDtypeStruct(out.shape, out.dtype)))
+                               jax.ShapeDtypeStruct(out.shape, out.dtype), tuple(args[0].shape)))
             aux.append(None)
             return out
         if calls[k].path != m.path:
@@ -216,14 +216,20 @@ def _forward(module, variables, x, y, loss, eps, calls):
     return total, aux
 
 
-def _layer_terms(module, variables, x, y, loss):
-    """``(calls, aux, deltas)`` of one group of examples that share their statistics."""
+def _discover(module, variables, x, y, loss) -> list[_Call]:
+    """The layer calls of a forward pass on ``x`` (a shape-only trace)."""
     calls: list[_Call] = []
     jax.eval_shape(lambda v, x: _forward(module, v, x, y, loss, None, calls)[0], variables, x)
-    eps = [jnp.zeros(c.out.shape, c.out.dtype) for c in calls]
+    return calls
+
+
+def _layer_terms(module, variables, x, y, loss, calls):
+    """``(aux, deltas)`` of one group of examples that share their statistics (``calls``
+    from :func:`_discover`; every layer output has the batch as its leading axis)."""
+    eps = [jnp.zeros((x.shape[0],) + c.out.shape[1:], c.out.dtype) for c in calls]
     total, vjp, aux = jax.vjp(lambda e: _forward(module, variables, x, y, loss, e, calls), eps, has_aux=True)
     (deltas,) = vjp(jnp.ones_like(total))
-    return calls, aux, deltas
+    return aux, deltas
 
 
 def _replay_grads(call: _Call, layer_vars, a, d):
@@ -362,12 +368,14 @@ def _check_coverage(params, calls) -> None:
         )
 
 
-def _group_size(module, variables, x, bn_mode: str) -> Optional[int]:
+def _group_size(calls, b: int, bn_mode: str) -> Optional[int]:
     """Examples per vmapped group (None: the whole batch shares its statistics)."""
     if bn_mode != "frozen":
         return None
-    b = x.shape[0]
-    sizes = [g for g in _batch_norm_paths(module, variables, x).values() if g is not None and g < b]
+    sizes = [
+        c.module.group_size for c in calls
+        if isinstance(c.module, Norm) and c.module.kind == "batch" and c.module.group_size is not None and c.module.group_size < b
+    ]
     return math.gcd(*sizes) if sizes else None
 
 
@@ -375,7 +383,9 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
     params = variables["params"]
     b = x.shape[0]
     other = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
-    g = _group_size(module, variables, x, bn_mode)
+    calls = _discover(module, variables, x, y, loss)
+    _check_coverage(params, calls)
+    g = _group_size(calls, b, bn_mode)
     if bn_mode == "frozen":
         stats = frozen_batch_stats(module, variables, x, rng=rng)  # (b, ...) per example
     else:
@@ -383,7 +393,7 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
 
     def group(xg, yg, bs):
         v = {"params": params, **other, **({"batch_stats": bs} if bs else {})}
-        calls, aux, deltas = _layer_terms(module, v, xg, yg, loss)
+        aux, deltas = _layer_terms(module, v, xg, yg, loss, calls)
         out = []
         for c, (a, lv), d in zip(calls, aux, deltas):
             if c.kind == "replay":
@@ -391,26 +401,17 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
             else:
                 A = _patches(c, a) if c.kind == "conv" else a.reshape(a.shape[0], -1, a.shape[-1])
                 out.append((A, d.reshape(d.shape[0], -1, d.shape[-1])))
-        return out, calls
+        return out
 
     if g is None:
         bs = jax.tree.map(lambda s: s[0], stats) if bn_mode == "frozen" else stats
-        terms, calls = group(x, y, bs)
+        terms = group(x, y, bs)
     else:
-        holder = []
-
-        def body(xg, yg, bs):
-            out, calls = group(xg, yg, bs)
-            holder.append(calls)
-            return out
-
         n = b // g
         xs, ys = x.reshape((n, g) + x.shape[1:]), y.reshape(n, g)
         bs = jax.tree.map(lambda s: s.reshape((n, g) + s.shape[1:])[:, 0], stats)
-        terms = jax.vmap(body)(xs, ys, bs)
+        terms = jax.vmap(group)(xs, ys, bs)
         terms = jax.tree.map(lambda t: t.reshape((b,) + t.shape[2:]), terms)
-        calls = holder[0]
-    _check_coverage(params, calls)
 
     dtype = jnp.result_type(*(jax.tree.leaves(params) or [jnp.float32]))
     acc = _Acc(b, want, dtype)
@@ -597,26 +598,15 @@ def layer_plan(module, variables, x, *, compute=STATISTICS) -> list[tuple[str, s
     (T > 1: the position-pair Gram), ``'per-example kernel'`` (T > 1: this layer's
     per-example kernel gradients formed) or ``'per-example vjp'`` (norm layers,
     re-parameterized kernels, other configurations). For reading and benchmarking."""
-    calls: list[_Call] = []
-    y = jnp.zeros((x.shape[0],), jnp.int32)
-    jax.eval_shape(lambda v, x: _forward(module, v, x, y, "ce", None, calls)[0], variables, x)
+    calls = _discover(module, variables, x, jnp.zeros((x.shape[0],), jnp.int32), "ce")
     b, out = x.shape[0], []
-    shapes = {}
-
-    def record(next_fun, args, kwargs, ctx):
-        if isinstance(ctx.module, (nn.Dense, nn.linear._Conv)) and ctx.method_name == "__call__":
-            shapes.setdefault(ctx.module.path, args[0].shape)
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
     for c in calls:
         if c.kind == "replay":
             out.append(("/".join(c.path), "per-example vjp"))
             continue
         T = math.prod(c.out.shape[1:-1])
         m = c.out.shape[-1]
-        n = shapes[c.path][-1] * (math.prod(np.atleast_1d(c.module.kernel_size)) if c.kind == "conv" else 1)
+        n = c.inp[-1] * (math.prod(np.atleast_1d(c.module.kernel_size)) if c.kind == "conv" else 1)
         how = "identity" if T == 1 else ("per-example kernel" if _uses_g(T, n, m, b, frozenset(compute)) else "patch-gram")
         out.append(("/".join(c.path), how))
     return out
