@@ -594,7 +594,8 @@ def per_example_statistics(
 
 def layer_plan(module, variables, x, *, compute=STATISTICS) -> list[tuple[str, str]]:
     """``[(layer path, how)]``: how the layer-wise path handles each layer call on the batch
-    ``x`` -- ``'identity'`` (T = 1 dense: the outer-product identities), ``'patch-gram'``
+    ``x`` -- ``'identity'`` (T = 1 output position -- a dense layer, or a conv on a 1x1
+    output: the outer-product identities), ``'patch-gram'``
     (T > 1: the position-pair Gram), ``'per-example kernel'`` (T > 1: this layer's
     per-example kernel gradients formed) or ``'per-example vjp'`` (norm layers,
     re-parameterized kernels, other configurations). For reading and benchmarking."""
