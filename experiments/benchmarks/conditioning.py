@@ -125,8 +125,8 @@ def run_per_example(cfg: Settings, log, label: str, model: str, options: dict) -
     batch_grad = jax.jit(lambda v, x, y: jax.grad(batch_loss_fn(module, v, x, y, bn_mode="batch"))(v["params"]))
     pe = {m: jax.jit(lambda v, x, y, m=m: per_example_grads(module, v, x, y, bn_mode=m)) for m in ("running", "frozen")}
     coupled = jax.jit(lambda v, x, y: per_example_grads(module, v, x, y, bn_mode="batch", chunk_size=cfg.coupled_chunk))
-    norms = jax.jit(lambda v, x, y: per_example_sq_norms(module, v, x, y, bn_mode="frozen", chunk_size=32))
-    gram = jax.jit(lambda v, x, y: per_example_gram(module, v, x, y, bn_mode="frozen", chunk_size=32))
+    norms = jax.jit(lambda v, x, y: per_example_sq_norms(module, v, x, y, bn_mode="frozen", chunk_size=32, method="materialize"))
+    gram = jax.jit(lambda v, x, y: per_example_gram(module, v, x, y, bn_mode="frozen", chunk_size=32, method="materialize"))
     single = jax.jit(lambda v, xi, yi: jax.grad(lambda p: batch_loss_fn(module, {**v, "params": p}, xi[None], yi[None], bn_mode="running")(p))(v["params"]))
 
     def loop():

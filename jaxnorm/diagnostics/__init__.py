@@ -5,6 +5,9 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   bn_mode=...)`` with BatchNorm ``'running'``, ``'frozen'`` or ``'batch'`` (coupled); chunking,
   masks, input gradients; ``per_example_gram``/``per_example_sq_norms`` (metrics
   without materializing every gradient); ``batch_loss_fn``/``mean_gradient``.
+* :mod:`~jaxnorm.diagnostics.layerwise` -- ``per_example_statistics``: squared norms, Gram,
+  per-coordinate second moment and mean of the per-example gradients from each layer's
+  inputs and output gradients (Goodfellow 2015; ghost norms), without materializing them.
 * :mod:`~jaxnorm.diagnostics.masking` -- ``random_mask`` (§1.6), ``flatten``.
 * :mod:`~jaxnorm.diagnostics.step_consistency` -- κ_W (Def. 2.5), perturbation samplers
   (Defs. 2.6, 2.7, random, isotropic random), the Def. 4.1 forms, the SGD-step estimate,
@@ -74,6 +77,7 @@ from jaxnorm.diagnostics.hessian_conditioning import (
     plateau,
 )
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
+from jaxnorm.diagnostics.layerwise import PerExampleStats, per_example_statistics
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
 from jaxnorm.diagnostics.per_example import (
     MODES,
@@ -117,6 +121,8 @@ __all__ = [
     "block_loss_fn",
     "GradientMask",
     "MODES",
+    "PerExampleStats",
+    "per_example_statistics",
     "PERTURBATIONS",
     "batch_loss_fn",
     "coherence_from_gram",

@@ -40,7 +40,10 @@ Memory: per-example gradients are computed in chunks of ``chunk_size`` examples
 (:func:`~jaxnorm.diagnostics._mapping.map_chunks`: ``jax.lax.map``, unrolled on a CPU); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
 is masked before it is stored, so the peak is ``chunk_size × P + b × mask.size``
 floats. :func:`per_example_gram` and :func:`per_example_sq_norms` never hold more than
-two chunks of gradients at once.
+two chunks of gradients at once; by default (``method='auto'``) they hold none: in
+``running``/``frozen`` mode they are computed layer by layer from one batch backward
+pass (:mod:`jaxnorm.diagnostics.layerwise`, which also gives the per-coordinate second
+moment and the mean in the same pass: :func:`~jaxnorm.diagnostics.layerwise.per_example_statistics`).
 """
 
 from __future__ import annotations
@@ -304,6 +307,7 @@ def per_example_gram(
     mask: Optional[GradientMask] = None,
     weight_decay: float = 0.0,
     rng: Optional[jax.Array] = None,
+    method: str = "auto",
 ) -> jax.Array:
     """The ``(b, b)`` Gram matrix ``K_ij = <g_i, g_j>`` of the per-example weight gradients.
 
@@ -314,11 +318,31 @@ def per_example_gram(
     Every Gram-based metric (:mod:`jaxnorm.diagnostics.dissonance`,
     :func:`jaxnorm.diagnostics.effective_rank.stable_rank_from_gram`) takes it.
 
-    Arguments and errors as :func:`per_example_grads`.
+    ``method``: ``'auto'`` (default), ``'layerwise'`` or ``'materialize'``
+    (:data:`jaxnorm.diagnostics.layerwise.METHODS`). ``'layerwise'`` computes the same
+    matrix from every layer's inputs and output gradients of one batch backward pass,
+    without per-example gradients (:mod:`jaxnorm.diagnostics.layerwise`: exact in
+    ``running``/``frozen`` mode, ``chunk_size`` unused); ``'materialize'`` is the chunked
+    computation above; ``'auto'`` is ``'layerwise'`` wherever it applies (no ``mask``,
+    not ``bn_mode='batch'``, every parameter in a Dense/Conv/Norm layer), else
+    ``'materialize'``.
+
+    Arguments and errors as :func:`per_example_grads`; ``method='layerwise'`` also raises
+    a ValueError with ``bn_mode='batch'``, a ``mask``, or an unsupported layer.
     """
     _check(variables, x, y, bn_mode, "params", chunk_size)
+    if _layerwise_method(method, bn_mode, mask) != "materialize":
+        from jaxnorm.diagnostics.layerwise import _statistics
+
+        return _statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay, want=("gram",),
+                          method=method, chunk_size=chunk_size, rng=rng).gram
     rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
-    b = x.shape[0]
+    return _gram_of_rows(rows, chunk_size, mask)
+
+
+def _gram_of_rows(rows: _Rows, chunk_size: Optional[int], mask: Optional[GradientMask] = None) -> jax.Array:
+    """``G Gᵀ`` of the rows, block ``(I, J)`` from chunks I and J (two chunks in memory)."""
+    b = rows.batch
     flat = lambda idx: flatten(rows.fn(idx)[0], 1, mask)
     idx = _chunks(b, chunk_size)
     if idx.shape[0] == 1:
@@ -341,14 +365,29 @@ def per_example_sq_norms(
     mask: Optional[GradientMask] = None,
     weight_decay: float = 0.0,
     rng: Optional[jax.Array] = None,
+    method: str = "auto",
 ) -> jax.Array:
     """``(b,)`` squared norms ``‖g_i‖²`` of the per-example weight gradients, one chunk of
-    gradients in memory at a time. Arguments and errors as :func:`per_example_grads`."""
+    gradients in memory at a time (``method='materialize'``), or without per-example
+    gradients at all (``'layerwise'``; ``'auto'``, the default, picks it wherever it
+    applies: see :func:`per_example_gram`). Arguments and errors as
+    :func:`per_example_grads` and :func:`per_example_gram`."""
     _check(variables, x, y, bn_mode, "params", chunk_size)
+    if _layerwise_method(method, bn_mode, mask) != "materialize":
+        from jaxnorm.diagnostics.layerwise import _statistics
+
+        return _statistics(module, variables, x, y, bn_mode=bn_mode, loss=loss, weight_decay=weight_decay,
+                          want=("sq_norms",), method=method, chunk_size=chunk_size, rng=rng).sq_norms
     rows = _make_rows(module, variables, x, y, bn_mode=bn_mode, weight_decay=weight_decay, rng=rng, loss=loss)
     sq = lambda idx: jnp.sum(jnp.square(flatten(rows.fn(idx)[0], 1, mask)), axis=-1)
     idx = _chunks(x.shape[0], chunk_size)
     return sq(idx[0]) if idx.shape[0] == 1 else map_chunks(sq, idx).reshape(-1)[: x.shape[0]]
+
+
+def _layerwise_method(method: str, bn_mode: str, mask) -> str:
+    from jaxnorm.diagnostics.layerwise import _resolve_method
+
+    return _resolve_method(method, bn_mode, mask)
 
 
 def batch_loss_fn(
