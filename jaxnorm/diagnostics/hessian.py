@@ -70,6 +70,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import weakref
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -230,64 +231,82 @@ def _platform(params) -> str:
     return jax.default_backend()
 
 
-def resolve_loop(loop: str, params) -> str:
+def resolve_loop(loop: str, params, linearize: bool = False) -> str:
     """The loop ``loop`` (:data:`LOOPS`) resolves to for ``params``: ``'auto'`` is
-    ``'host'`` on a CPU platform and ``'lax'`` otherwise or while tracing.
+    ``'host'`` on a CPU platform and ``'lax'`` otherwise, while tracing, or with
+    ``linearize`` (a linearization is reused within one program only).
 
     Raises:
-      ValueError: an unknown loop; ``'host'`` while tracing (inside ``jax.jit``/``vmap``).
+      ValueError: an unknown loop; ``'host'`` while tracing (inside ``jax.jit``/``vmap``)
+        or with ``linearize``.
     """
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {list(LOOPS)}, got {loop!r}.")
     traced = _tracing(params)
     if loop == "host" and traced:
         raise ValueError("loop='host' runs a Python loop and needs concrete arrays; inside jax.jit or vmap use loop='lax' or 'auto'.")
+    if loop == "host" and linearize:
+        raise ValueError("linearize=True reuses the linearization within one compiled loop: use loop='lax' or 'auto'.")
     if loop == "auto":
-        return "lax" if traced or _platform(params) != "cpu" else "host"
+        return "lax" if traced or linearize or _platform(params) != "cpu" else "host"
     return loop
 
 
-class _Operator:
-    """The flat curvature operator of one solve: ``args`` (a pytree) and ``make(args) ->
-    matvec``, called inside the traced loop (``'lax'``) or inside the jitted iteration
-    (``'host'``). With ``linearize``, ``args`` are the linearization's residuals."""
+#: Jitted host-loop iterations, per loss function (weakly: an entry goes when its loss
+#: does), so that calling a solver again with the same loss does not recompile.
+_HOST_STEPS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
-    def __init__(self, loss_fn, params, curvature: str, loop: str, linearize: bool):
+
+class _Operator:
+    """The flat curvature operator of one solve.
+
+    ``'lax'``: :meth:`matvec`, called inside the trace before the loop (with
+    ``linearize``, ``jax.linearize`` there: the primal half runs once, before the loop).
+    ``'host'``: :meth:`step`, the jitted iteration ``step(params, *rest) =
+    fn(matvec, *rest)``, cached per (loss, kind) while the loss lives."""
+
+    def __init__(self, loss_fn, params, curvature: str, loop: str, linearize: bool, precision: str):
         check_curvature(curvature)
+        self.loss_fn, self.params, self.curvature, self.loop = loss_fn, params, curvature, loop
+        self.linearize, self.precision = linearize, precision
         self.flat, self.unravel = ravel_pytree(params)
         self.dtype = flat_dtype(self.flat)
-        build = lambda p: curvature_matvec(loss_fn, p, curvature)[0]
-        zero = jnp.zeros(self.flat.shape, self.dtype)
-        if not linearize:
-            self.args, self.make = params, build
-        elif loop == "lax":
-            # Inside the trace: the known (primal) half runs once, before the loop.
-            _, lin = jax.linearize(build(params), zero)
-            self.args, self.make = None, lambda _: lin
-        else:
-            # Linearize a jitted product: its primal half runs as one compiled call now;
-            # closure_convert hoists the residuals so the jitted iteration takes them as
-            # arguments (not as constants baked into its program).
-            product = jax.jit(lambda p, u: build(p)(u))
-            _, lin = jax.linearize(lambda u: product(params, u), zero)
-            fn, consts = jax.closure_convert(lin, zero)
-            self.args, self.make = consts, lambda c: (lambda u: fn(u, *c))
+
+    def matvec(self):
+        matvec = curvature_matvec(self.loss_fn, self.params, self.curvature)[0]
+        if not self.linearize:
+            return matvec
+        _, lin = jax.linearize(matvec, jnp.zeros(self.flat.shape, self.dtype))
+        return lin
+
+    def step(self, kind, make_fn, donate_argnums=()):
+        """The jitted ``(params, *rest) -> make_fn()(matvec, *rest)``; ``kind`` (hashable)
+        names ``make_fn``'s function and every static value it closes over."""
+        curvature = self.curvature
+
+        def build(get_loss):
+            fn = make_fn()
+            return jax.jit(lambda p, *rest: fn(curvature_matvec(get_loss(), p, curvature)[0], *rest), donate_argnums=donate_argnums)
+
+        key = (kind, curvature, self.precision, donate_argnums)
+        try:
+            table = _HOST_STEPS.setdefault(self.loss_fn, {})
+        except TypeError:  # not weakly referenceable: no cache
+            return build(lambda: self.loss_fn)
+        if key not in table:
+            table[key] = build(weakref.ref(self.loss_fn))
+        return table[key]
 
 
-def _host_step(op: _Operator, body, donate: bool = False):
-    """``body(matvec, i, carry)`` jitted once, as ``step(args, i, carry)``."""
-    return jax.jit(lambda a, i, c: body(op.make(a), i, c), donate_argnums=(2,) if donate else ())
-
-
-def _fori(loop: str, op: _Operator, body, n, carry, *, donate: bool = False, step=None):
+def _fori(op: _Operator, kind, body, n, carry, *, donate: bool = False):
     """``carry = body(matvec, i, carry)`` for i in [0, n): ``lax.fori_loop`` or a Python
-    loop over one jitted ``body`` (``step``: a :func:`_host_step` to reuse)."""
-    if loop == "lax":
-        matvec = op.make(op.args)
+    loop over one jitted ``body`` (a module-level function: ``kind`` names it)."""
+    if op.loop == "lax":
+        matvec = op.matvec()
         return jax.lax.fori_loop(0, n, lambda i, c: body(matvec, i, c), carry)
-    step = _host_step(op, body, donate) if step is None else step
+    step = op.step(kind, lambda: body, (2,) if donate else ())
     for i in range(int(n)):
-        carry = step(op.args, i, carry)
+        carry = step(op.params, i, carry)
     return carry
 
 
@@ -348,6 +367,11 @@ def _power_cond(carry, num_iters, tol):
     return (i < num_iters) & ((i < 2) | (jnp.abs(lam - prev) >= tol * jnp.abs(lam)))
 
 
+def _power_host_body(matvec, carry, shift, num_iters, tol):
+    carry = _power_body(matvec, carry, shift)
+    return carry, _power_cond(carry, num_iters, tol)
+
+
 def power_iteration(
     loss_fn: Loss,
     params: Any,
@@ -384,29 +408,24 @@ def power_iteration(
       ValueError: an unknown curvature or loop, ``loop='host'`` under a trace.
       TypeError: ``'ggn'``/``'fisher'`` without a SplitLoss.
     """
-    loop = resolve_loop(loop, params)
+    loop = resolve_loop(loop, params, linearize)
     info = SolverInfo(curvature, loop, _precision_name(precision), bool(linearize))
     with _precision_context(precision):
-        op = _Operator(loss_fn, params, curvature, loop, linearize)
+        op = _Operator(loss_fn, params, curvature, loop, linearize, info.precision)
         dtype = op.dtype
         shift = jnp.asarray(shift, dtype)
         key = jax.random.PRNGKey(0) if key is None else key
         nan = jnp.full((), jnp.nan, dtype)
         carry = (jnp.zeros((), jnp.int32), _start(key, op.flat, v0, dtype), nan, nan, nan)
         if loop == "lax":
-            matvec = op.make(op.args)
+            matvec = op.matvec()
             carry = jax.lax.while_loop(lambda c: _power_cond(c, num_iters, tol), lambda c: _power_body(matvec, c, shift), carry)
         else:
-
-            def step(a, c, shift, n, tol):
-                c = _power_body(op.make(a), c, shift)
-                return c, _power_cond(c, n, tol)
-
-            step = jax.jit(step)
+            step = op.step("power", lambda: _power_host_body)
             n, t = jnp.asarray(num_iters, jnp.int32), jnp.asarray(tol, dtype)
             keep = int(num_iters) > 0
             while keep:
-                carry, keep = step(op.args, carry, shift, n, t)
+                carry, keep = step(op.params, carry, shift, n, t)
                 keep = bool(keep)  # the host sync, once per iteration (as PyHessian)
     i, v, lam, prev, residual = carry
     converged = jnp.abs(lam - prev) < tol * jnp.abs(lam)
@@ -444,6 +463,11 @@ def _lanczos_body(matvec, i, carry):
     nxt = jnp.where(beta > 1e-10, w / jnp.where(beta > 1e-10, beta, 1.0), 0.0)
     basis = jax.lax.cond(i + 1 < order, lambda b: b.at[i + 1].set(nxt), lambda b: b, basis)
     return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+
+def _batched_lanczos_body(matvec, i, carry):
+    """:func:`_lanczos_body` for several Lanczos runs at once (leading axis of the carry)."""
+    return jax.vmap(lambda c: _lanczos_body(matvec, i, c))(carry)
 
 
 def _lanczos_init(v, order: int):
@@ -486,15 +510,15 @@ def lanczos(
       ValueError: ``order`` < 1 or larger than the number of parameters; an unknown
         curvature or loop.
     """
-    loop = resolve_loop(loop, params)
+    loop = resolve_loop(loop, params, linearize)
     info = SolverInfo(curvature, loop, _precision_name(precision), bool(linearize))
     with _precision_context(precision):
         flat, _ = ravel_pytree(params)
         _check_order(order, flat.shape[0])
-        op = _Operator(loss_fn, params, curvature, loop, linearize)
+        op = _Operator(loss_fn, params, curvature, loop, linearize, info.precision)
         key = jax.random.PRNGKey(0) if key is None else key
         carry = _lanczos_init(_start(key, op.flat, v0, op.dtype), order)
-        basis, alphas, betas = _fori(loop, op, _lanczos_body, order, carry, donate=True)
+        basis, alphas, betas = _fori(op, "lanczos", _lanczos_body, order, carry, donate=True)
     return LanczosResult(alphas, betas[:-1], basis, info)
 
 
@@ -550,6 +574,21 @@ def _rademacher_rows(key, idx, p: int, dtype):
     return jax.vmap(lambda i: jax.random.rademacher(jax.random.fold_in(key, i), (p,), dtype))(idx)
 
 
+def _hutch_body(matvec, c, carry, key, num_samples, k: int, p: int, dtype):
+    """Call c of Hutchinson's estimator: probes c·k ... c·k + k − 1 (those >= num_samples
+    masked out), one vectorized product; accumulates Σ q and Σ q², q = vᵀCv."""
+    s, s2 = carry
+    idx = c * k + jnp.arange(k)
+    v = _rademacher_rows(key, idx, p, dtype)
+    q = jnp.sum(v * jax.vmap(matvec)(v), axis=1)
+    q = jnp.where(idx < num_samples, q, 0.0)
+    return s + jnp.sum(q), s2 + jnp.sum(q * q)
+
+
+def _vmapped(matvec, rows):
+    return jax.vmap(matvec)(rows)
+
+
 def hutchinson_trace(
     loss_fn: Loss,
     params: Any,
@@ -583,40 +622,40 @@ def hutchinson_trace(
     """
     _check_count(num_samples, "num_samples")
     _check_count(probes_per_call, "probes_per_call")
-    loop = resolve_loop(loop, params)
+    loop = resolve_loop(loop, params, linearize)
     info = SolverInfo(curvature, loop, _precision_name(precision), bool(linearize))
     k = int(probes_per_call)
     with _precision_context(precision):
-        op = _Operator(loss_fn, params, curvature, loop, linearize)
+        op = _Operator(loss_fn, params, curvature, loop, linearize, info.precision)
         p, dtype = op.flat.shape[0], op.dtype
-
-        def body(matvec, c, carry):
-            s, s2 = carry
-            idx = c * k + jnp.arange(k)
-            v = _rademacher_rows(key, idx, p, dtype)
-            q = jnp.sum(v * jax.vmap(matvec)(v), axis=1)
-            q = jnp.where(idx < num_samples, q, 0.0)
-            return s + jnp.sum(q), s2 + jnp.sum(q * q)
-
         calls = (num_samples + k - 1) // k
-        s, s2 = _fori(loop, op, body, calls, (jnp.zeros((), dtype), jnp.zeros((), dtype)))
+        carry = (jnp.zeros((), dtype), jnp.zeros((), dtype))
+        if loop == "lax":
+            matvec = op.matvec()
+            s, s2 = jax.lax.fori_loop(0, calls, lambda c, acc: _hutch_body(matvec, c, acc, key, num_samples, k, p, dtype), carry)
+        else:
+            step = op.step(("hutchinson", k, p, str(dtype)), lambda: lambda mv, c, acc, kk, n: _hutch_body(mv, c, acc, kk, n, k, p, dtype))
+            n = jnp.asarray(num_samples, jnp.int32)
+            for c in range(int(calls)):
+                carry = step(op.params, c, carry, key, n)
+            s, s2 = carry
     n = jnp.asarray(num_samples, dtype)
     mean = s / n
     var = jnp.maximum(s2 / n - mean * mean, 0.0) * n / jnp.maximum(n - 1, 1)
     return TraceResult(mean, jnp.sqrt(var / n), jnp.asarray(num_samples, jnp.int32), info)
 
 
-def _apply_rows(loop: str, op: _Operator, rows: jax.Array, k: int) -> jax.Array:
+def _apply_rows(op: _Operator, rows: jax.Array, k: int) -> jax.Array:
     """``C`` applied to every row of ``rows (m, P)``, ``k`` rows per vectorized call."""
     m = rows.shape[0]
     calls = -(-m // k)
     idx = jnp.minimum(jnp.arange(calls * k), m - 1).reshape(calls, k)  # pad by repeating the last row
-    if loop == "lax":
-        matvec = op.make(op.args)
+    if op.loop == "lax":
+        matvec = op.matvec()
         out = jax.lax.map(lambda i: jax.vmap(matvec)(rows[i]), idx)
     else:
-        step = jax.jit(lambda a, r: jax.vmap(op.make(a))(r))
-        out = jnp.stack([step(op.args, rows[i]) for i in idx])
+        step = op.step("rows", lambda: _vmapped)
+        out = jnp.stack([step(op.params, rows[i]) for i in idx])
     return out.reshape(calls * k, -1)[:m]
 
 
@@ -653,19 +692,19 @@ def hutchpp_trace(
     _check_count(probes_per_call, "probes_per_call")
     if isinstance(num_matvecs, jax.core.Tracer) or int(num_matvecs) != num_matvecs or num_matvecs < 3 or num_matvecs % 3:
         raise ValueError(f"num_matvecs must be a static multiple of 3, >= 3 (sketch, projection and probes get a third each), got {num_matvecs!r}.")
-    loop = resolve_loop(loop, params)
+    loop = resolve_loop(loop, params, linearize)
     info = SolverInfo(curvature, loop, _precision_name(precision), bool(linearize))
     k, calls = int(num_matvecs) // 3, int(probes_per_call)
     with _precision_context(precision):
-        op = _Operator(loss_fn, params, curvature, loop, linearize)
+        op = _Operator(loss_fn, params, curvature, loop, linearize, info.precision)
         p, dtype = op.flat.shape[0], op.dtype
         ks, kg = jax.random.split(key)
         s = _rademacher_rows(ks, jnp.arange(k), p, dtype)
         g = _rademacher_rows(kg, jnp.arange(k), p, dtype)
-        q, _ = jnp.linalg.qr(_apply_rows(loop, op, s, calls).T)  # (P, k) orthonormal columns
-        low = jnp.sum(q.T * _apply_rows(loop, op, q.T, calls))  # tr(Qᵀ C Q)
+        q, _ = jnp.linalg.qr(_apply_rows(op, s, calls).T)  # (P, k) orthonormal columns
+        low = jnp.sum(q.T * _apply_rows(op, q.T, calls))  # tr(Qᵀ C Q)
         gp = g - (g @ q) @ q.T  # rows of (I − QQᵀ) G
-        r = jnp.sum(gp * _apply_rows(loop, op, gp, calls), axis=1)  # gᵀ(I−QQᵀ)C(I−QQᵀ)g per probe
+        r = jnp.sum(gp * _apply_rows(op, gp, calls), axis=1)  # gᵀ(I−QQᵀ)C(I−QQᵀ)g per probe
     n = jnp.asarray(k, dtype)
     mean = jnp.mean(r)
     var = jnp.sum((r - mean) ** 2) / jnp.maximum(n - 1, 1)
@@ -720,18 +759,15 @@ def spectral_density(
     if num_vectors < 1:
         raise ValueError(f"num_vectors must be >= 1, got {num_vectors}.")
     _check_count(probes_per_call, "probes_per_call")
-    loop = resolve_loop(loop, params)
+    loop = resolve_loop(loop, params, linearize)
     info = SolverInfo(curvature, loop, _precision_name(precision), bool(linearize))
     k = min(int(probes_per_call), num_vectors)
     with _precision_context(precision):
-        op = _Operator(loss_fn, params, curvature, loop, linearize)
+        op = _Operator(loss_fn, params, curvature, loop, linearize, info.precision)
         dtype = op.dtype
         keys = jax.random.split(key, num_vectors)
         groups = -(-num_vectors // k)
         idx = jnp.minimum(jnp.arange(groups * k), num_vectors - 1).reshape(groups, k)
-
-        def batched_body(matvec, i, carry):
-            return jax.vmap(lambda c: _lanczos_body(matvec, i, c))(carry)
 
         def one_group(group_keys, run):
             starts = jax.vmap(lambda kk: _start(kk, op.flat, None, dtype))(group_keys)
@@ -740,14 +776,11 @@ def spectral_density(
             vals, vecs = jnp.linalg.eigh(t)
             return vals, vecs[:, 0, :] ** 2
 
+        run = lambda carry: _fori(op, "lanczos-batched", _batched_lanczos_body, order, carry, donate=True)
         if loop == "lax":
-            matvec = op.make(op.args)
-            run = lambda carry: jax.lax.fori_loop(0, order, lambda i, c: batched_body(matvec, i, c), carry)
             # A loop over groups (not unrolled on a CPU either): each body is itself a Lanczos loop.
             nodes, weights = jax.lax.map(lambda g: one_group(keys[g], run), idx)
         else:
-            step = _host_step(op, batched_body, donate=True)
-            run = lambda carry: _fori("host", op, batched_body, order, carry, step=step)
             outs = [one_group(keys[g], run) for g in idx]
             nodes, weights = jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
         nodes = nodes.reshape(groups * k, order)[:num_vectors]

@@ -27,6 +27,7 @@ from jaxnorm.diagnostics.hessian import (
     hutchinson_trace,
     hutchpp_trace,
     hvp,
+    SolverInfo,
     lanczos,
     power_iteration,
     spectral_density,
@@ -41,9 +42,13 @@ X = jnp.asarray(RNG.standard_normal((B, D)), jnp.float32)
 Y = jnp.asarray([0, 1, 2, 0, 1, 1], jnp.int32)
 
 
-def _dense_of(matvec, p: int):
-    """The library's operator as a dense matrix: the product applied to the identity."""
-    return np.asarray(jax.jit(jax.vmap(matvec))(jnp.eye(p, dtype=jnp.float32)), np.float64).T
+def _dense_ops(split, params, names=tuple(CURVATURES)):
+    """The curvatures ``names`` as dense matrices (the products applied to the identity),
+    in one compiled program."""
+    p = ravel_pytree(params)[0].shape[0]
+    eye = jnp.eye(p, dtype=jnp.float32)
+    out = jax.jit(lambda q: {n: jax.vmap(curvature_matvec(split, q, n)[0])(eye) for n in names})(params)
+    return {n: np.asarray(m, np.float64).T for n, m in out.items()}
 
 
 def _close(got, want, v_abs_bound, what):
@@ -53,7 +58,7 @@ def _close(got, want, v_abs_bound, what):
 
 def _net(depth, norm="vanilla", activation="tanh", weight_decay=0.0, bn_mode="batch", loss="ce"):
     module = get_model("mlp", depth=depth, width=4, num_classes=C, norm=norm, activation=activation)
-    v = module.init(jax.random.PRNGKey(1), X, train=False)
+    v = jax.jit(lambda k: module.init(k, X, train=False))(jax.random.PRNGKey(1))  # jitted: op by op, init compiles every op
     split = hessian_loss_fn(module, v, X, Y, bn_mode=bn_mode, weight_decay=weight_decay, loss=loss)
     return module, v, split
 
@@ -83,7 +88,8 @@ def mlp():
     module, v, split = _net(2, weight_decay=0.01)
     g, h = _reference_ggn(split, v["params"])
     p = g.shape[0]
-    ops = {name: _dense_of(curvature_matvec(split, v["params"], name)[0], p) for name in CURVATURES}
+    ops = _dense_ops(split, v["params"])
+    assert all(m.shape == (p, p) for m in ops.values())
     return module, v, split, g, h, ops
 
 
@@ -110,8 +116,7 @@ def test_ggn_is_psd_and_differs_from_the_hessian_of_a_nonlinear_net(mlp):
 def test_ggn_equals_the_hessian_for_a_linear_model_with_cross_entropy():
     """logits = W x + b: the outputs are linear in θ, so H = Jᵀ H_z J (+ the L2 term) exactly."""
     _, v, split = _net(1, weight_decay=0.05)
-    flat = ravel_pytree(v["params"])[0]
-    ggn = _dense_of(curvature_matvec(split, v["params"], "ggn")[0], flat.shape[0])
+    ggn = _dense_ops(split, v["params"], ("ggn",))["ggn"]
     _, h = _reference_ggn(split, v["params"])
     _close(ggn, h, np.abs(h).sum(axis=1, keepdims=True), "GGN vs Hessian (linear model)")
 
@@ -122,7 +127,7 @@ def test_mse_loss_hessian_is_identity_over_n():
     flat, unravel = ravel_pytree(v["params"])
     jac = np.asarray(jax.jit(jax.jacfwd(lambda f: split.outputs(unravel(f)).reshape(-1)))(flat), np.float64)
     want = jac.T @ jac / B
-    got = _dense_of(curvature_matvec(split, v["params"], "ggn")[0], flat.shape[0])
+    got = _dense_ops(split, v["params"], ("ggn",))["ggn"]
     _close(got, want, np.abs(jac.T) @ np.abs(jac).sum(axis=1, keepdims=True) / B, "GGN (mse)")
 
 
@@ -131,11 +136,17 @@ def test_fisher_is_the_mean_of_per_example_gradient_outer_products(norm, bn_mode
     """F = (1/N) Σ g_i g_iᵀ, with g_i from per_example_grads in the same BN semantics
     (``'batch'``: the coupled per-example gradients)."""
     module, v, split = _net(2, norm=norm, bn_mode=bn_mode)
-    flat = ravel_pytree(v["params"])[0]
-    grads = per_example_grads(module, v, X, Y, bn_mode=bn_mode)
-    gmat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[i], grads))[0], np.float64) for i in range(B)])
+    p = ravel_pytree(v["params"])[0].shape[0]
+    eye = jnp.eye(p, dtype=jnp.float32)
+
+    @jax.jit
+    def both(v):
+        grads = per_example_grads(module, v, X, Y, bn_mode=bn_mode)
+        rows = jax.vmap(lambda i: ravel_pytree(jax.tree.map(lambda a: a[i], grads))[0])(jnp.arange(B))
+        return rows, jax.vmap(curvature_matvec(split, v["params"], "fisher")[0])(eye).T
+
+    gmat, got = (np.asarray(a, np.float64) for a in both(v))
     want = gmat.T @ gmat / B
-    got = _dense_of(curvature_matvec(split, v["params"], "fisher")[0], flat.shape[0])
     _close(got, want, np.abs(gmat.T) @ np.abs(gmat) / B, "Fisher")
     lam = np.linalg.eigvalsh((got + got.T) / 2)
     assert lam.min() >= -1e-5 * lam.max() and np.sum(lam > 1e-5 * lam.max()) <= B  # PSD, rank <= N
@@ -153,9 +164,10 @@ def test_solvers_take_the_curvature_and_record_it(mlp):
     assert lz.info.curvature == "fisher"
     fisher_top = np.linalg.eigvalsh((ops["fisher"] + ops["fisher"].T) / 2)[-1]
     assert float(np.linalg.eigvalsh(np.asarray(lz.tridiagonal(), np.float64))[-1]) == pytest.approx(fisher_top, rel=1e-4)
-    tr = hutchinson_trace(split, v["params"], key=jax.random.PRNGKey(0), num_samples=4, curvature="ggn")
-    assert tr.info.curvature == "ggn" and int(tr.num_matvecs) == 4
-    sd = spectral_density(split, v["params"], key=jax.random.PRNGKey(0), order=4, num_vectors=1, num_points=10, curvature="fisher")
+    # The record is static: eval_shape traces without compiling.
+    tr = jax.eval_shape(lambda p: hutchinson_trace(split, p, key=jax.random.PRNGKey(0), num_samples=4, curvature="ggn"), v["params"])
+    assert tr.info == SolverInfo("ggn", "lax", "highest", False)
+    sd = jax.eval_shape(lambda p: spectral_density(split, p, key=jax.random.PRNGKey(0), order=4, num_vectors=1, curvature="fisher"), v["params"])
     assert sd["info"].curvature == "fisher"
 
 
@@ -240,20 +252,28 @@ def test_host_loop_equals_lax_loop(mlp):
     assert runs["host"].info.loop == "host" and runs["lax"].info.loop == "lax"
     assert int(runs["host"].iterations) == int(runs["lax"].iterations) == 30
     assert float(runs["host"].eigenvalue) == pytest.approx(float(runs["lax"].eigenvalue), rel=1e-5)
-    lz = {loop: lanczos(split, v["params"], 6, loop=loop) for loop in ("host", "lax")}
+    q = _quadratic(A_PSD)
+    lz = {loop: lanczos(q, jnp.zeros(P_Q), 6, loop=loop) for loop in ("host", "lax")}
     np.testing.assert_allclose(lz["host"].alphas, lz["lax"].alphas, atol=1e-5 * float(jnp.abs(lz["lax"].alphas).max()))
-    # Linearized once, then applied: the same products to rounding.
-    lin = power_iteration(split, v["params"], num_iters=30, tol=0.0, loop="host", linearize=True)
-    assert lin.info.linearize and float(lin.eigenvalue) == pytest.approx(float(runs["lax"].eigenvalue), rel=1e-5)
-    lin_lax = power_iteration(split, v["params"], num_iters=30, tol=0.0, loop="lax", linearize=True)
-    assert float(lin_lax.eigenvalue) == pytest.approx(float(runs["lax"].eigenvalue), rel=1e-5)
+    # Linearized once, then applied: the same products to rounding ('auto' picks the lax
+    # loop: the linearization is reused within one program).
+    lin = power_iteration(split, v["params"], num_iters=30, tol=0.0, linearize=True)
+    assert lin.info.linearize and lin.info.loop == "lax"
+    assert float(lin.eigenvalue) == pytest.approx(float(runs["lax"].eigenvalue), rel=1e-5)
+    # The host loop's jitted iteration is cached per loss: a second call does not retrace.
+    from jaxnorm.diagnostics import hessian as hessian_module
+
+    steps = hessian_module._HOST_STEPS[split]
+    before = {k: f._cache_size() for k, f in steps.items()}
+    power_iteration(split, v["params"], num_iters=3, tol=0.0, loop="host")
+    assert {k: f._cache_size() for k, f in steps.items()} == before
 
 
 def test_auto_loop_is_host_on_cpu_and_lax_under_jit(mlp):
     _, v, split, *_ = mlp
-    assert power_iteration(split, v["params"], num_iters=2).info.loop == "host"  # the test machine's CPU
-    traced = jax.jit(lambda p: power_iteration(split, p, num_iters=2))(v["params"])
-    assert traced.info.loop == "lax"
+    # num_iters=0 runs no iteration (nothing to compile); eval_shape traces like jit.
+    assert power_iteration(split, v["params"], num_iters=0).info.loop == "host"  # the test machine's CPU
+    assert jax.eval_shape(lambda p: power_iteration(split, p, num_iters=2), v["params"]).info.loop == "lax"
 
 
 def test_precision_highest_equals_default_on_cpu_and_is_recorded(mlp):
@@ -263,8 +283,8 @@ def test_precision_highest_equals_default_on_cpu_and_is_recorded(mlp):
     hi = ravel_pytree(jax.jit(lambda p: hvp(split, p, u, precision="highest"))(v["params"]))[0]
     lo = ravel_pytree(jax.jit(lambda p: hvp(split, p, u, precision=None))(v["params"]))[0]
     np.testing.assert_allclose(hi, lo, rtol=1e-6, atol=1e-6 * float(jnp.abs(lo).max()))
-    assert power_iteration(split, v["params"], num_iters=2).info.precision == "highest"
-    assert power_iteration(split, v["params"], num_iters=2, precision=None).info.precision == "default"
+    assert power_iteration(split, v["params"], num_iters=0).info.precision == "highest"
+    assert power_iteration(split, v["params"], num_iters=0, precision=None).info.precision == "default"
 
 
 def test_float64_is_honoured():
@@ -278,7 +298,7 @@ def test_float64_is_honoured():
         assert l2_penalty({"kernel": z}).dtype == jnp.float64
         module = get_model("mlp", depth=2, width=3, num_classes=C, activation="tanh")
         x64 = jnp.asarray(X, jnp.float64)
-        v = module.init(jax.random.PRNGKey(1), x64, train=False)
+        v = jax.jit(lambda k: module.init(k, x64, train=False))(jax.random.PRNGKey(1))
         v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v)
         split = hessian_loss_fn(module, v, x64, Y)
         flat, unravel = ravel_pytree(v["params"])
@@ -288,7 +308,8 @@ def test_float64_is_honoured():
         res = power_iteration(split, v["params"], num_iters=3000, tol=1e-15)
         assert res.eigenvalue.dtype == jnp.float64 and jax.tree.leaves(res.eigenvector)[0].dtype == jnp.float64
         assert abs(float(res.eigenvalue) - want) <= 1e-10 * abs(want)
-        assert curvature_vp(split, v["params"], "ggn")(v["params"])["dense1"]["kernel"].dtype == jnp.float64
+        ggn_out = jax.eval_shape(lambda p: curvature_vp(split, p, "ggn")(p), v["params"])  # dtypes without compiling
+        assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(ggn_out))
 
 
 def test_documented_errors(mlp):
@@ -302,6 +323,8 @@ def test_documented_errors(mlp):
         lanczos(split, p, 3, loop="python")
     with pytest.raises(ValueError, match="loop='host'"):
         jax.jit(lambda q: power_iteration(split, q, loop="host"))(p)
+    with pytest.raises(ValueError, match="linearize"):
+        power_iteration(split, p, loop="host", linearize=True)
     for bad in (0, 2.5):
         with pytest.raises(ValueError, match="probes_per_call"):
             hutchinson_trace(split, p, key=key, num_samples=4, probes_per_call=bad)
