@@ -52,8 +52,17 @@ Every solver takes the same four options, and records them in its result
     (``jvp`` of ``grad``). True: ``jax.linearize`` once, then apply the linear map: the
     primal pass and its residuals are computed once per solve and kept in memory
     (about the activations of a backward pass, several times the parameters' size),
-    each product then costs only the tangent pass. In the host loop the residuals are
-    passed to the jitted iteration as arguments (``jax.closure_convert``).
+    each product then costs only the tangent pass. The reuse lives inside one compiled
+    program, so ``linearize=True`` runs the ``'lax'`` loop (``'auto'`` picks it;
+    ``'host'`` with it is an error). (Handing the residuals from one jitted call to the
+    next was tried: ``jax.closure_convert`` left them as constants of the program, which
+    XLA then constant-folded for minutes; the ``vjp`` of the product, whose residuals
+    are a pytree, made each product 2x slower on XLA:CPU.)
+
+The host loop compiles its iteration once per loss function and solver kind (a weak
+cache: calling a solver again with the same ``loss_fn`` object does not recompile; a
+new loss, e.g. a new :func:`hessian_loss_fn` at every observer call, compiles again,
+as the ``'lax'`` loop called outside ``jax.jit`` does).
 
 dtype: the flat vectors keep the parameters' dtype (float64 stays float64 under
 ``jax_enable_x64``; low-precision parameters are promoted to float32).
