@@ -33,12 +33,13 @@ Every solver takes the same four options, and records them in its result
 ``loop``
     ``'lax'``: one ``lax`` loop (``while_loop``/``fori_loop``/``lax.map``), one compiled
     program, no host sync, compile time independent of the iteration count -- the
-    choice on GPU/TPU. ``'host'``: a Python loop over one jitted iteration (the HVP plus
-    its vector updates), the convergence test on the host each iteration, as PyHessian
-    does -- the choice on a CPU backend, where XLA:CPU runs convolutions inside a
-    ``while`` loop body several times slower than outside one (BENCHMARKS.md: 20 power
-    iterations of 3C3D took 14.6 s in a ``while_loop`` against 20 × 0.13 s of jitted
-    HVPs). ``'auto'`` (default): ``'host'`` on a CPU backend (the params' device
+    choice on GPU/TPU. ``'host'``: a Python loop over jitted chunks of
+    :data:`HOST_CHUNK` unrolled iterations (the products plus their vector updates;
+    unrolled, the products share one primal pass), the convergence test on the host
+    after each chunk -- the choice on a CPU backend, where XLA:CPU runs convolutions
+    inside a ``while`` loop body several times slower than outside one (BENCHMARKS.md:
+    20 power iterations of 3C3D took 14.6 s in a ``while_loop`` against 20 × 0.13 s of
+    jitted HVPs). ``'auto'`` (default): ``'host'`` on a CPU backend (the params' device
     platform), ``'lax'`` elsewhere, and ``'lax'`` whenever the call is being traced
     (inside ``jax.jit``, ``vmap``...: a Python loop cannot run there). Both loops run the
     same iteration function, so they agree to rounding.
@@ -77,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 import weakref
@@ -307,15 +309,42 @@ class _Operator:
         return table[key]
 
 
-def _fori(op: _Operator, kind, body, n, carry, *, donate: bool = False):
-    """``carry = body(matvec, i, carry)`` for i in [0, n): ``lax.fori_loop`` or a Python
-    loop over one jitted ``body`` (a module-level function: ``kind`` names it)."""
+#: Iterations per jitted call of the host loop. Unrolled in one program, the products
+#: share their primal pass (XLA eliminates the identical forward/backward computations
+#: of θ as common subexpressions: a linearization for free) and run outside any XLA
+#: loop. Measured on 3C3D, batch 32, 2-core CPU under load ~4.7: 20 HVPs as 4 calls of
+#: 5 unrolled products took 2.7 s, as 20 separate jitted HVPs ~6.4 s (318 ms each).
+#: Compile time grows with it (5 unrolled HVPs: 2x the compile of one).
+HOST_CHUNK = 5
+
+
+def _unrolled(body, k: int):
+    """``k`` consecutive iterations ``i0 .. i0 + k − 1`` of ``body(matvec, i, carry, *extra)``."""
+
+    def chunk(matvec, i0, carry, *extra):
+        for j in range(k):
+            carry = body(matvec, i0 + j, carry, *extra)
+        return carry
+
+    return chunk
+
+
+def _fori(op: _Operator, kind, body, n, carry, *extra, donate: bool = False):
+    """``carry = body(matvec, i, carry, *extra)`` for i in [0, n): ``lax.fori_loop``, or a
+    Python loop over jitted chunks of :data:`HOST_CHUNK` unrolled iterations (plus one
+    chunk of the remainder). ``body`` is a module-level function (``kind`` names it and
+    every static value it closes over)."""
     if op.loop == "lax":
         matvec = op.matvec()
-        return jax.lax.fori_loop(0, n, lambda i, c: body(matvec, i, c), carry)
-    step = op.step(kind, lambda: body, (2,) if donate else ())
-    for i in range(int(n)):
-        carry = step(op.params, i, carry)
+        return jax.lax.fori_loop(0, n, lambda i, c: body(matvec, i, c, *extra), carry)
+    n = int(n)
+    full, rest = divmod(n, HOST_CHUNK)
+    donate_argnums = (2,) if donate else ()
+    for size, start, count in ((HOST_CHUNK, 0, full), (rest, full * HOST_CHUNK, 1 if rest else 0)):
+        if count:
+            step = op.step((kind, size), lambda size=size: _unrolled(body, size), donate_argnums)
+            for c in range(count):
+                carry = step(op.params, start + c * size, carry, *extra)
     return carry
 
 
@@ -376,9 +405,19 @@ def _power_cond(carry, num_iters, tol):
     return (i < num_iters) & ((i < 2) | (jnp.abs(lam - prev) >= tol * jnp.abs(lam)))
 
 
-def _power_host_body(matvec, carry, shift, num_iters, tol):
-    carry = _power_body(matvec, carry, shift)
-    return carry, _power_cond(carry, num_iters, tol)
+def _power_host_chunk(k: int):
+    """``k`` unrolled power iterations (:data:`HOST_CHUNK`), each applied only while the
+    stopping rule says go on (so the iterates are those of the ``lax`` loop; at most
+    ``k − 1`` products past convergence are computed and discarded), and whether to go on."""
+
+    def chunk(matvec, carry, shift, num_iters, tol):
+        for _ in range(k):
+            go = _power_cond(carry, num_iters, tol)
+            new = _power_body(matvec, carry, shift)
+            carry = jax.tree.map(lambda a, b: jnp.where(go, a, b), new, carry)
+        return carry, _power_cond(carry, num_iters, tol)
+
+    return chunk
 
 
 def power_iteration(
@@ -430,12 +469,12 @@ def power_iteration(
             matvec = op.matvec()
             carry = jax.lax.while_loop(lambda c: _power_cond(c, num_iters, tol), lambda c: _power_body(matvec, c, shift), carry)
         else:
-            step = op.step("power", lambda: _power_host_body)
+            step = op.step(("power", HOST_CHUNK), lambda: _power_host_chunk(HOST_CHUNK))
             n, t = jnp.asarray(num_iters, jnp.int32), jnp.asarray(tol, dtype)
             keep = int(num_iters) > 0
             while keep:
                 carry, keep = step(op.params, carry, shift, n, t)
-                keep = bool(keep)  # the host sync, once per iteration (as PyHessian)
+                keep = bool(keep)  # the host sync, once per chunk of iterations
     i, v, lam, prev, residual = carry
     converged = jnp.abs(lam - prev) < tol * jnp.abs(lam)
     return PowerIterationResult(lam + shift, op.unravel(v.astype(op.flat.dtype)), i, converged, residual, info)
@@ -583,7 +622,7 @@ def _rademacher_rows(key, idx, p: int, dtype):
     return jax.vmap(lambda i: jax.random.rademacher(jax.random.fold_in(key, i), (p,), dtype))(idx)
 
 
-def _hutch_body(matvec, c, carry, key, num_samples, k: int, p: int, dtype):
+def _hutch_body(matvec, c, carry, key, num_samples, *, k: int, p: int, dtype):
     """Call c of Hutchinson's estimator: probes c·k ... c·k + k − 1 (those >= num_samples
     masked out), one vectorized product; accumulates Σ q and Σ q², q = vᵀCv."""
     s, s2 = carry
@@ -639,15 +678,9 @@ def hutchinson_trace(
         p, dtype = op.flat.shape[0], op.dtype
         calls = (num_samples + k - 1) // k
         carry = (jnp.zeros((), dtype), jnp.zeros((), dtype))
-        if loop == "lax":
-            matvec = op.matvec()
-            s, s2 = jax.lax.fori_loop(0, calls, lambda c, acc: _hutch_body(matvec, c, acc, key, num_samples, k, p, dtype), carry)
-        else:
-            step = op.step(("hutchinson", k, p, str(dtype)), lambda: lambda mv, c, acc, kk, n: _hutch_body(mv, c, acc, kk, n, k, p, dtype))
-            n = jnp.asarray(num_samples, jnp.int32)
-            for c in range(int(calls)):
-                carry = step(op.params, c, carry, key, n)
-            s, s2 = carry
+        n = num_samples if loop == "lax" else jnp.asarray(num_samples, jnp.int32)
+        body = functools.partial(_hutch_body, k=k, p=p, dtype=dtype)
+        s, s2 = _fori(op, ("hutchinson", k, p, str(dtype)), body, calls, carry, key, n)
     n = jnp.asarray(num_samples, dtype)
     mean = s / n
     var = jnp.maximum(s2 / n - mean * mean, 0.0) * n / jnp.maximum(n - 1, 1)
