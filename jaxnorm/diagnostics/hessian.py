@@ -312,8 +312,8 @@ class _Operator:
 #: Iterations per jitted call of the host loop. Unrolled in one program, the products
 #: share their primal pass (XLA eliminates the identical forward/backward computations
 #: of θ as common subexpressions: a linearization for free) and run outside any XLA
-#: loop. Measured on 3C3D, batch 32, 2-core CPU under load ~4.7: 20 HVPs as 4 calls of
-#: 5 unrolled products took 2.7 s, as 20 separate jitted HVPs ~6.4 s (318 ms each).
+#: loop. Measured on 3C3D, batch 32, a loaded 2-core CPU: 20 HVPs as 4 calls of 5
+#: unrolled products took 2.7 s (load ~4.7); one jitted HVP took 318 ms (load ~6).
 #: Compile time grows with it (5 unrolled HVPs: 2x the compile of one).
 HOST_CHUNK = 5
 
