@@ -153,18 +153,18 @@ def test_fisher_is_the_mean_of_per_example_gradient_outer_products(norm, bn_mode
 
 
 def test_solvers_take_the_curvature_and_record_it(mlp):
-    _, v, split, g, _, ops = mlp
+    _, v, split, g, *_ = mlp
     top = np.linalg.eigvalsh(g)[-1]
-    res = power_iteration(split, v["params"], curvature="ggn", num_iters=500, tol=1e-7)
+    # loop='lax' here: one HVP per program compiles faster than the host loop's chunk of 5.
+    res = power_iteration(split, v["params"], curvature="ggn", num_iters=500, tol=1e-7, loop="lax")
     assert res.info.curvature == "ggn"
     # PSD: power iteration converges to λ_max; at tol 1e-7 the Rayleigh quotient is within
     # ~1e-6 relative (float32), allow 1e-4.
     assert float(res.eigenvalue) == pytest.approx(top, rel=1e-4)
-    lz = lanczos(split, v["params"], 10, curvature="fisher")
-    assert lz.info.curvature == "fisher"
-    fisher_top = np.linalg.eigvalsh((ops["fisher"] + ops["fisher"].T) / 2)[-1]
-    assert float(np.linalg.eigvalsh(np.asarray(lz.tridiagonal(), np.float64))[-1]) == pytest.approx(fisher_top, rel=1e-4)
-    # The record is static: eval_shape traces without compiling.
+    # The solvers' plumbing does not depend on the curvature (the products are tested
+    # densely above); the record is static: eval_shape traces without compiling.
+    lz = jax.eval_shape(lambda p: lanczos(split, p, 10, curvature="fisher"), v["params"])
+    assert lz.info == SolverInfo("fisher", "lax", "highest", False) and lz.alphas.shape == (10,)
     tr = jax.eval_shape(lambda p: hutchinson_trace(split, p, key=jax.random.PRNGKey(0), num_samples=4, curvature="ggn"), v["params"])
     assert tr.info == SolverInfo("ggn", "lax", "highest", False)
     sd = jax.eval_shape(lambda p: spectral_density(split, p, key=jax.random.PRNGKey(0), order=4, num_vectors=1, curvature="fisher"), v["params"])
@@ -189,7 +189,7 @@ def _quadratic(a):
 def test_hutchpp_is_exact_on_a_matrix_of_rank_below_the_sketch():
     """rank(A) = 5 <= k = 6: Q spans A's range, the deflated rest is 0, the estimate is
     tr(A) up to float32 rounding (1e-5 relative)."""
-    res = hutchpp_trace(_quadratic(A_LOW), jnp.zeros(P_Q), key=jax.random.PRNGKey(0), num_matvecs=18)
+    res = hutchpp_trace(_quadratic(A_LOW), jnp.zeros(P_Q), key=jax.random.PRNGKey(0), num_matvecs=18, probes_per_call=6)
     assert float(res.estimate) == pytest.approx(np.trace(A_LOW), rel=1e-5)
     assert int(res.num_matvecs) == 18 and res.info.loop == "host"
 
@@ -227,14 +227,15 @@ def test_batched_probes_equal_one_at_a_time(mlp):
     products: 1e-5 of the sum of |vᵀHv|, bounded by the estimate's scale."""
     _, v, split, *_ = mlp
     key = jax.random.PRNGKey(3)
-    one = hutchinson_trace(split, v["params"], key=key, num_samples=20)
-    seven = hutchinson_trace(split, v["params"], key=key, num_samples=20, probes_per_call=7)
+    # loop='lax': one small compiled program each (the loops are compared elsewhere).
+    one = hutchinson_trace(split, v["params"], key=key, num_samples=20, loop="lax")
+    seven = hutchinson_trace(split, v["params"], key=key, num_samples=20, probes_per_call=7, loop="lax")
     scale = abs(float(one.estimate)) + 3 * float(one.stderr) * np.sqrt(20)
     assert abs(float(one.estimate) - float(seven.estimate)) <= 1e-5 * scale
     assert abs(float(one.stderr) - float(seven.stderr)) <= 1e-5 * scale
     q = _quadratic(A_PSD)
-    sd1 = spectral_density(q, jnp.zeros(P_Q), key=key, order=8, num_vectors=5, num_points=50)
-    sd3 = spectral_density(q, jnp.zeros(P_Q), key=key, order=8, num_vectors=5, num_points=50, probes_per_call=3)
+    sd1 = spectral_density(q, jnp.zeros(P_Q), key=key, order=8, num_vectors=5, num_points=50, loop="lax")
+    sd3 = spectral_density(q, jnp.zeros(P_Q), key=key, order=8, num_vectors=5, num_points=50, probes_per_call=3, loop="lax")
     np.testing.assert_allclose(sd1["nodes"], sd3["nodes"], atol=1e-5 * SPEC[0])
     np.testing.assert_allclose(sd1["weights"], sd3["weights"], atol=1e-5)
 
@@ -245,7 +246,7 @@ def test_batched_probes_equal_one_at_a_time(mlp):
 def test_host_loop_equals_lax_loop(mlp):
     """Both loops run the same iteration function; compiled separately, their float32
     results differ only by rounding. 30 power iterations at tolerance 0: measured
-    difference ~1e-7 relative, allowed 1e-5 (the error of one iteration's vector is
+    difference 6e-8 relative, allowed 1e-5 (the error of one iteration's vector is
     damped by the later ones, λ₂/λ₁ < 1, so it does not accumulate)."""
     _, v, split, *_ = mlp
     runs = {loop: power_iteration(split, v["params"], num_iters=30, tol=0.0, loop=loop) for loop in ("host", "lax")}
@@ -253,7 +254,7 @@ def test_host_loop_equals_lax_loop(mlp):
     assert int(runs["host"].iterations) == int(runs["lax"].iterations) == 30
     assert float(runs["host"].eigenvalue) == pytest.approx(float(runs["lax"].eigenvalue), rel=1e-5)
     q = _quadratic(A_PSD)
-    lz = {loop: lanczos(q, jnp.zeros(P_Q), 6, loop=loop) for loop in ("host", "lax")}
+    lz = {loop: lanczos(q, jnp.zeros(P_Q), 10, loop=loop) for loop in ("host", "lax")}  # 2 host chunks
     np.testing.assert_allclose(lz["host"].alphas, lz["lax"].alphas, atol=1e-5 * float(jnp.abs(lz["lax"].alphas).max()))
     # Linearized once, then applied: the same products to rounding ('auto' picks the lax
     # loop: the linearization is reused within one program).
@@ -305,7 +306,7 @@ def test_float64_is_honoured():
         dense = np.asarray(jax.jit(jax.hessian(lambda f: split(unravel(f))))(flat))
         lam = np.linalg.eigvalsh(dense)
         want = lam[np.argmax(np.abs(lam))]
-        res = power_iteration(split, v["params"], num_iters=3000, tol=1e-15)
+        res = power_iteration(split, v["params"], num_iters=3000, tol=1e-15, loop="lax")
         assert res.eigenvalue.dtype == jnp.float64 and jax.tree.leaves(res.eigenvector)[0].dtype == jnp.float64
         assert abs(float(res.eigenvalue) - want) <= 1e-10 * abs(want)
         ggn_out = jax.eval_shape(lambda p: curvature_vp(split, p, "ggn")(p), v["params"])  # dtypes without compiling
