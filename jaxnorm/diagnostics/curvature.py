@@ -20,8 +20,9 @@ curvatures (:data:`CURVATURES`) are, as P×P matrices applied to a params-shaped
     network's own curvature weighted by the residuals), so it is positive semi-definite
     for a convex ℓ, and equals the Hessian when f is linear in θ. Computed as ``J v`` (a
     ``jvp``), ``H_z`` times that (a ``jvp`` of ``∇_z``), then ``Jᵀ`` (a ``vjp``); H_z is
-    exact for any ``per_example`` loss, not a closed form. This is curvlinops'
-    ``GGNLinearOperator`` (mean reduction).
+    exact for any ``per_example`` loss, not a closed form. For cross-entropy this is
+    curvlinops' ``GGNLinearOperator`` with mean reduction (PyTorch's ``MSELoss`` with mean
+    reduction also averages over the C outputs, so for ``'mse'`` theirs is ours / C).
 ``'fisher'``
     The empirical Fisher, the uncentered covariance of the per-example gradients,
     ``F v = (1/N) Σ_i g_i (g_iᵀ v) + ∇²R v`` with ``g_i = ∇_θ ℓ_i`` the gradient of example
