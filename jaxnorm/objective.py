@@ -14,7 +14,9 @@ scopes (:data:`L2_SCOPES`):
   PyTorch names γ ``weight``. β is a ``bias`` in both frameworks, so it stays undecayed.
 
 Losses (:data:`LOSSES`; every one maps ``(logits (b, C), integer labels (b,))`` to a
-per-example ``(b,)`` float32 vector):
+per-example ``(b,)`` vector in the logits' dtype, at least float32: bfloat16/float16 logits
+are promoted to float32, float64 ones (under ``jax_enable_x64``) stay float64 -- see
+:func:`compute_dtype`):
 
 * ``'ce'`` -- softmax cross-entropy (the thesis studies, DeepOBS);
 * ``'mse'`` -- ``0.5 * Σ_c (logits_c - onehot(y)_c)²``, the squared loss against one-hot
@@ -100,21 +102,30 @@ def l2_penalty(params, scope: str = "weights", switches=None) -> jax.Array:
     terms = []
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         if in_l2_scope(path, scope):
-            term = jnp.sum(jnp.square(x.astype(jnp.float32)))
+            term = jnp.sum(jnp.square(x.astype(compute_dtype(x.dtype))))
             switch = _scale_switch(switches, path)
             terms.append(term if switch is None else term * switch)
     return 0.5 * sum(terms) if terms else jnp.zeros((), jnp.float32)
 
 
+def compute_dtype(dtype):
+    """The dtype losses and the L2 term are computed in: ``dtype`` promoted to at least
+    float32 (bfloat16 -> float32, float32 -> float32, float64 -> float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels, ``(batch,)``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    """Per-example softmax cross-entropy with integer labels, ``(batch,)``, in
+    :func:`compute_dtype` of the logits."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(compute_dtype(logits.dtype)), labels)
 
 
 def squared_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example ``0.5 * ||logits - onehot(labels)||²``, ``(batch,)`` (Cohen et al. 2021)."""
-    logits = logits.astype(jnp.float32)
-    return 0.5 * jnp.sum(jnp.square(logits - jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)), axis=-1)
+    """Per-example ``0.5 * ||logits - onehot(labels)||²``, ``(batch,)`` (Cohen et al. 2021), in
+    :func:`compute_dtype` of the logits."""
+    dtype = compute_dtype(logits.dtype)
+    logits = logits.astype(dtype)
+    return 0.5 * jnp.sum(jnp.square(logits - jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype)), axis=-1)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

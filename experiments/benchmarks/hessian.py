@@ -12,14 +12,21 @@ All on 3C3D ``bn_gamma_beta`` (10 classes), one batch of synthetic CIFAR-shaped 
 BatchNorm in training mode (batch statistics, differentiated through) on both sides:
 
 * **hvp**: ``jax.grad`` of the batch loss vs ``jaxnorm.diagnostics.hvp`` (forward-over-reverse).
-* **lanczos**: ``lanczos(order=k)`` (one compiled ``fori_loop`` with full
-  reorthogonalization) vs k times the HVP; first-call (compile) time per k.
-* **power**: 20 iterations of power iteration (tolerance 0, so both sides run all 20):
-  ``jaxnorm.diagnostics.power_iteration`` (one compiled ``while_loop``, no host sync) vs
+* **lanczos**: ``lanczos(order=k)`` with full reorthogonalization vs k times the HVP, in
+  both loops: ``loop='lax'`` (one compiled ``fori_loop``) and ``loop='host'`` (a Python
+  loop over one jitted iteration); first-call (compile) time per k.
+* **power**: 20 iterations of power iteration (tolerance 0, so every side runs all 20):
+  ``jaxnorm.diagnostics.power_iteration`` with ``loop='lax'`` (one compiled
+  ``while_loop``, no host sync), with ``loop='lax', linearize=True`` (``jax.linearize``
+  once, then 20 applications of the linear map in the loop), and with ``loop='host'``
+  (one jitted iteration per Python step, the eigenvalue pulled to the host each time) vs
   the PyHessian pattern in PyTorch (``torch.autograd.grad`` with ``create_graph=True``,
   then a second ``autograd.grad`` per iteration, the eigenvalue pulled to the host every
   iteration), same network and parameters (loaded from the jaxnorm model), same batch;
-  the two eigenvalue estimates are compared.
+  the eigenvalue estimates are compared (jaxnorm's loops from the same start vector).
+* **linearize**: 20 HVPs as separate jitted calls, ``jvp`` of ``grad`` each time, vs 20
+  applications of one ``jax.linearize`` (both inside one jitted ``fori_loop`` of 20
+  products, so the only difference is the reuse).
 
 Timing: first call apart; then median over ``turns`` calls, the variants in turns.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +48,10 @@ import numpy as np
 from experiments.benchmarks.conditioning import REPO, round_robin, write_section
 from experiments.benchmarks.train_step import CIFAR10, _torch, build_torch_model, load_flax_into_torch, machine_info, make_data
 from jaxnorm.data.augmentation import normalize
+from jax.flatten_util import ravel_pytree
+
 from jaxnorm.diagnostics import hessian_loss_fn, hvp, lanczos, power_iteration
+from jaxnorm.diagnostics.curvature import curvature_matvec
 from jaxnorm.models import get_model
 
 POWER_ITERS = 20
@@ -84,10 +95,34 @@ def run_hvp_lanczos(cfg: Settings, log) -> dict:
     t_hvp = res[1].median
     rows = []
     for k in cfg.orders:
-        lz = jax.jit(lambda p, k=k: lanczos(loss, p, k).alphas)
-        out = round_robin({f"lanczos k={k}": lambda: lz(params)}, {f"lanczos k={k}": cfg.lanczos_turns}, log)[0]
-        rows.append({"k": k, "first_s": out.first_s, "median": out.median, "ratio": out.median / (k * t_hvp)})
+        lz = jax.jit(lambda p, k=k: lanczos(loss, p, k, loop="lax").alphas)
+        fns = {f"lanczos k={k} (lax)": lambda: lz(params), f"lanczos k={k} (host)": lambda k=k: lanczos(loss, params, k, loop="host").alphas}
+        for out in round_robin(fns, {name: cfg.lanczos_turns for name in fns}, log):
+            rows.append({"k": k, "label": out.label, "first_s": out.first_s, "median": out.median, "ratio": out.median / (k * t_hvp)})
     return {"hvp": res, "lanczos": rows, "t_hvp": t_hvp}
+
+
+def run_linearize(cfg: Settings, log) -> dict:
+    """20 products in one jitted fori_loop: recomputed (jvp of grad) vs one linearization reused."""
+    module, v, x, y = _setup(cfg.batch)
+    loss = hessian_loss_fn(module, v, x, y, bn_mode="batch")
+    params = v["params"]
+    flat = ravel_pytree(params)[0]
+    u0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape)
+
+    def twenty(p, u, reuse):
+        matvec = curvature_matvec(loss, p, "hessian")[0]
+        if reuse:
+            matvec = jax.linearize(matvec, jnp.zeros_like(u))[1]
+        return jax.lax.fori_loop(0, POWER_ITERS, lambda i, w: (lambda hw: hw / jnp.linalg.norm(hw))(matvec(w)), u)
+
+    plain = jax.jit(lambda p, u: twenty(p, u, False))
+    reused = jax.jit(lambda p, u: twenty(p, u, True))
+    fns = {f"{POWER_ITERS} HVPs, jvp of grad each": lambda: plain(params, u0), f"{POWER_ITERS} HVPs, one linearization": lambda: reused(params, u0)}
+    log(f"  linearize reuse ({POWER_ITERS} products in one fori_loop), 3c3d bn_gamma_beta, batch {cfg.batch}")
+    res = round_robin(fns, {k: cfg.lanczos_turns for k in fns}, log)
+    diff = float(jnp.max(jnp.abs(plain(params, u0) - reused(params, u0))))
+    return {"results": res, "max_abs_diff": diff}
 
 
 def _torch_power(tmodel, torch, xt, yt, iters: int):
@@ -111,8 +146,10 @@ def _torch_power(tmodel, torch, xt, yt, iters: int):
 def run_power(cfg: Settings, log) -> dict:
     module, v, x, y = _setup(cfg.batch)
     loss = hessian_loss_fn(module, v, x, y, bn_mode="batch")
-    power = jax.jit(lambda p: power_iteration(loss, p, num_iters=POWER_ITERS, tol=0.0).eigenvalue)
-    fns = {"jaxnorm power_iteration": lambda: power(v["params"])}
+    power = jax.jit(lambda p: power_iteration(loss, p, num_iters=POWER_ITERS, tol=0.0, loop="lax").eigenvalue)
+    power_lin = jax.jit(lambda p: power_iteration(loss, p, num_iters=POWER_ITERS, tol=0.0, loop="lax", linearize=True).eigenvalue)
+    host = lambda: power_iteration(loss, v["params"], num_iters=POWER_ITERS, tol=0.0, loop="host").eigenvalue
+    fns = {"jaxnorm power_iteration (lax)": lambda: power(v["params"]), "jaxnorm power_iteration (lax, linearize)": lambda: power_lin(v["params"]), "jaxnorm power_iteration (host)": host}
     torch = _torch()
     eig_t = None
     if torch is not None:
@@ -135,16 +172,18 @@ def run_power(cfg: Settings, log) -> dict:
     log(f"  power iteration ({POWER_ITERS} iterations), 3c3d bn_gamma_beta, batch {cfg.batch}")
     res = round_robin(fns, {k: cfg.turns for k in fns}, log)
     eig_j = float(power(v["params"]))
+    eig_host = float(host())
     if torch is not None:
         eig_t = holder["eig"]
-    return {"results": res, "eig_jax": eig_j, "eig_torch": eig_t}
+    return {"results": res, "eig_jax": eig_j, "eig_host": eig_host, "eig_torch": eig_t}
 
 
-def render(info, cfg_name, cfg, hl, pw, elapsed) -> str:
+def render(info, cfg_name, cfg, hl, pw, lin, elapsed) -> str:
     key = info["key"]
     L = [f"<!-- hessian: {key} -->", f"## Hessian -- {key} -- {info['date']}", ""]
     L.append(f"- Command: `python -m experiments.benchmarks.hessian{' --quick' if cfg_name == 'quick' else ''}`; whole run {elapsed / 60:.1f} min; {info['torch'] and 'torch ' + info['torch']}.")
     L.append(f"- 3C3D `bn_gamma_beta`, batch {cfg.batch}, BatchNorm in training mode on both sides; settings {dataclasses.asdict(cfg)}.")
+    L.append(f"- Load average (1/5/15 min) at the end: {' / '.join(f'{a:.1f}' for a in os.getloadavg())} ({os.cpu_count()} cores; above the core count other processes shared the CPU).")
     L.append("")
     L.append("| what | median ms | IQR | ratio | first call s |")
     L.append("|---|---:|---:|---:|---:|")
@@ -152,13 +191,17 @@ def render(info, cfg_name, cfg, hl, pw, elapsed) -> str:
     for t in hl["hvp"]:
         L.append(f"| {t.label} | {1e3 * t.median:,.1f} | {t.iqr_pct:.0f}% | **{t.median / g:.2f}** x gradient | {t.first_s:.1f} |")
     for r in hl["lanczos"]:
-        L.append(f"| lanczos k={r['k']} | {1e3 * r['median']:,.1f} | - | **{r['ratio']:.2f}** x (k HVPs) | {r['first_s']:.1f} |")
+        L.append(f"| {r['label']} | {1e3 * r['median']:,.1f} | - | **{r['ratio']:.2f}** x (k HVPs) | {r['first_s']:.1f} |")
+    lbase = lin["results"][0].median
+    for t in lin["results"]:
+        L.append(f"| {t.label} | {1e3 * t.median:,.1f} | - | **{t.median / lbase:.2f}** x recomputed | {t.first_s:.1f} |")
     base = pw["results"][0].median
     for t in pw["results"]:
-        L.append(f"| {t.label}, {POWER_ITERS} iterations | {1e3 * t.median:,.1f} | {t.iqr_pct:.0f}% | **{t.median / base:.2f}** x jaxnorm | {t.first_s:.1f} |")
+        L.append(f"| {t.label}, {POWER_ITERS} iterations | {1e3 * t.median:,.1f} | {t.iqr_pct:.0f}% | **{t.median / base:.2f}** x jaxnorm (lax) | {t.first_s:.1f} |")
     L.append("")
     eig_t = pw["eig_torch"]
-    L.append(f"Top eigenvalue after {POWER_ITERS} iterations: jaxnorm {pw['eig_jax']:.4g}" + (f", PyTorch {eig_t:.4g} (different random start vectors)." if eig_t is not None else "; PyTorch not installed."))
+    L.append(f"Top eigenvalue after {POWER_ITERS} iterations: jaxnorm lax loop {pw['eig_jax']:.6g}, host loop {pw['eig_host']:.6g} (same start vector)" + (f", PyTorch {eig_t:.4g} (a different random start vector)." if eig_t is not None else "; PyTorch not installed."))
+    L.append(f"Linearized vs recomputed products after {POWER_ITERS} normalized steps: max |difference| {lin['max_abs_diff']:.1e} (entries of a unit vector).")
     L.append(f"<!-- end hessian: {key} -->")
     return "\n".join(L) + "\n"
 
@@ -174,7 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     info = machine_info()
     hl = run_hvp_lanczos(cfg, log)
     pw = run_power(cfg, log)
-    section = render(info, "quick" if args.quick else "full", cfg, hl, pw, time.time() - t0)
+    lin = run_linearize(cfg, log)
+    section = render(info, "quick" if args.quick else "full", cfg, hl, pw, lin, time.time() - t0)
     if args.out == "-":
         print(section)
     else:

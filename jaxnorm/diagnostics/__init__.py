@@ -19,8 +19,14 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
 * :mod:`~jaxnorm.diagnostics.step_tracker` -- the in-training κ_W estimate as an optax
   transformation, and its observer ``StepConditioning``.
 * :mod:`~jaxnorm.diagnostics.hessian` -- ``hvp`` (forward-over-reverse), ``power_iteration``,
-  ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``spectral_density`` (SLQ),
-  ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN ``'batch'`` or ``'running'``, any loss of :mod:`jaxnorm.objective`).
+  ``lanczos`` (full reorthogonalization), ``hutchinson_trace``, ``hutchpp_trace`` (Hutch++),
+  ``spectral_density`` (SLQ), ``block_loss_fn`` (per-layer blocks), ``hessian_loss_fn`` (BN
+  ``'batch'`` or ``'running'``, any loss of :mod:`jaxnorm.objective`); every solver takes
+  ``curvature=``, ``loop=`` (``'lax'``/``'host'``, automatic), ``precision=``, ``linearize=``
+  and records them (``SolverInfo``).
+* :mod:`~jaxnorm.diagnostics.curvature` -- the curvature registry ``CURVATURES``
+  (``'hessian'``, ``'ggn'`` generalized Gauss-Newton, ``'fisher'`` empirical Fisher),
+  ``SplitLoss`` (outputs + per-example loss), ``ggn_vp``, ``fisher_vp``, ``curvature_vp``.
 * :mod:`~jaxnorm.diagnostics.hessian_conditioning` -- Def. 2.4's κ = ‖H‖‖w‖/‖g‖ and the
   directional ‖Hĝ‖‖w‖/‖g‖ (``hessian_condition_number``, ``directional_condition_number``),
   the η sweeps of κ_W and κ_X with a plateau verdict (``kappa_w_sweep``, ``kappa_x_sweep``,
@@ -54,11 +60,15 @@ from jaxnorm.diagnostics.effective_rank import (
     stable_rank,
     stable_rank_from_gram,
 )
+from jaxnorm.diagnostics.curvature import CURVATURES, SplitLoss, curvature_vp, fisher_vp, ggn_vp
 from jaxnorm.diagnostics.hessian import (
+    SolverInfo,
+    TraceResult,
     block_loss_fn,
     flat_hvp,
     hessian_loss_fn,
     hutchinson_trace,
+    hutchpp_trace,
     hvp,
     lanczos,
     outlier_ratio,
@@ -116,6 +126,14 @@ __all__ = [
     "lanczos",
     "hvp",
     "hutchinson_trace",
+    "hutchpp_trace",
+    "SolverInfo",
+    "TraceResult",
+    "CURVATURES",
+    "SplitLoss",
+    "curvature_vp",
+    "ggn_vp",
+    "fisher_vp",
     "hessian_loss_fn",
     "flat_hvp",
     "block_loss_fn",

@@ -43,23 +43,24 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm.observers.probe import probe_batches
 from jaxnorm.modes import check_bn_mode
+from jaxnorm.diagnostics.curvature import check_curvature
 from jaxnorm.diagnostics.hessian import BN_MODES, hessian_loss_fn, lanczos, power_iteration, top_eigenpairs
 
 __all__ = ["METHODS", "Sharpness"]
 
 
-def _by_lanczos(loss, params, v0, num_iters: int, tol) -> tuple[jax.Array, Any, jax.Array]:
-    vals, vecs = top_eigenpairs(lanczos(loss, params, num_iters, v0=v0), 1)
+def _by_lanczos(loss, params, v0, num_iters: int, tol, curvature: str = "hessian") -> tuple[jax.Array, Any, jax.Array]:
+    vals, vecs = top_eigenpairs(lanczos(loss, params, num_iters, v0=v0, curvature=curvature), 1)
     _, unravel = ravel_pytree(params)
     return vals[0], unravel(vecs[0]), jnp.asarray(num_iters, jnp.int32)
 
 
-def _by_power_iteration(loss, params, v0, num_iters: int, tol) -> tuple[jax.Array, Any, jax.Array]:
-    r = power_iteration(loss, params, v0=v0, num_iters=num_iters, tol=tol)
+def _by_power_iteration(loss, params, v0, num_iters: int, tol, curvature: str = "hessian") -> tuple[jax.Array, Any, jax.Array]:
+    r = power_iteration(loss, params, v0=v0, num_iters=num_iters, tol=tol, curvature=curvature)
     return r.eigenvalue, r.eigenvector, r.iterations
 
 
-# (loss, params, v0, num_iters, tol) -> (top eigenvalue, its eigenvector (params-shaped), HVPs used)
+# (loss, params, v0, num_iters, tol, curvature='hessian') -> (top eigenvalue, its eigenvector (params-shaped), products used)
 METHODS: dict[str, Callable] = {"lanczos": _by_lanczos, "power_iteration": _by_power_iteration}
 
 
@@ -85,9 +86,12 @@ class Sharpness:
       weight_decay: λ of the training loss's ``0.5·λ·Σ‖W‖²`` (kernels), to measure the
         Hessian of exactly what is trained.
       seed: the key of the first (cold) start vector.
+      curvature: the matrix whose top eigenvalue is tracked: ``'hessian'`` (default),
+        ``'ggn'`` or ``'fisher'`` (:data:`jaxnorm.diagnostics.curvature.CURVATURES`);
+        recorded in the annotations (as ``curvature``) when it is not the Hessian.
 
     Raises:
-      ValueError: unknown method or BN mode, ``every``/``num_iters`` < 1, a probe set
+      ValueError: unknown method, curvature or BN mode, ``every``/``num_iters`` < 1, a probe set
         smaller than one batch, or a BN probe batch of one example.
     """
 
@@ -111,7 +115,9 @@ class Sharpness:
         loss="ce",
         weight_decay: float = 0.0,
         seed: int = 0,
+        curvature: str = "hessian",
     ):
+        check_curvature(curvature)
         if method not in METHODS:
             raise ValueError(f"unknown sharpness method {method!r}; known: {sorted(METHODS)}.")
         check_bn_mode(bn_mode, BN_MODES)
@@ -120,7 +126,10 @@ class Sharpness:
         self.x, self.y = probe_batches(images, labels, mean, std, batch_size)
         self.module, self.every, self.method, self.num_iters, self.tol = module, every, method, num_iters, tol
         self.bn_mode, self.weight_decay, self.seed, self.loss = bn_mode, weight_decay, seed, loss
+        self.curvature = curvature
         self.annotations = {"bn_mode": bn_mode, "method": method, **({"objective": loss} if isinstance(loss, str) else {})}
+        if curvature != "hessian":
+            self.annotations["curvature"] = curvature
 
     def init_carry(self, state) -> Any:
         """The first start vector: a unit Gaussian direction, params-shaped."""
@@ -132,5 +141,5 @@ class Sharpness:
 
     def __call__(self, state, carry) -> tuple[dict[str, jax.Array], Any]:
         loss = hessian_loss_fn(self.module, state.variables, self.x, self.y, bn_mode=self.bn_mode, weight_decay=self.weight_decay, loss=self.loss)
-        value, vector, used = METHODS[self.method](loss, state.params, carry, self.num_iters, self.tol)
+        value, vector, used = METHODS[self.method](loss, state.params, carry, self.num_iters, self.tol, curvature=self.curvature)
         return {"sharpness": value, "loss": loss(state.params), "iterations": used}, vector

@@ -113,7 +113,7 @@ class SpectralDensity:
 
     def __call__(self, state) -> dict[str, jax.Array]:
         loss = hessian_loss_fn(self.module, state.variables, self.x, self.y, bn_mode=self.bn_mode, weight_decay=self.weight_decay, loss=self.loss)
-        return spectral_density(
+        out = spectral_density(
             loss,
             state.params,
             key=jax.random.PRNGKey(self.seed),
@@ -122,3 +122,5 @@ class SpectralDensity:
             num_points=self.num_points,
             sigma=self.sigma,
         )
+        out.pop("info")  # a SolverInfo (not an array): the record holds the arrays only
+        return out

@@ -117,6 +117,7 @@ def test_probe_batches_average_the_loss(tiny):
         ({"num_iters": 0}, "num_iters >= 1"),
         ({"batch_size": 1}, "batch_size must lie in"),
         ({"batch_size": 9}, "batch_size must lie in"),
+        ({"curvature": "kfac"}, "unknown curvature"),
     ],
 )
 def test_bad_settings_are_clear_errors(tiny, kwargs, match):
@@ -168,3 +169,14 @@ def test_fit_many_carries_each_runs_eigenvector(tmp_path):
     assert [(s, i) for s, _, i in same] == [(s, i) for s, _, i in ref]
     np.testing.assert_allclose([v for _, v, _ in same], [v for _, v, _ in ref], rtol=1e-5)
     assert not np.allclose([v for _, v, _ in other], [v for _, v, _ in ref], rtol=1e-3)
+
+
+def test_the_curvature_is_selectable_and_annotated(tiny):
+    """curvature='ggn': the top eigenvalue of the generalized Gauss-Newton matrix (PSD, so
+    positive), named in the annotations; the Hessian (default) adds no key."""
+    module, state = tiny
+    obs = Sharpness(module, *PROBE, DIGITS.mean, DIGITS.std, num_iters=5, curvature="ggn")
+    assert obs.annotations["curvature"] == "ggn"
+    assert "curvature" not in Sharpness(module, *PROBE, DIGITS.mean, DIGITS.std).annotations
+    record, _ = jax.jit(obs)(state, obs.init_carry(state))
+    assert float(record["sharpness"]) > 0
