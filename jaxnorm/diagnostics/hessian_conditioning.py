@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxnorm._precision import as_working
 from jaxnorm.diagnostics._mapping import map_batched
 from jaxnorm.diagnostics.hessian import _lanczos_flat, flat_hvp, hvp
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
@@ -90,7 +91,7 @@ Loss = Callable[[Any], jax.Array]
 
 def _norm(tree) -> jax.Array:
     flat, _ = ravel_pytree(tree)
-    return jnp.linalg.norm(flat.astype(jnp.float32))
+    return jnp.linalg.norm(as_working(flat))
 
 
 def _safe_ratio(num, den):
@@ -99,7 +100,7 @@ def _safe_ratio(num, den):
 
 
 class HessianConditioning(NamedTuple):
-    """Float32 scalars.
+    """Scalars in the working precision (float32; float64 for float64 parameters).
 
     ``kappa``: Def. 2.4, ``‖H‖₂·‖w‖/‖g‖``; ``directional``: ``‖H ĝ‖·‖w‖/‖g‖`` (the η → 0
     limit of κ_W with the Def. 2.7 perturbations); ``hessian_norm``: the estimate of
@@ -147,12 +148,13 @@ def hessian_condition_number(loss_fn: Loss, params: Any, *, order: int = 20, v0:
     if not 1 <= order <= p:
         raise ValueError(f"Lanczos order must lie in [1, {p}] (the number of parameters), got {order}.")
     g, _ = ravel_pytree(jax.grad(loss_fn)(params))
-    g = g.astype(jnp.float32)
+    flat_w = as_working(flat_w)  # the HVP's working dtype: float32, or float64 params' float64
+    g = g.astype(flat_w.dtype)
     g_norm = jnp.linalg.norm(g)
-    w_norm = jnp.linalg.norm(flat_w.astype(jnp.float32))
+    w_norm = jnp.linalg.norm(flat_w)
     g_hat = g / jnp.where(g_norm > 0, g_norm, 1.0)
     hg_norm = jnp.linalg.norm(matvec(g_hat))
-    start = g_hat if v0 is None else ravel_pytree(v0)[0].astype(jnp.float32)
+    start = g_hat if v0 is None else ravel_pytree(v0)[0].astype(flat_w.dtype)
     start = start / jnp.linalg.norm(start)
     res = _lanczos_flat(matvec, start, order)
     ritz = jnp.linalg.eigvalsh(res.tridiagonal())

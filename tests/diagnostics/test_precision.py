@@ -32,3 +32,20 @@ def test_half_precision_is_computed_in_float32():
     g = jnp.ones((3, 4), jnp.bfloat16)
     assert flatten({"w": g}, batch_dims=1).dtype == jnp.float32
     assert gram(g).dtype == jnp.float32 and gradient_diversity(g).dtype == jnp.float32
+
+
+def test_the_hessian_condition_number_of_a_float64_quadratic_is_exact():
+    from jaxnorm.diagnostics import hessian_condition_number
+
+    rng = np.random.default_rng(1)
+    q = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    a = q @ np.diag([5.0, 2.0, 1.0, 0.5, 0.2, 0.1]) @ q.T
+    bvec, w = rng.standard_normal(6), rng.standard_normal(6)
+    with jax.enable_x64(True):
+        loss = lambda p: 0.5 * p["w"] @ jnp.asarray(a) @ p["w"] - jnp.asarray(bvec) @ p["w"]
+        got = hessian_condition_number(loss, {"w": jnp.asarray(w)}, order=6)  # order = P: Lanczos is exact
+        assert got.kappa.dtype == jnp.float64
+    g = a @ w - bvec
+    # Exact in exact arithmetic; float64 rounding of a 6-step Lanczos, ~1e-14 relative.
+    assert float(got.kappa) == pytest.approx(5.0 * np.linalg.norm(w) / np.linalg.norm(g), rel=1e-10)
+    assert float(got.directional) == pytest.approx(np.linalg.norm(a @ g) / np.linalg.norm(g) * np.linalg.norm(w) / np.linalg.norm(g), rel=1e-10)
