@@ -118,14 +118,14 @@ def torch_variants(cfg: Settings, log) -> dict:
     ty = torch.from_numpy(labels[: cfg.batch].astype(np.int64))
 
     def net():
-        model = build_torch_model("3c3d", "vanilla", CLASSES)
-        for block in model.blocks.values():  # the custom Pad -> nn.ZeroPad2d (same (left, right, top, bottom))
-            if not isinstance(block, torch.nn.Sequential):
-                continue
-            for i, m in enumerate(list(block)):
-                if type(m).__name__ == "Pad":
-                    block[i] = torch.nn.ZeroPad2d(m.pads)
-        return model
+        # One flat nn.Sequential with nn.ZeroPad2d for the custom Pad (the same (left, right,
+        # top, bottom)): BackPACK's second-order extensions, which `business` needs, walk
+        # known modules only.
+        layers = []
+        for block in build_torch_model("3c3d", "vanilla", CLASSES).blocks.values():
+            for m in block if isinstance(block, torch.nn.Sequential) else [block]:
+                layers.append(torch.nn.ZeroPad2d(m.pads) if type(m).__name__ == "Pad" else m)
+        return torch.nn.Sequential(*layers)
 
     plain_net = net()
     plain_opt = torch.optim.SGD(plain_net.parameters(), lr=0.01)
