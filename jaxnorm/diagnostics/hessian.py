@@ -41,8 +41,12 @@ Every solver takes the same four options, and records them in its result
     20 power iterations of 3C3D took 14.6 s in a ``while_loop`` against 20 × 0.13 s of
     jitted HVPs). ``'auto'`` (default): ``'host'`` on a CPU backend (the params' device
     platform), ``'lax'`` elsewhere, and ``'lax'`` whenever the call is being traced
-    (inside ``jax.jit``, ``vmap``...: a Python loop cannot run there). Both loops run the
-    same iteration function, so they agree to rounding.
+    (inside ``jax.jit``, ``vmap``...: a Python loop cannot run there). ``'unroll'``: every
+    iteration unrolled into the caller's program (also under ``jax.jit``); the iteration
+    count must be a Python int, compile time grows with it, and a convergence tolerance
+    only masks the iterations after convergence -- for a few iterations inside a jitted
+    CPU program (the ``Instruments`` observer). All loops run the same iteration function,
+    so they agree to rounding.
 ``precision``
     The matmul/convolution precision of the curvature products (a value of
     ``jax.default_matmul_precision``): ``'highest'`` by default, full float32 on every
@@ -116,7 +120,7 @@ __all__ = [
 ]
 
 BN_MODES = ("batch", "running")  # jaxnorm.modes: batch statistics (train mode) or running ones (eval)
-LOOPS = ("auto", "lax", "host")
+LOOPS = ("auto", "lax", "host", "unroll")
 Loss = Callable[[Any], jax.Array]
 
 
@@ -337,6 +341,11 @@ def _fori(op: _Operator, kind, body, n, carry, *extra, donate: bool = False):
     if op.loop == "lax":
         matvec = op.matvec()
         return jax.lax.fori_loop(0, n, lambda i, c: body(matvec, i, c, *extra), carry)
+    if op.loop == "unroll":
+        matvec = op.matvec()
+        for i in range(int(n)):
+            carry = body(matvec, i, carry, *extra)
+        return carry
     n = int(n)
     full, rest = divmod(n, HOST_CHUNK)
     donate_argnums = (2,) if donate else ()
@@ -468,6 +477,12 @@ def power_iteration(
         if loop == "lax":
             matvec = op.matvec()
             carry = jax.lax.while_loop(lambda c: _power_cond(c, num_iters, tol), lambda c: _power_body(matvec, c, shift), carry)
+        elif loop == "unroll":
+            if isinstance(num_iters, jax.core.Tracer):
+                raise ValueError("loop='unroll' unrolls num_iters iterations: pass a Python int, not a traced value.")
+            _check_count(num_iters, "num_iters", minimum=0)
+            chunk = _power_host_chunk(int(num_iters))
+            carry, _ = chunk(op.matvec(), carry, shift, jnp.asarray(num_iters, jnp.int32), jnp.asarray(tol, dtype))
         else:
             step = op.step(("power", HOST_CHUNK), lambda: _power_host_chunk(HOST_CHUNK))
             n, t = jnp.asarray(num_iters, jnp.int32), jnp.asarray(tol, dtype)
@@ -695,6 +710,9 @@ def _apply_rows(op: _Operator, rows: jax.Array, k: int) -> jax.Array:
     if op.loop == "lax":
         matvec = op.matvec()
         out = jax.lax.map(lambda i: jax.vmap(matvec)(rows[i]), idx)
+    elif op.loop == "unroll":
+        matvec = op.matvec()
+        out = jnp.stack([jax.vmap(matvec)(rows[i]) for i in idx])
     else:
         step = op.step("rows", lambda: _vmapped)
         out = jnp.stack([step(op.params, rows[i]) for i in idx])

@@ -21,8 +21,8 @@ the Gram matrix; definitions in the modules named):
 ``confusion``            Def. 3.11: minus the most negative pairwise cosine (0 if none is negative)
 ``relative_rank``        Def. 3.7: stable rank of the per-example gradients over its Gaussian reference
 ``mean_gsnr``            Liu et al. (2020), needs the per-coordinate second moment
-``hessian_trace``        Hutchinson's estimate, ``trace_probes`` Rademacher probes
-``top_eigenvalue``       power iteration, ``eig_iters`` HVPs
+``hessian_trace``        Hutchinson's estimate, ``trace_probes`` Rademacher probes (one vectorized product)
+``top_eigenvalue``       power iteration, ``eig_iters`` HVPs unrolled in the observer's program
 =======================  ===================================================================
 
 Presets (:data:`PRESETS`, after Cockpit's configurations of the same names; Schneider,
@@ -170,8 +170,11 @@ class Instruments:
         if want & {"hessian_trace", "top_eigenvalue"}:
             hloss = hessian_loss_fn(self.module, state.variables, x, y, bn_mode="batch", weight_decay=self.weight_decay, loss=self.loss)
             key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state.step)
+            # Unrolled into this program ('unroll'): a handful of products, and XLA:CPU runs
+            # convolutions inside a lax loop several times slower (jaxnorm.diagnostics.hessian).
             if "hessian_trace" in want:
-                out["hessian_trace"] = hutchinson_trace(hloss, state.params, key=key, num_samples=self.trace_probes)[0]
+                out["hessian_trace"] = hutchinson_trace(hloss, state.params, key=key, num_samples=self.trace_probes,
+                                                        probes_per_call=self.trace_probes, loop="unroll").estimate  # fmt: skip
             if "top_eigenvalue" in want:
-                out["top_eigenvalue"] = power_iteration(hloss, state.params, key=key, num_iters=self.eig_iters, tol=0.0).eigenvalue
+                out["top_eigenvalue"] = power_iteration(hloss, state.params, key=key, num_iters=self.eig_iters, tol=0.0, loop="unroll").eigenvalue
         return out, {"initial": carry["initial"], "previous": state.params}

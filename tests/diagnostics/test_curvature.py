@@ -256,6 +256,11 @@ def test_host_loop_equals_lax_loop(mlp):
     q = _quadratic(A_PSD)
     lz = {loop: lanczos(q, jnp.zeros(P_Q), 10, loop=loop) for loop in ("host", "lax")}  # 2 host chunks
     np.testing.assert_allclose(lz["host"].alphas, lz["lax"].alphas, atol=1e-5 * float(jnp.abs(lz["lax"].alphas).max()))
+    # 'unroll': the same iterations traced into the caller's program, also under jit.
+    unrolled = jax.jit(lambda a: lanczos(q, a, 10, loop="unroll").alphas)(jnp.zeros(P_Q))
+    np.testing.assert_allclose(unrolled, lz["lax"].alphas, atol=1e-5 * float(jnp.abs(lz["lax"].alphas).max()))
+    top = jax.jit(lambda a: power_iteration(q, a, num_iters=10, tol=0.0, loop="unroll").eigenvalue)(jnp.zeros(P_Q))
+    assert float(top) == pytest.approx(float(power_iteration(q, jnp.zeros(P_Q), num_iters=10, tol=0.0, loop="lax").eigenvalue), rel=1e-5)
     # Linearized once, then applied: the same products to rounding ('auto' picks the lax
     # loop: the linearization is reused within one program).
     lin = power_iteration(split, v["params"], num_iters=30, tol=0.0, linearize=True)
