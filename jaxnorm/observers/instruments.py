@@ -9,7 +9,7 @@ and writes ``{"kind": "instruments", "step": s, <quantity>: value, ...}`` to
 the Gram matrix; definitions in the modules named):
 
 =======================  ===================================================================
-``loss``                 mean loss of the batch (the per-example pass's forward)
+``loss``                 mean loss of the observer's batch (one more forward pass; not in the presets)
 ``grad_norm``            ‖ḡ‖
 ``update_size``          ‖θ_t − θ_s‖ since the previous observation s (one step's update at ``every=1``)
 ``distance``             ‖θ_t − θ_0‖ from the parameters training started from (the carry; a resumed run restores it)
@@ -59,13 +59,15 @@ from jaxnorm.diagnostics.masking import num_coordinates
 from jaxnorm.modes import check_bn_mode
 from jaxnorm.objective import get_loss
 
-ECONOMY = ("loss", "grad_norm", "update_size", "distance", "norm_test", "inner_product_test", "orthogonality_test",
+# No "loss" in the presets: the training batch's loss is in every "train" line already,
+# and the observer batch's costs one more forward pass (ask for it by name).
+ECONOMY = ("grad_norm", "update_size", "distance", "norm_test", "inner_product_test", "orthogonality_test",
            "coherence", "per_example_diversity", "confusion", "relative_rank")  # fmt: skip
 BUSINESS = ECONOMY + ("mean_gsnr", "hessian_trace")
 FULL = BUSINESS + ("top_eigenvalue",)
 #: Preset name -> quantities, cheapest first.
 PRESETS: dict[str, tuple[str, ...]] = {"economy": ECONOMY, "business": BUSINESS, "full": FULL}
-QUANTITIES = FULL
+QUANTITIES = ("loss",) + FULL
 
 _GRAM = {"norm_test", "inner_product_test", "orthogonality_test", "coherence", "per_example_diversity", "confusion", "relative_rank"}
 

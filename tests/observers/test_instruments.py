@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 def test_every_quantity_equals_its_definition_on_the_observed_batch(setup):
     _, ds, module, state, obs, rec, carry = setup
-    assert set(rec) == set(INSTRUMENT_PRESETS["full"])
+    assert set(rec) == set(INSTRUMENT_PRESETS["full"]) and "loss" not in rec
     x, y = obs._batch(state.step)  # the batch the observer drew (a function of seed and step)
     g = np.asarray(flatten(per_example_grads(module, state.variables, x, y, bn_mode="frozen"), batch_dims=1), np.float64)
     b = len(g)
@@ -61,6 +61,11 @@ def test_every_quantity_equals_its_definition_on_the_observed_batch(setup):
     for name, value in ref.items():
         assert float(rec[name]) == pytest.approx(value, rel=1e-3, abs=1e-6), name
     assert float(rec["update_size"]) == float(rec["distance"]) == 0.0  # the carry is the state itself
+    # "loss" (by name only): the mean cross-entropy of the batch, BN on its statistics as in 'frozen'.
+    only_loss = Instruments(module, ds.images[:64], ds.labels[:64], mean=ds.mean, std=ds.std, quantities=("loss",), batch_size=B)
+    logits = module.apply(state.variables, x, train=True, mutable=["batch_stats"])[0]
+    ce = -np.mean(np.asarray(jax.nn.log_softmax(logits))[np.arange(b), np.asarray(y)])
+    assert float(only_loss(state, carry)[0]["loss"]) == pytest.approx(ce, rel=1e-5)
 
     # The Hessian quantities: training's batch-mode loss on the same batch, the library's
     # solvers (tested against dense Hessians in tests/diagnostics) with the observer's key,
