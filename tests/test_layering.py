@@ -17,10 +17,11 @@ import sys
 import jaxnorm
 
 ROOT = pathlib.Path(jaxnorm.__file__).parent
-BASE = {"_registry", "_tree"}
+BASE = {"_registry", "_tree", "_precision"}
 ALLOWED = {
     "_registry": set(),
     "_tree": set(),
+    "_precision": set(),
     "norms": BASE,
     "inits": BASE,
     "layers": BASE | {"norms"},
