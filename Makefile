@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The project's main job: the BatchNorm ablation on the offline digits, plots + summary.md
-# in results/ablation/digits/plots/ (three seeds, about 2 min on 2 CPU cores).
+# in results/ablation/digits/plots/ (three seeds, 1-2 min on 2 CPU cores).
 demo: $(STAMP)
 	$(PY) -m experiments.ablation
 
