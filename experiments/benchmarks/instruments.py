@@ -66,8 +66,7 @@ class Settings:
 
 def _cockpit():
     try:
-        import cockpit  # noqa: F401
-        from cockpit.utils.configuration import configuration  # noqa: F401
+        import cockpit.utils.configuration  # the presets; fails where pkg_resources is gone
 
         return cockpit
     except Exception:  # ImportError, or a broken install (cockpit needs setuptools' pkg_resources)
