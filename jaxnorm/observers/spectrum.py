@@ -40,6 +40,7 @@ from typing import Optional
 import jax
 
 from jaxnorm.observers.probe import probe_batches
+from jaxnorm.diagnostics.curvature import check_curvature
 from jaxnorm.diagnostics.hessian import BN_MODES, hessian_loss_fn, spectral_density
 from jaxnorm.modes import check_bn_mode
 
@@ -67,12 +68,15 @@ class SpectralDensity:
       loss: a name from :data:`jaxnorm.objective.LOSSES` (default ``'ce'``) or a
         per-example callable.
       weight_decay: λ of the training loss's ``0.5·λ·Σ‖W‖²`` (kernels).
+      curvature: the matrix whose density is estimated, a name of
+        :data:`jaxnorm.diagnostics.curvature.CURVATURES` (``'hessian'``, default; ``'ggn'``,
+        the Gauss-Newton matrix; ``'fisher'``, the empirical Fisher).
       seed: the key of the start vectors (the same at every call).
       name: the record's name in ``trajectories.npz`` (default ``'spectrum'``).
 
     Raises:
       ValueError: ``every``, ``order``, ``num_vectors`` or ``num_points`` < 1, a
-        non-positive ``sigma``, an unknown BN mode, a probe batch outside
+        non-positive ``sigma``, an unknown BN mode or curvature, a probe batch outside
         ``[2, len(labels)]``; at the first call, an ``order`` above the number of
         parameters.
     """
@@ -96,10 +100,12 @@ class SpectralDensity:
         bn_mode: str = "batch",
         loss="ce",
         weight_decay: float = 0.0,
+        curvature: str = "hessian",
         seed: int = 0,
         name: str = "spectrum",
     ):
         check_bn_mode(bn_mode, BN_MODES)
+        check_curvature(curvature)
         for what, v in (("every", every), ("order", order), ("num_vectors", num_vectors), ("num_points", num_points)):
             if v < 1:
                 raise ValueError(f"SpectralDensity: {what} must be >= 1, got {v}.")
@@ -110,6 +116,7 @@ class SpectralDensity:
         self.module, self.every, self.name = module, every, name
         self.order, self.num_vectors, self.num_points, self.sigma = order, num_vectors, num_points, sigma
         self.bn_mode, self.loss, self.weight_decay, self.seed = bn_mode, loss, weight_decay, seed
+        self.curvature = curvature
 
     def __call__(self, state) -> dict[str, jax.Array]:
         loss = hessian_loss_fn(self.module, state.variables, self.x, self.y, bn_mode=self.bn_mode, weight_decay=self.weight_decay, loss=self.loss)
@@ -121,6 +128,7 @@ class SpectralDensity:
             num_vectors=self.num_vectors,
             num_points=self.num_points,
             sigma=self.sigma,
+            curvature=self.curvature,
         )
         out.pop("info")  # a SolverInfo (not an array): the record holds the arrays only
         return out

@@ -69,6 +69,25 @@ def test_full_order_density_against_the_dense_hessian(norm):
     assert np.all(rec["density"] >= 0) and rec["grid"][0] < eig[0] and rec["grid"][-1] > eig[-1]
 
 
+def test_the_gauss_newton_density_is_that_of_the_dense_jacobian_product():
+    """curvature='ggn' with the mse loss: G = JᵀJ / b (J the logits' Jacobian over the
+    probe batch), positive semi-definite; full order, the Ritz values are its eigenvalues
+    (tolerances as above)."""
+    module, state = tiny("vanilla")
+    p = ravel_pytree(state.params)[0].size
+    obs = SpectralDensity(module, *PROBE, DIGITS.mean, DIGITS.std, every=1, order=p, num_vectors=1, loss="mse", curvature="ggn")
+    rec = jax.device_get(jax.jit(obs)(state))
+    flat, unravel = ravel_pytree(state.params)
+    x = obs.x.reshape((-1,) + obs.x.shape[2:])
+    jac = np.asarray(jax.jit(jax.jacfwd(lambda f: module.apply({"params": unravel(f)}, x, train=True)))(flat), np.float64)
+    jac = jac.reshape(-1, p)
+    eig = np.linalg.eigvalsh(jac.T @ jac / len(x))
+    scale = eig[-1]
+    assert rec["nodes"].max() == pytest.approx(scale, abs=1e-4 * scale) and rec["nodes"].min() >= -1e-4 * scale
+    with pytest.raises(ValueError, match="curvature"):
+        SpectralDensity(module, *PROBE, DIGITS.mean, DIGITS.std, every=1, curvature="kfac")
+
+
 def test_recorded_at_init_and_at_the_end_of_fit(tmp_path):
     """``every`` = the run's steps: records at step 0 and at the last step; the last is the
     observer's view of the final state (re-measured here by a separately compiled call:
