@@ -40,7 +40,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from experiments.benchmarks.train_step import CIFAR10, Result, _load, machine_info, make_data
+from experiments.benchmarks.train_step import CIFAR10, Result, load_average, machine_info, make_data
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import (
     batch_loss_fn,
@@ -145,7 +145,7 @@ def run_per_example(cfg: Settings, log, label: str, model: str, options: dict) -
     turns = {l: cfg.turns for l in fns}
     turns[f"per_example_grads coupled (chunk {cfg.coupled_chunk})"] = cfg.coupled_turns
     turns["python loop of jitted single grads"] = cfg.loop_turns
-    log(f"  per-example gradients, {label}, batch {cfg.batch}, {P:,} parameters (load {_load()})")
+    log(f"  per-example gradients, {label}, batch {cfg.batch}, {P:,} parameters (load {load_average()})")
     res = round_robin(fns, turns, log)
     b = cfg.batch
     held = {  # floats of gradients held at once
@@ -157,7 +157,7 @@ def run_per_example(cfg: Settings, log, label: str, model: str, options: dict) -
         "per_example_sq_norms frozen (chunk 32)": 32 * P,
         "per_example_gram frozen (chunk 32)": 2 * 32 * P,
     }
-    return {"label": label, "results": res, "params": P, "batch": b, "held": held, "load": _load()}
+    return {"label": label, "results": res, "params": P, "batch": b, "held": held, "load": load_average()}
 
 
 def run_observer(cfg: Settings, log) -> dict:
@@ -208,10 +208,10 @@ def run_observer(cfg: Settings, log) -> dict:
     fns = {l: loop_fn(*v) for l, v in variants.items()}
     turns = {l: (cfg.steps_k1 if v[2] == 1 else cfg.periods_k50) for l, v in variants.items()}
     turns["GradientConditioning all metrics, k=1"] = cfg.all_k1
-    log(f"  observer overhead, {MODEL} {NORM}, train batch {cfg.batch}, observer batch 64 x 4 batches (load {_load()})")
+    log(f"  observer overhead, {MODEL} {NORM}, train batch {cfg.batch}, observer batch 64 x 4 batches (load {load_average()})")
     res = round_robin(fns, turns, log)
     per_step = {t.label: t.median / variants[t.label][2] for t in res}
-    return {"results": res, "per_step": per_step, "k": {l: v[2] for l, v in variants.items()}, "load": _load()}
+    return {"results": res, "per_step": per_step, "k": {l: v[2] for l, v in variants.items()}, "load": load_average()}
 
 
 def render(info, cfg_name, cfg: Settings, pes: list, ob: dict, elapsed: float) -> str:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks.conditioning import REPO, round_robin, write_section
-from experiments.benchmarks.train_step import CIFAR10, _torch, build_torch_model, load_flax_into_torch, machine_info, make_data
+from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_flax_into_torch, machine_info, make_data, optional_import
 from jaxnorm.data.augmentation import normalize
 from jax.flatten_util import ravel_pytree
 
@@ -150,7 +150,7 @@ def run_power(cfg: Settings, log) -> dict:
     power_lin = jax.jit(lambda p: power_iteration(loss, p, num_iters=POWER_ITERS, tol=0.0, loop="lax", linearize=True).eigenvalue)
     host = lambda: power_iteration(loss, v["params"], num_iters=POWER_ITERS, tol=0.0, loop="host").eigenvalue
     fns = {"jaxnorm power_iteration (lax)": lambda: power(v["params"]), "jaxnorm power_iteration (lax, linearize)": lambda: power_lin(v["params"]), "jaxnorm power_iteration (host)": host}
-    torch = _torch()
+    torch = optional_import("torch")
     eig_t = None
     if torch is not None:
         tmodel = build_torch_model("3c3d", "bn_gamma_beta", 10, dropout=False)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks.conditioning import round_robin, write_section
-from experiments.benchmarks.train_step import CIFAR10, _load, _torch, build_torch_model, machine_info, make_data
+from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_average, machine_info, make_data, optional_import
 from jaxnorm.models import get_model
 from jaxnorm.observers import INSTRUMENT_PRESETS, Instruments
 from jaxnorm.train import create_state, make_optimizer, make_train_step
@@ -62,15 +62,6 @@ class Settings:
     @staticmethod
     def quick() -> "Settings":
         return Settings(batch=128, turns=4, num_examples=512)
-
-
-def _cockpit():
-    try:
-        import cockpit.utils.configuration  # the presets; fails where pkg_resources is gone
-
-        return cockpit
-    except Exception:  # ImportError, or a broken install (cockpit needs setuptools' pkg_resources)
-        return None
 
 
 def jax_variants(cfg: Settings, log) -> dict:
@@ -105,7 +96,8 @@ def jax_variants(cfg: Settings, log) -> dict:
 
 
 def torch_variants(cfg: Settings, log) -> dict:
-    torch, cockpit = _torch(), _cockpit()
+    # cockpit 1.0.2 imports pkg_resources, which setuptools 81 removed: then it does not import.
+    torch, cockpit = optional_import("torch"), optional_import("cockpit.utils.configuration")
     if torch is None or cockpit is None:
         return {}
     from backpack import extend
@@ -164,9 +156,9 @@ def torch_variants(cfg: Settings, log) -> dict:
 def run(cfg: Settings, log) -> dict:
     fns = jax_variants(cfg, log)
     fns.update(torch_variants(cfg, log))
-    log(f"  3c3d vanilla, batch {cfg.batch} (load {_load()}): {', '.join(fns)}")
+    log(f"  3c3d vanilla, batch {cfg.batch} (load {load_average()}): {', '.join(fns)}")
     res = round_robin(fns, {k: cfg.turns for k in fns}, log)
-    return {"results": res, "cockpit": any(k.startswith("torch") for k in fns), "load": _load()}
+    return {"results": res, "cockpit": any(k.startswith("torch") for k in fns), "load": load_average()}
 
 
 def render(info, cfg_name, cfg: Settings, r: dict, elapsed: float) -> str:

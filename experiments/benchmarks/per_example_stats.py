@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks.conditioning import round_robin, write_section
-from experiments.benchmarks.train_step import CIFAR10, _load, _torch, build_torch_model, load_flax_into_torch, machine_info, make_data
+from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_average, load_flax_into_torch, machine_info, make_data, optional_import
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import batch_loss_fn, num_coordinates, per_example_gram, per_example_sq_norms, per_example_statistics
 from jaxnorm.diagnostics.layerwise import layer_plan
@@ -82,19 +82,10 @@ class Settings:
         return Settings(batch=128, turns=3, num_examples=256)
 
 
-def _backpack():
-    try:
-        import backpack  # noqa: F401
-
-        return backpack
-    except Exception:  # ImportError, or a broken install
-        return None
-
-
 def _torch_deep_fc(depth: int, width: int, num_classes: int):
     """deep_fc in PyTorch: Linear(bias=False) -> BatchNorm1d -> ReLU for every hidden layer,
     a plain Linear head (jaxnorm's deep_fc with bn_gamma_beta; orthogonal init)."""
-    torch = _torch()
+    torch = optional_import("torch")
     tnn = torch.nn
     layers, fin = [tnn.Flatten()], 32 * 32 * 3
     for _ in range(depth - 1):
@@ -112,7 +103,7 @@ def torch_variants(model: str, options: dict, x: np.ndarray, y: np.ndarray, vari
     """``({label: fn}, parity)``: PyTorch's batch gradient and BackPACK's BatchL2Grad, and
     for 3C3D the max relative difference of BackPACK's squared norms from jaxnorm's
     (running mode, same weights). Empty where torch/BackPACK do not import."""
-    torch, backpack = _torch(), _backpack()
+    torch, backpack = optional_import("torch"), optional_import("backpack")
     if torch is None or backpack is None:
         return {}, None
     from backpack import extend
@@ -170,7 +161,7 @@ def run_model(cfg: Settings, log, label: str, model: str, options: dict) -> dict
         "gram layerwise": jit(lambda v, x, y: per_example_gram(module, v, x, y, method="layerwise", **kw)),
         "all four statistics layerwise": jit(lambda v, x, y: per_example_statistics(module, v, x, y, method="layerwise", **kw)),
     }
-    log(f"  {label}, batch {cfg.batch}, {P:,} parameters, BN {MODE} (load {_load()})")
+    log(f"  {label}, batch {cfg.batch}, {P:,} parameters, BN {MODE} (load {load_average()})")
     fns = {k: (lambda f=f: f(v, x, y)) for k, f in fns_jax.items()}
     torch_fns, parity = torch_variants(model, options, np.asarray(x), np.asarray(y), jax.device_get(v))
     if parity is not None:
@@ -195,7 +186,7 @@ def run_model(cfg: Settings, log, label: str, model: str, options: dict) -> dict
     plan = layer_plan(module, v, x)
     return {
         "label": label, "results": res, "params": P, "batch": cfg.batch, "checks": checks, "parity": parity,
-        "torch": bool(torch_fns), "plan": plan, "load": _load(),
+        "torch": bool(torch_fns), "plan": plan, "load": load_average(),
     }
 
 

@@ -57,6 +57,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import importlib
 import json
 import os
 import platform
@@ -312,12 +313,13 @@ def make_minimal_step(module, tx, *, batch_size: int, mean, std) -> Callable:
 # (c) PyTorch reference.
 
 
-def _torch():
+def optional_import(name: str):
+    """The module ``name`` (e.g. ``'torch'``, ``'backpack'``), or None where it does not
+    import -- ImportError, or a broken install: the PyTorch baselines of every benchmark
+    are optional (the ``bench`` extra)."""
     try:
-        import torch  # noqa: F401
-
-        return torch
-    except Exception:  # ImportError, or a broken install
+        return importlib.import_module(name)
+    except Exception:
         return None
 
 
@@ -332,7 +334,7 @@ def build_torch_model(name: str, norm: str, num_classes: int, *, dropout: bool =
     """The network in PyTorch, NCHW. TF 'SAME' padding: symmetric cases use the conv's own
     padding, asymmetric ones (stride 2, and the max pools) an explicit zero pad, as the
     DeepOBS PyTorch code does. BN: ``BatchNorm2d/1d(eps=1e-5, momentum=0.1)`` (= Flax 0.9)."""
-    torch = _torch()
+    torch = optional_import("torch")
     tnn = torch.nn
     F = torch.nn.functional
     bn = {"vanilla": False, "bn_gamma_beta": True}[norm]
@@ -408,7 +410,7 @@ def build_torch_model(name: str, norm: str, num_classes: int, *, dropout: bool =
 
 def load_flax_into_torch(tmodel, variables, name: str):
     """Copies a jaxnorm/flax parameter tree into :func:`build_torch_model`'s network."""
-    torch = _torch()
+    torch = optional_import("torch")
     params = variables["params"]
     stats = variables.get("batch_stats", {})
     t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))
@@ -488,7 +490,7 @@ class JaxRunner(Runner):
 
 class TorchRunner(Runner):
     def __init__(self, label, name, norm, num_classes, images_nhwc, labels, perm, mean, std, batch, channels_last: bool):
-        torch = _torch()
+        torch = optional_import("torch")
         self.torch = torch
         self.label = label
         self.dev = torch.device("cuda" if (torch.cuda.is_available() and jax.default_backend() == "gpu") else "cpu")
@@ -693,7 +695,7 @@ def parity(name: str, norm: str, batch: int = 16) -> dict:
     out["flax_rel_err"] = rel(fwd(fm)(variables, x)) if same_tree else float("nan")
     if name == "3c3d" and norm == "bn_gamma_beta":
         out["slices_rel_err"] = rel(fwd(flax_model(name, norm, classes, pool="slices"))(variables, x))
-    torch = _torch()
+    torch = optional_import("torch")
     if torch is not None:
         tm = build_torch_model(name, norm, classes, dropout=False)
         load_flax_into_torch(tm, variables, name)
@@ -758,7 +760,8 @@ def measure(runners: Sequence[Runner], steps, warmup: int, block: int, log) -> l
     return results
 
 
-def _load() -> str:
+def load_average() -> str:
+    """The 1/5/15-minute load averages, '1.7/1.9/2.1' ('n/a' where the OS has none)."""
     try:
         return "%.1f/%.1f/%.1f" % os.getloadavg()
     except OSError:
@@ -770,12 +773,12 @@ def _load() -> str:
 
 
 def run_main(cfg: Settings, args, log) -> dict:
-    has_torch = _torch() is not None and not args.no_torch
+    has_torch = optional_import("torch") is not None and not args.no_torch
     out = {"groups": [], "parity": {}, "torch": has_torch}
     for name in args.models.split(","):
         batch, steps = cfg.batch[name], (args.steps or cfg.main_steps[name])
         for norm in NORMS:
-            log(f"  main: {name} {norm} batch {batch}, {steps} timed steps (load {_load()})")
+            log(f"  main: {name} {norm} batch {batch}, {steps} timed steps (load {load_average()})")
             if not args.no_check:
                 out["parity"][(name, norm)] = p = parity(name, norm)
                 log(f"    parity: {p}")
@@ -789,11 +792,11 @@ def run_main(cfg: Settings, args, log) -> dict:
                     torch_runner("torch", name, norm, batch, cfg.num_examples, channels_last=False),
                     torch_runner("torch-cl", name, norm, batch, cfg.num_examples, channels_last=True),
                 ]
-            load0 = _load()
+            load0 = load_average()
             res = measure(runners, steps, cfg.warmup, cfg.block, log)
             finite = all(np.all(np.isfinite(np.asarray(r.last_loss.cpu() if hasattr(r.last_loss, "cpu") else r.last_loss))) for r in runners)
             out["groups"].append({"model": name, "norm": norm, "batch": batch, "steps": steps, "results": res,
-                                  "load": (load0, _load()), "finite": finite})  # fmt: skip
+                                  "load": (load0, load_average()), "finite": finite})  # fmt: skip
             for r in runners:
                 r.close()
     return out
@@ -805,12 +808,12 @@ def run_multi(cfg: Settings, args, log) -> dict:
     for n in cfg.multi_runs:
         steps = args.multi_steps or cfg.multi_steps[n]
         strategies = cfg.multi_strategies[n]
-        log(f"  multi: N={n} {strategies}, {steps} timed steps (load {_load()})")
+        log(f"  multi: N={n} {strategies}, {steps} timed steps (load {load_average()})")
         runners = [multi_runner(s, s, n, batch, cfg.num_examples) for s in strategies]
-        load0 = _load()
+        load0 = load_average()
         want = {s: min(steps, cfg.multi_cap.get(s, steps)) for s in strategies}
         res = measure(runners, want, cfg.multi_warmup, cfg.block, log)
-        groups.append({"runs": n, "steps": want, "results": res, "load": (load0, _load()),
+        groups.append({"runs": n, "steps": want, "results": res, "load": (load0, load_average()),
                        "skipped": [s for s in STRATEGIES if s not in strategies]})  # fmt: skip
     return {"groups": groups, "batch": batch}
 
@@ -819,26 +822,26 @@ def run_cpu(cfg: Settings, args, log) -> dict:
     name, norm = "3c3d", "bn_gamma_beta"
     batch, steps = cfg.batch[name], (args.steps or cfg.cpu_steps)
     out = {"steps": steps, "batch": batch}
-    log(f"  cpu: XLA flags, jaxnorm step {name} {norm} (load {_load()})")
+    log(f"  cpu: XLA flags, jaxnorm step {name} {norm} (load {load_average()})")
     spec = {"model": name, "norm": norm, "batch": batch, "num_examples": cfg.num_examples}
     runners = [WorkerRunner(flags or "(none)", spec, flags) for flags in CPU_FLAG_SETS]  # start together
     runners = [r.wait_ready() for r in runners]
-    load0 = _load()
+    load0 = load_average()
     out["flags"] = measure(runners, steps, cfg.warmup, cfg.block, log)
-    out["flags_load"] = (load0, _load())
+    out["flags_load"] = (load0, load_average())
     for r in runners:
         r.close()
     out["flag_warnings"] = {r.label: r.warnings for r in runners if r.warnings}
-    log(f"  cpu: Flax reference variants (minimal step) (load {_load()})")
+    log(f"  cpu: Flax reference variants (minimal step) (load {load_average()})")
     classes = MODELS[name][0]
     runners = [
         minimal_runner("flax f32", flax_model(name, norm, classes), name, batch, cfg.num_examples),
         minimal_runner("flax bf16", flax_model(name, norm, classes, dtype=jnp.bfloat16), name, batch, cfg.num_examples),
         minimal_runner("flax f32 slice-pool", flax_model(name, norm, classes, pool="slices"), name, batch, cfg.num_examples),
     ]  # fmt: skip
-    load0 = _load()
+    load0 = load_average()
     out["variants"] = measure(runners, steps, cfg.warmup, cfg.block, log)
-    out["variants_load"] = (load0, _load())
+    out["variants_load"] = (load0, load_average())
     return out
 
 
@@ -853,7 +856,7 @@ def machine_info() -> dict:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    torch = _torch()
+    torch = optional_import("torch")
     devs = jax.devices()
     backend = jax.default_backend()
     kind = devs[0].device_kind if backend != "cpu" else cpu

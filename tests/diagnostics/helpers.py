@@ -42,6 +42,30 @@ def batch(seed: int = 0, b: int = B):
     return x, y
 
 
+def draw_variables(shapes, r: np.random.Generator):
+    """Generic values for a variables tree of ``shapes`` (``jax.eval_shape`` of an init),
+    drawn from ``r`` in NumPy: kernels ~ N(0, 1/fan_in), biases and β ~ N(0, 0.2²), γ and
+    weight norm's g ~ 1 + N(0, 0.2²), the ``bn_ablation`` superset's switches 1, running
+    means ~ N(0, 0.5²) and variances ~ U(0.5, 2), so no gradient entry is trivially 0 and
+    the ``running`` mode differs from the ``frozen`` one."""
+
+    def draw(path, s):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            a = r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+        elif leaf in ("scale", "g", "use_scale", "use_bias", "use_norm"):
+            a = 1 + 0.2 * r.normal(size=s.shape) if leaf in ("scale", "g") else np.ones(s.shape)
+        elif leaf == "var":
+            a = r.uniform(0.5, 2.0, size=s.shape)
+        elif leaf == "mean":
+            a = 0.5 * r.normal(size=s.shape)
+        else:
+            a = 0.2 * r.normal(size=s.shape)
+        return jnp.asarray(a, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, dict(shapes))
+
+
 @functools.lru_cache(maxsize=None)
 def model(name: str):
     """``(module, variables)`` with generic values drawn here in NumPy (no init compile):
@@ -53,21 +77,7 @@ def model(name: str):
     shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), jnp.zeros((1,) + SHAPE))
     r = np.random.default_rng(zlib.crc32(name.encode()))
 
-    def draw(path, s):
-        leaf = path[-1].key
-        if leaf == "kernel":
-            a = r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        elif leaf == "scale":
-            a = 1 + 0.2 * r.normal(size=s.shape)
-        elif leaf == "var":
-            a = r.uniform(0.5, 2.0, size=s.shape)
-        elif leaf == "mean":
-            a = 0.5 * r.normal(size=s.shape)
-        else:
-            a = 0.2 * r.normal(size=s.shape)
-        return jnp.asarray(a, jnp.float32)
-
-    return module, jax.tree_util.tree_map_with_path(draw, dict(shapes))
+    return module, draw_variables(shapes, r)
 
 
 def ce(logits, y):

@@ -59,7 +59,7 @@ from jaxnorm.diagnostics import (
 from jaxnorm.diagnostics.layerwise import STATISTICS, layer_plan
 from jaxnorm.layers import set_ablation_variant
 from jaxnorm.models import get_model
-from tests.diagnostics.helpers import CLASSES, assert_tree_close
+from tests.diagnostics.helpers import CLASSES, assert_tree_close, draw_variables
 
 F32_RTOL = 2e-5  # expected worst case ~2e-6 (module docstring)
 F64_RTOL = 1e-10
@@ -109,21 +109,7 @@ def case(name):
     shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x[:1])
     r = np.random.default_rng(zlib.crc32(name.encode()))
 
-    def draw(path, s):
-        leaf = path[-1].key
-        if leaf == "kernel":
-            a = r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        elif leaf in ("scale", "g", "use_scale", "use_bias", "use_norm"):
-            a = 1 + 0.2 * r.normal(size=s.shape) if leaf in ("scale", "g") else np.ones(s.shape)
-        elif leaf == "var":
-            a = r.uniform(0.5, 2.0, size=s.shape)
-        elif leaf == "mean":
-            a = 0.5 * r.normal(size=s.shape)
-        else:
-            a = 0.2 * r.normal(size=s.shape)
-        return jnp.asarray(a, jnp.float32)
-
-    v = jax.tree_util.tree_map_with_path(draw, dict(shapes))
+    v = draw_variables(shapes, r)
     opts = dict(opts)
     if "variant" in opts:
         v = {**v, "batch_stats": set_ablation_variant(v["batch_stats"], opts.pop("variant"))}
