@@ -58,8 +58,8 @@ numbers are the same apart from dropout.
 For comparison, BackPACK's ``BatchL2Grad`` (backpack-for-pytorch 1.7) applies the same
 per-layer identity to autograd's output gradients ``g_out`` of the batch loss ``L``
 (with ``reduction='mean'`` its per-example quantities are those of ``ℓ_i / b``). With a
-BatchNorm in training mode it raises ``NotImplementedError`` ("results like individual
-gradients may not be meaningful, as BatchNorm mixes samples"); were the check removed,
+BatchNorm in training mode it refuses to run: its error says that results like individual
+gradients may not be meaningful, as BatchNorm mixes samples; were the check removed,
 row i of ``g_out`` below a BN layer would be ``Σ_j ∂ℓ_j/∂z_i`` -- the contribution of
 example i's activation row to the batch gradient, every example's loss term mixed in
 through the statistics -- so its "individual gradients" would sum to the batch
