@@ -84,6 +84,7 @@ Dropout is off (``running``/``frozen``), as in the materialized path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
@@ -108,7 +109,7 @@ from jaxnorm.objective import get_loss, is_weight
 __all__ = ["PerExampleStats", "STATISTICS", "METHODS", "per_example_statistics", "layer_plan"]
 
 #: The statistics :func:`per_example_statistics` can compute (``compute=``).
-STATISTICS = ("sq_norms", "gram", "second_moment", "mean_grad")
+STATISTICS = ("sq_norms", "gram", "second_moment", "mean_grad", "projections")
 #: ``'layerwise'`` (this module), ``'materialize'`` (per-example gradients), ``'auto'``.
 METHODS = ("auto", "layerwise", "materialize")
 
@@ -125,12 +126,16 @@ class PerExampleStats(NamedTuple):
         is ``second_moment / b``).
       mean_grad: a pytree like ``params``, ``(1/b) Σ_i g_i`` (as
         :func:`~jaxnorm.diagnostics.mean_gradient` in the same mode).
+      projections: ``(b,)``, ``<g_i, ḡ>`` -- the Gram matrix's row means, in ``O(b)``:
+        with ``sq_norms`` all that Cockpit's gradient tests need
+        (:mod:`~jaxnorm.diagnostics.gradient_tests`).
     """
 
     sq_norms: Optional[jax.Array]
     gram: Optional[jax.Array]
     second_moment: Any
     mean_grad: Any
+    projections: Optional[jax.Array] = None
 
 
 class _Unsupported(ValueError):
@@ -181,14 +186,14 @@ def _kind(m, x) -> str:
 _LAYERS = (nn.Dense, nn.linear._Conv, Norm)
 
 
-def _forward(module, variables, x, y, loss, eps, calls):
-    """The per-example losses' sum with every layer's output shifted by ``eps[k]``.
+@contextlib.contextmanager
+def _taps(eps, calls, aux):
+    """Intercepts every top-level Dense/Conv/Norm call of the model run inside the block.
 
     ``eps=None``: the shape-only discovery pass, appending a :class:`_Call` per layer
-    call to ``calls``. Otherwise returns ``(Σ loss, aux)`` with ``aux[k] = (input of call
-    k, its layer's variables)``.
-    """
-    aux, depth = [], [0]
+    call to ``calls``. Otherwise each call's output is shifted by ``eps[k]`` and
+    ``aux[k] = (input of call k, its layer's variables)`` is recorded."""
+    depth = [0]
 
     def interceptor(next_fun, args, kwargs, ctx):
         m = ctx.module
@@ -205,15 +210,22 @@ def _forward(module, variables, x, y, loss, eps, calls):
                                jax.ShapeDtypeStruct(out.shape, out.dtype), tuple(args[0].shape)))
             aux.append(None)
             return out
-        if calls[k].path != m.path:
+        if k >= len(calls) or calls[k].path != m.path:
             raise RuntimeError("the model called its layers in a different order on a second trace.")
         aux.append((args[0], m.variables if calls[k].kind == "replay" else None))
         return out + eps[k].astype(out.dtype)
 
     with nn.intercept_methods(interceptor):
+        yield
+
+
+def _forward(module, variables, x, y, loss, eps, calls):
+    """The per-example losses' sum of the eval-mode forward pass, every layer's output
+    shifted by ``eps[k]`` (:func:`_taps`); returns ``(Σ loss, aux)``."""
+    aux: list = []
+    with _taps(eps, calls, aux):
         logits = module.apply(variables, x, train=False)
-    total = jnp.sum(get_loss(loss)(logits, y))
-    return total, aux
+    return jnp.sum(get_loss(loss)(logits, y)), aux
 
 
 def _discover(module, variables, x, y, loss) -> list[_Call]:
@@ -226,10 +238,14 @@ def _discover(module, variables, x, y, loss) -> list[_Call]:
 def _layer_terms(module, variables, x, y, loss, calls):
     """``(aux, deltas)`` of one group of examples that share their statistics (``calls``
     from :func:`_discover`; every layer output has the batch as its leading axis)."""
-    eps = [jnp.zeros((x.shape[0],) + c.out.shape[1:], c.out.dtype) for c in calls]
+    eps = _zero_taps(calls, x.shape[0])
     total, vjp, aux = jax.vjp(lambda e: _forward(module, variables, x, y, loss, e, calls), eps, has_aux=True)
     (deltas,) = vjp(jnp.ones_like(total))
     return aux, deltas
+
+
+def _zero_taps(calls, b: int):
+    return [jnp.zeros((b,) + c.out.shape[1:], c.out.dtype) for c in calls]
 
 
 def _replay_grads(call: _Call, layer_vars, a, d):
@@ -288,39 +304,69 @@ def _uses_g(T: int, n: int, m: int, b: int, want) -> bool:
         ghost, mat = ghost + b * b * T * T * (n + m + 1), mat + b * b * n * m
     if "sq_norms" in want:
         ghost, mat = ghost + b * T * T * (n + m + 1), mat + b * n * m
+    if "projections" in want:  # <g_i, M> = Σ_t a_itᵀ M δ_it without G
+        ghost, mat = ghost + b * T * n * m, mat + b * n * m
+    if "mean_grad" in want:  # Σ_i A_iᵀ D_i without G; G's mean with it
+        ghost, mat = ghost + b * T * n * m, mat + b * n * m
     return mat < ghost
 
 
+class _Leaf(NamedTuple):
+    """One parameter leaf's per-example gradients ``g_i + r``, in one of two forms.
+
+    ``rows``: materialized ``(b, ...)`` (replayed layers, biases, kernels whose G is
+    formed). Else a kernel ``(n, m)`` with ``g_i = A_iᵀ D_i``: ``A`` (b, T, n), ``D``
+    (b, T, m). ``shift``: ``r``, the same for every example (e.g. ``λW``), or None.
+    ``mean``: ``(1/b) Σ_i (g_i + r)``, filled in when a statistic needs it."""
+
+    rows: Any = None
+    A: Any = None
+    D: Any = None
+    shift: Any = None
+    mean: Any = None
+
+    def mean_of(self) -> jax.Array:
+        if self.rows is not None:
+            return jnp.mean(self.rows, axis=0)  # the shift is in the rows
+        m = jnp.einsum("btn,btm->nm", self.A, self.D) / self.A.shape[0]
+        return m if self.shift is None else m + self.shift
+
+
 class _Acc:
-    """Accumulates the statistics of the layers, one at a time."""
+    """Accumulates the statistics of the leaves, one at a time."""
 
     def __init__(self, b, want, dtype):
         self.b, self.want = b, want
         self.sq = jnp.zeros((b,), dtype) if "sq_norms" in want else None
         self.gram = jnp.zeros((b, b), dtype) if "gram" in want else None
+        self.proj = jnp.zeros((b,), dtype) if "projections" in want else None
         self.second: dict = {}
         self.mean: dict = {}
 
-    def add_rows(self, path, g):
+    def add(self, path, leaf: _Leaf):
+        if leaf.rows is not None:
+            self._add_rows(path, leaf.rows, leaf.mean)
+        else:
+            self._add_kernel(path, leaf)
+
+    def _add_rows(self, path, g, mean):
         """Materialized per-example gradients ``g`` (b, ...) of the leaf at ``path``."""
         f = g.reshape(self.b, -1)
         if self.sq is not None:
             self.sq = self.sq + jnp.sum(jnp.square(f), axis=1)
         if self.gram is not None:
             self.gram = self.gram + f @ f.T
+        if self.proj is not None:
+            self.proj = self.proj + f @ mean.reshape(-1)
         if "second_moment" in self.want:
             self.second[path] = jnp.mean(jnp.square(g), axis=0)
         if "mean_grad" in self.want:
-            self.mean[path] = jnp.mean(g, axis=0)
+            self.mean[path] = jnp.mean(g, axis=0) if mean is None else mean
 
-    def add_kernel(self, path, A, D, W, weight_decay):
-        """A kernel ``W`` (n, m) with per-example gradients ``A_iᵀ D_i``: A (b, T, n), D (b, T, m)."""
+    def _add_kernel(self, path, leaf: _Leaf):
+        """A kernel (n, m) with per-example gradients ``A_iᵀ D_i + R`` (no G formed)."""
+        A, D, R = leaf.A, leaf.D, leaf.shift
         b, T, n = A.shape
-        m = D.shape[-1]
-        W = W.astype(A.dtype)
-        if _uses_g(T, n, m, b, self.want):
-            self.add_rows(path, jnp.einsum("btn,btm->bnm", A, D) + weight_decay * W)
-            return
         want = self.want
         if T == 1:
             a, d = A[:, 0], D[:, 0]
@@ -335,23 +381,21 @@ class _Acc:
                 self.sq = self.sq + jnp.einsum("bts,bts->b", A @ jnp.swapaxes(A, 1, 2), D @ jnp.swapaxes(D, 1, 2))
             if self.gram is not None:
                 self.gram = self.gram + jnp.einsum("itjs,itjs->ij", jnp.einsum("itn,jsn->itjs", A, A), jnp.einsum("itm,jsm->itjs", D, D))
-        mean = None
-        if "mean_grad" in want or ("second_moment" in want and weight_decay):
-            mean = jnp.einsum("btn,btm->nm", A, D) / b
-        if weight_decay:
-            # ‖g + λW‖² = ‖g‖² + 2λ<g, W> + λ²‖W‖², <g_i, W> = Σ_t a_itᵀ W δ_it.
-            c = jnp.sum((A @ W) * D, axis=(1, 2))
-            w2 = jnp.sum(jnp.square(W))
+        if self.proj is not None:  # <A_iᵀ D_i + R, M> = Σ_t a_itᵀ M δ_it + <R, M>
+            p = jnp.sum((A @ leaf.mean) * D, axis=(1, 2))
+            self.proj = self.proj + (p if R is None else p + jnp.sum(R * leaf.mean))
+        if R is not None:
+            # ‖g + R‖² = ‖g‖² + 2<g, R> + ‖R‖², <g_i, R> = Σ_t a_itᵀ R δ_it.
+            c = jnp.sum((A @ R) * D, axis=(1, 2))
+            r2 = jnp.sum(jnp.square(R))
             if self.sq is not None:
-                self.sq = self.sq + 2 * weight_decay * c + weight_decay**2 * w2
+                self.sq = self.sq + 2 * c + r2
             if self.gram is not None:
-                self.gram = self.gram + weight_decay * (c[:, None] + c[None, :]) + weight_decay**2 * w2
-            if "second_moment" in want:
-                self.second[path] = self.second[path] + 2 * weight_decay * W * mean + weight_decay**2 * jnp.square(W)
-            if mean is not None:
-                mean = mean + weight_decay * W
+                self.gram = self.gram + (c[:, None] + c[None, :]) + r2
+            if "second_moment" in want:  # mean (g + R)² = mean g² + 2 R mean g + R²
+                self.second[path] = self.second[path] + 2 * R * (leaf.mean - R) + jnp.square(R)
         if "mean_grad" in want:
-            self.mean[path] = mean
+            self.mean[path] = leaf.mean
 
 
 def _check_coverage(params, calls) -> None:
@@ -394,14 +438,7 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
     def group(xg, yg, bs):
         v = {"params": params, **other, **({"batch_stats": bs} if bs else {})}
         aux, deltas = _layer_terms(module, v, xg, yg, loss, calls)
-        out = []
-        for c, (a, lv), d in zip(calls, aux, deltas):
-            if c.kind == "replay":
-                out.append(_replay_grads(c, lv, a, d))
-            else:
-                A = _patches(c, a) if c.kind == "conv" else a.reshape(a.shape[0], -1, a.shape[-1])
-                out.append((A, d.reshape(d.shape[0], -1, d.shape[-1])))
-        return out
+        return _call_terms(calls, aux, deltas)
 
     if g is None:
         bs = jax.tree.map(lambda s: s[0], stats) if bn_mode == "frozen" else stats
@@ -412,9 +449,35 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
         bs = jax.tree.map(lambda s: s.reshape((n, g) + s.shape[1:])[:, 0], stats)
         terms = jax.vmap(group)(xs, ys, bs)
         terms = jax.tree.map(lambda t: t.reshape((b,) + t.shape[2:]), terms)
+    shift = {}
+    if weight_decay:
+        for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if is_weight(path):
+                shift[_names(path)] = weight_decay * w
+    return _reduce(calls, terms, params, shift, want)
 
-    dtype = jnp.result_type(*(jax.tree.leaves(params) or [jnp.float32]))
-    acc = _Acc(b, want, dtype)
+
+def _names(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+
+
+def _call_terms(calls, aux, deltas):
+    """Per layer call: a replayed layer's per-example parameter gradients, or ``(A, D)``
+    (inputs as patches ``(b, T, n)``, output gradients ``(b, T, m)``)."""
+    out = []
+    for c, (a, lv), d in zip(calls, aux, deltas):
+        if c.kind == "replay":
+            out.append(_replay_grads(c, lv, a, d))
+        else:
+            A = _patches(c, a) if c.kind == "conv" else a.reshape(a.shape[0], -1, a.shape[-1])
+            out.append((A, d.reshape(d.shape[0], -1, d.shape[-1])))
+    return out
+
+
+def _reduce(calls, terms, params, shift: dict, want) -> PerExampleStats:
+    """The statistics of ``g_i + r`` from the layer calls' terms (:func:`_call_terms`);
+    ``shift`` maps a leaf's path to ``r`` (absent: 0)."""
+    b = jax.tree.leaves(terms)[0].shape[0]
     replayed: dict = {}
     kernels: dict = {}
     for c, t in zip(calls, terms):
@@ -422,37 +485,46 @@ def _layerwise(module, variables, x, y, *, bn_mode, loss, weight_decay, want, rn
             replayed[c.path] = t if c.path not in replayed else jax.tree.map(jnp.add, replayed[c.path], t)
         else:
             kernels.setdefault(c.path, []).append(t)
+    leaves: dict = {}
     for path, rows in replayed.items():
         for rel, leaf in jax.tree_util.tree_flatten_with_path(rows)[0]:
-            names = tuple(getattr(k, "key", getattr(k, "name", k)) for k in rel)
-            if weight_decay and is_weight(rel):
-                leaf = leaf + weight_decay * _subtree(params, path + names)
-            acc.add_rows(path + names, leaf)
+            full = path + _names(rel)
+            leaves[full] = _Leaf(rows=leaf if full not in shift else leaf + shift[full][None])
     for path, parts in kernels.items():
         # A layer called several times: its gradient sums over the calls, like positions.
         A = jnp.concatenate([p[0] for p in parts], axis=1)
         D = jnp.concatenate([p[1] for p in parts], axis=1)
         layer = _subtree(params, path)
         kernel = layer["kernel"]
-        acc.add_kernel(path + ("kernel",), A, D, kernel.reshape(-1, kernel.shape[-1]), weight_decay)
+        R = shift.get(path + ("kernel",))
+        R = None if R is None else R.reshape(-1, kernel.shape[-1]).astype(A.dtype)
+        if _uses_g(A.shape[1], A.shape[2], D.shape[2], b, want):
+            G = jnp.einsum("btn,btm->bnm", A, D)
+            leaves[path + ("kernel",)] = _Leaf(rows=G if R is None else G + R)
+        else:
+            leaves[path + ("kernel",)] = _Leaf(A=A, D=D, shift=R)
         if "bias" in layer:
-            acc.add_rows(path + ("bias",), jnp.sum(D, axis=1))
+            bias, r = jnp.sum(D, axis=1), shift.get(path + ("bias",))
+            leaves[path + ("bias",)] = _Leaf(rows=bias if r is None else bias + r[None])
+    if want & {"mean_grad", "projections", "second_moment"}:
+        leaves = {p: leaf._replace(mean=leaf.mean_of()) for p, leaf in leaves.items()}
+    dtype = jnp.result_type(*(jax.tree.leaves(params) or [jnp.float32]))
+    acc = _Acc(b, want, dtype)
+    for path, leaf in leaves.items():
+        acc.add(path, leaf)
     return _finish(acc, params)
 
 
 def _finish(acc: _Acc, params) -> PerExampleStats:
     def tree(values):
-        def leaf(path, p):
-            names = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-            return values[names].reshape(p.shape)
-
-        return jax.tree_util.tree_map_with_path(leaf, params)
+        return jax.tree_util.tree_map_with_path(lambda path, p: values[_names(path)].reshape(p.shape), params)
 
     return PerExampleStats(
         acc.sq,
         acc.gram,
         tree(acc.second) if "second_moment" in acc.want else None,
         tree(acc.mean) if "mean_grad" in acc.want else None,
+        acc.proj,
     )
 
 
@@ -463,15 +535,16 @@ def _materialized(module, variables, x, y, *, bn_mode, loss, weight_decay, want,
     b = x.shape[0]
     idx = _chunks(b, chunk_size)
     n, c = idx.shape
-    sq = gram = second = mean = None
+    sq = gram = second = mean = proj = None
     if n == 1:
         gp = rows.fn(idx[0])[0]
         f = flatten(gp, 1)
         sq, gram = jnp.sum(jnp.square(f), axis=1), f @ f.T
         second = jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), gp)
         mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), gp)
+        proj = f @ flatten(mean)
     else:
-        if want & {"sq_norms", "second_moment", "mean_grad"}:
+        if want & {"sq_norms", "second_moment", "mean_grad", "projections"}:
             # Padded rows (the last chunk repeats example b-1) get weight 0 in the sums.
             valid = (jnp.arange(n * c) < b).reshape(n, c)
             wsum = lambda w, t: jax.tree.map(lambda g: jnp.tensordot(w.astype(g.dtype), g, axes=1), t)
@@ -484,10 +557,14 @@ def _materialized(module, variables, x, y, *, bn_mode, loss, weight_decay, want,
             sq, sum_sq, total = map_chunks(chunk, (idx, valid))
             sq = sq.reshape(-1)[:b]
             second, mean = (jax.tree.map(lambda a: jnp.sum(a, axis=0) / b, t) for t in (sum_sq, total))
+        if "projections" in want:  # a second pass: every row against the mean
+            flat_mean = flatten(mean)
+            proj = map_chunks(lambda i: flatten(rows.fn(i)[0], 1) @ flat_mean, idx).reshape(-1)[:b]
         if "gram" in want:
             gram = _gram_of_rows(rows, chunk_size)
     pick = lambda name, value: value if name in want else None
-    return PerExampleStats(pick("sq_norms", sq), pick("gram", gram), pick("second_moment", second), pick("mean_grad", mean))
+    return PerExampleStats(pick("sq_norms", sq), pick("gram", gram), pick("second_moment", second), pick("mean_grad", mean),
+                           pick("projections", proj))  # fmt: skip
 
 
 def _resolve_method(method: str, bn_mode: str, mask=None) -> str:

@@ -164,6 +164,10 @@ def assert_stats_close(stats, rows, rtol, what):
         assert_tree_close(stats.second_moment, second, rtol, f"{what} second_moment")
     row_scale = jax.tree.map(lambda a: np.abs(a).max(axis=0), rows)
     assert_tree_close(stats.mean_grad, mean, rtol, f"{what} mean_grad", scale=row_scale)
+    if stats.projections is not None:  # <g_i, ḡ> = the Gram's row mean; bound |g_i| |ḡ|
+        g_bar = np.concatenate([np.ravel(a) for a in jax.tree.leaves(mean)])
+        bound = rtol * np.sqrt(sq) * np.linalg.norm(g_bar) + 1e-300
+        np.testing.assert_array_less(np.abs(np.asarray(stats.projections, np.float64) - gram.mean(axis=1)), bound, err_msg=f"{what} projections")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -265,19 +269,21 @@ def test_layer_plan_names_each_layer_treatment():
     """3C3D at 9x9: conv1 (T = 25 positions) forms its per-example kernel gradients,
     T = 1 layers (the dense ones, and conv2/conv3 at 1x1 resolution) use the
     outer-product identity, norm layers their own per-example VJPs. Without the second
-    moment (the zoo test's All-CNN-C case), All-CNN-C's conv4-6 (T = 25 and 9 positions,
-    3x3x192 -> 192) take the position-pair form, its conv1-2 (T = 81) the per-example
-    kernel; the conv7-9 at 1x1 the identity."""
+    moment and the mean (whose einsum costs as much as forming G), All-CNN-C's conv4-6
+    (T = 25 and 9 positions, 3x3x192 -> 192) take the position-pair form, its conv1-2
+    (T = 81) the per-example kernel; the conv7-9 at 1x1 the identity. With the mean, as
+    in the zoo test's case, conv4 forms G too."""
     module, v, x, _, _ = case("3c3d_bn")
     plan = dict(layer_plan(module, v, x))
     assert plan["conv1"] == "per-example kernel"
     assert plan["conv2"] == plan["conv3"] == plan["dense1"] == plan["dense3"] == "identity"
     assert plan["norm1"] == "per-example vjp"
     module, v, x, _, _ = case("allcnnc_vanilla")
-    plan = dict(layer_plan(module, v, x, compute=CASES["allcnnc_vanilla"][4]["compute"]))
+    plan = dict(layer_plan(module, v, x, compute=("sq_norms", "gram")))
     assert plan["conv1"] == plan["conv2"] == "per-example kernel"
     assert plan["conv4"] == plan["conv5"] == plan["conv6"] == "patch-gram"
     assert plan["conv7"] == plan["conv9"] == "identity"
+    assert dict(layer_plan(module, v, x, compute=CASES["allcnnc_vanilla"][4]["compute"]))["conv4"] == "per-example kernel"
 
 
 class _WithTemperature(nn.Module):
