@@ -87,7 +87,7 @@ from jaxnorm.diagnostics.hessian_conditioning import (
     plateau,
 )
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
-from jaxnorm.diagnostics.layerwise import PerExampleStats, per_example_statistics
+from jaxnorm.diagnostics.layerwise import PerExampleStats, per_example_statistics, statistics_of_forward
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
 from jaxnorm.diagnostics.per_example import (
     MODES,
@@ -141,6 +141,7 @@ __all__ = [
     "MODES",
     "PerExampleStats",
     "per_example_statistics",
+    "statistics_of_forward",
     "PERTURBATIONS",
     "batch_loss_fn",
     "coherence_from_gram",

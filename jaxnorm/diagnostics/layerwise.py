@@ -87,7 +87,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -106,7 +106,7 @@ from jaxnorm.diagnostics.per_example import (
 from jaxnorm.layers import Norm
 from jaxnorm.objective import get_loss, is_weight
 
-__all__ = ["PerExampleStats", "STATISTICS", "METHODS", "per_example_statistics", "layer_plan"]
+__all__ = ["PerExampleStats", "STATISTICS", "METHODS", "per_example_statistics", "statistics_of_forward", "layer_plan"]
 
 #: The statistics :func:`per_example_statistics` can compute (``compute=``).
 STATISTICS = ("sq_norms", "gram", "second_moment", "mean_grad", "projections")
@@ -688,3 +688,92 @@ def layer_plan(module, variables, x, *, compute=STATISTICS) -> list[tuple[str, s
         how = "identity" if T == 1 else ("per-example kernel" if _uses_g(T, n, m, b, frozenset(compute)) else "patch-gram")
         out.append(("/".join(c.path), how))
     return out
+
+
+def statistics_of_forward(
+    forward: Callable[[Any], tuple[jax.Array, Any]],
+    params,
+    *,
+    compute=("sq_norms", "projections"),
+    shift: Optional[Any] = None,
+):
+    """The batch gradient and per-example statistics of ANY forward pass, from one
+    forward and one backward pass: how a training step measures its own batch.
+
+    ``forward(params) -> (losses, aux)`` runs the model once (any ``apply``: training
+    mode, dropout keys, mutable collections) and returns the ``(b,)`` per-example losses
+    ``ℓ_i``. Every Dense/Conv/Norm call inside it is intercepted as in
+    :func:`per_example_statistics`, and ONE vector-Jacobian product w.r.t. the layers'
+    outputs gives the per-example output gradients; the weights' own gradients are not
+    taken by autodiff at all (their batch gradient is the mean of the per-example terms,
+    so the backward pass is done once). ``shift`` is a pytree like ``params`` (or None)
+    added to every example's gradient -- e.g. the L2 term's gradient ``λ·θ``, the same
+    for every example.
+
+    Returns:
+      ``(value, aux, stats)``: ``value = (1/b) Σ_i ℓ_i``, ``forward``'s ``aux``, and
+      :class:`PerExampleStats` of ``g_i = ∇ℓ_i + shift`` with ``compute`` plus
+      ``mean_grad`` -- the gradient of ``value`` plus ``shift``, equal to
+      ``jax.grad`` of it up to floating-point reassociation.
+
+    Exact only where examples do not interact, which is checked: a
+    :class:`~jaxnorm.layers.Norm` of the batch kind called with ``train=True`` (batch
+    statistics couple the rows, module docstring) or injecting noise, and parameters of
+    any other module (flax's own ``BatchNorm``, ``nn.Embed``), raise. Dropout is fine:
+    each example's loss still depends on its own row only.
+
+    Raises:
+      ValueError: a coupling or unsupported layer (above), an unknown statistic,
+        ``losses`` not of shape ``(b,)``.
+    """
+    want = frozenset(compute) | {"mean_grad"}
+    unknown = sorted(want - set(STATISTICS))
+    if unknown:
+        raise ValueError(f"compute must be a subset of {list(STATISTICS)}, got {unknown}.")
+    calls: list[_Call] = []
+    shape = jax.eval_shape(lambda p: _tapped(forward, p, None, calls)[0], params).shape
+    _check_independent(calls)
+    try:
+        _check_coverage(params, calls)
+    except _Unsupported as e:
+        raise ValueError(f"per-example statistics of a training step need every parameter in a Dense/Conv/Norm layer: {e}") from None
+    if len(shape) != 1:
+        raise ValueError(f"forward must return per-example losses of shape (b,), got shape {shape}.")
+    b = shape[0]
+    frozen = jax.lax.stop_gradient(params)
+    eps = _zero_taps(calls, b)
+
+    def total(e):
+        losses, aux, taps = _tapped(forward, frozen, e, calls)
+        return jnp.sum(losses), (losses, aux, taps)
+
+    (_, (losses, aux, taps)), deltas = jax.value_and_grad(total, has_aux=True)(eps)
+    shifts = {}
+    if shift is not None:
+        shifts = {_names(path): s for path, s in jax.tree_util.tree_flatten_with_path(shift)[0]}
+    stats = _reduce(calls, _call_terms(calls, taps, deltas), params, shifts, want)
+    return jnp.mean(losses), aux, stats
+
+
+def _tapped(forward, params, eps, calls):
+    """``forward(params)`` inside :func:`_taps`: ``(losses, aux, taps)``."""
+    taps: list = []
+    with _taps(eps, calls, taps):
+        losses, aux = forward(params)
+    return losses, aux, taps
+
+
+def _check_independent(calls) -> None:
+    """Raises for a layer call that couples the examples of a training-mode pass."""
+    for c in calls:
+        if not isinstance(c.module, Norm):
+            continue
+        train = c.args[0] if c.args else dict(c.kwargs).get("train", False)
+        if train and c.module.kind == "batch":
+            raise ValueError(
+                f"layer {'/'.join(c.path)} normalizes by batch statistics in this pass, so every example's loss depends "
+                "on the whole batch and per-example gradients of the training step are not defined. Measure on a pool "
+                "batch in 'frozen' or 'running' mode instead (jaxnorm.observers.Instruments)."
+            )
+        if train and (c.module.noise_mean or c.module.noise_var):
+            raise ValueError(f"layer {'/'.join(c.path)} injects noise in training mode; its per-example gradients cannot be replayed.")
