@@ -46,6 +46,7 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
 from jaxnorm.diagnostics.dissonance import (
     coherence_from_gram,
     coherence_from_norms,
+    diversity_from_norms,
     confusion_from_gram,
     cosine_matrix,
     diversity_from_gram,
@@ -146,6 +147,7 @@ __all__ = [
     "batch_loss_fn",
     "coherence_from_gram",
     "coherence_from_norms",
+    "diversity_from_norms",
     "confusion_from_gram",
     "cosine_matrix",
     "diversity_from_gram",

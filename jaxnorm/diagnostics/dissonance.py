@@ -103,6 +103,12 @@ def diversity_from_gram(k: jax.Array) -> jax.Array:
     return _safe_div(jnp.trace(k), jnp.sum(k))
 
 
+def diversity_from_norms(sum_sq_norm: jax.Array, sq_norms: jax.Array) -> jax.Array:
+    """Diversity from ``‖Σ g_i‖²`` and the ``(n,)`` squared norms ``‖g_i‖²`` (as
+    :func:`coherence_from_norms`): ``Σ‖g_i‖² / ‖Σ g_i‖²``."""
+    return _safe_div(jnp.sum(sq_norms), sum_sq_norm)
+
+
 def gradient_diversity(g: jax.Array) -> jax.Array:
     """Gradient diversity (Def. 3.12) of ``(n, d)`` gradients, in O(n d) (no Gram matrix)."""
     g = _matrix(g, "gradient_diversity")

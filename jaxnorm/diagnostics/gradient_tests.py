@@ -37,11 +37,23 @@ All functions are pure ``jnp`` (jit, vmap), keep the input dtype (float64 under
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 #: Cockpit's ``MeanGSNR`` stabilizer.
 GSNR_EPSILON = 1e-5
+
+
+class Projections(NamedTuple):
+    """The O(b) pieces the three tests need instead of the Gram matrix:
+    ``sq_norms`` ``‖g_n‖²`` and ``projections`` ``g_nᵀḡ`` (the Gram's row means), both
+    ``(b,)`` (:class:`~jaxnorm.diagnostics.PerExampleStats` has both); ``‖ḡ‖²`` is the
+    projections' mean. Every test takes either this or the Gram matrix."""
+
+    sq_norms: jax.Array
+    projections: jax.Array
 
 
 def _gram(gram) -> jax.Array:
@@ -52,7 +64,12 @@ def _gram(gram) -> jax.Array:
 
 
 def _pieces(gram):
-    """``(b, ‖ḡ‖², g_nᵀḡ (b,), ‖g_n‖² (b,))`` from the Gram matrix."""
+    """``(b, ‖ḡ‖², g_nᵀḡ (b,), ‖g_n‖² (b,))`` from the Gram matrix or :class:`Projections`."""
+    if isinstance(gram, Projections):
+        sq, proj = jnp.asarray(gram.sq_norms), jnp.asarray(gram.projections)
+        if sq.ndim != 1 or sq.shape != proj.shape or sq.shape[0] < 2:
+            raise ValueError(f"Projections need two (b,) arrays with b >= 2, got shapes {sq.shape} and {proj.shape}.")
+        return sq.shape[0], jnp.mean(proj), proj, sq
     k = _gram(gram)
     b = k.shape[0]
     projections = jnp.sum(k, axis=1) / b

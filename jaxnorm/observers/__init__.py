@@ -19,7 +19,7 @@ only the state's fields, never the trainer itself.
 * ``WeightNorms`` -- ‖W‖ of every kernel, marking the scale-invariant (pre-BN) ones.
 * ``BNEvaluation`` -- evaluation with running, population and test-batch statistics.
 * ``NormInputs`` -- a norm layer's input on a probe batch (rows vs columns).
-* ``Instruments`` -- a Cockpit-style instrument panel (gradient tests, GSNR, norms, distances, Hessian trace and top eigenvalue) in one jitted observer, presets ``economy``/``business``/``full``.
+* ``Instruments`` -- a Cockpit-style instrument panel (gradient tests, GSNR, norms, distances, Hessian trace and top eigenvalue) in one jitted observer, presets ``economy``/``business``/``full``; ``TrainBatchInstruments`` -- the same panel on the training batch, inside the step, reusing its backward pass.
 
 Each lives in its own module (``jaxnorm.observers.<module>``) with the functions it
 wraps (e.g. ``layer_statistics``, ``smoothness_probe``, ``scale_invariant_layers``).
@@ -29,7 +29,7 @@ from jaxnorm.observers.bn_evaluation import BNEvaluation
 from jaxnorm.observers.conditioning import METRICS, GradientConditioning
 from jaxnorm.observers.conditioning_sweep import ConditioningSweep
 from jaxnorm.observers.gamma_beta import GammaBetaRecorder, norm_layers
-from jaxnorm.observers.instruments import PRESETS as INSTRUMENT_PRESETS, Instruments
+from jaxnorm.observers.instruments import PRESETS as INSTRUMENT_PRESETS, Instruments, TrainBatchInstruments
 from jaxnorm.observers.layer_statistics import LayerStatistics, layer_statistics
 from jaxnorm.observers.norm_inputs import NormInputs
 from jaxnorm.observers.protocol import Observer, compiled, is_stateful
@@ -45,6 +45,7 @@ __all__ = [
     "GammaBetaRecorder",
     "INSTRUMENT_PRESETS",
     "Instruments",
+    "TrainBatchInstruments",
     "LayerStatistics",
     "NormInputs",
     "Smoothness",

@@ -21,6 +21,18 @@ top eigenvector, to warm-start the next eigenvalue solve): they define
 carry)``. :func:`~jaxnorm.train.fit` keeps the carry on the device, saves it with each
 checkpoint (``<run>/observer_state/<step>.npz``) and restores it on resume, so a resumed
 run observes exactly what an uninterrupted one does.
+
+Training-batch observers (``in_step = True``) are measured INSIDE the training step, on
+the step's own batch, from its own forward and backward pass (as Cockpit measures):
+they declare ``statistics`` (the per-example statistics they need, a subset of
+:data:`jaxnorm.diagnostics.layerwise.STATISTICS`) and are called as ``observer(view[,
+carry])`` with a :class:`jaxnorm.train.step.StepView` (the state before and after the
+update, the batch, the gradient, the statistics, the objective as a function). At the
+steps t with ``t % every == 0`` (t = 0 included) :func:`~jaxnorm.train.fit` runs a second
+compiled step that computes them, and files the record under step t -- the parameters
+θ_t the gradients were taken at (the final state is not measured: no batch follows it).
+Their per-example gradients need examples that do not interact: a model with BatchNorm
+in batch mode raises a ValueError when that step is traced.
 """
 
 from __future__ import annotations
@@ -42,6 +54,11 @@ def is_stateful(observer) -> bool:
     return callable(getattr(observer, "init_carry", None))
 
 
+def is_in_step(observer) -> bool:
+    """Whether ``observer`` is measured inside the training step (``in_step = True``)."""
+    return bool(getattr(observer, "in_step", False))
+
+
 def compiled(observer):
     """A stateless ``observer`` as one compiled function ``state -> record``: the record
     :func:`~jaxnorm.train.fit` takes at its observation steps, for a measurement outside
@@ -49,6 +66,8 @@ def compiled(observer):
     and call it for every state of the same shapes."""
     if is_stateful(observer):
         raise ValueError(f"observer {getattr(observer, 'name', observer)!r} carries state; compiled() takes stateless observers only.")
+    if is_in_step(observer):
+        raise ValueError(f"observer {observer.name!r} measures inside the training step; compiled() takes state observers only.")
     import jax
 
     return jax.jit(observer)

@@ -87,6 +87,7 @@ from jaxnorm.train.run_folder import (
     write_trajectories,
 )
 from jaxnorm.observers import GammaBetaRecorder, Observer, is_stateful
+from jaxnorm.observers.protocol import is_in_step
 from jaxnorm.observers.stopping import GroupStop
 from jaxnorm.train.optim import make_optimizer
 from jaxnorm.results import append_jsonl, read_json, read_jsonl, rewrite_jsonl
@@ -244,6 +245,8 @@ class _Program:
     def __init__(self, plan: _Plan, configs: Sequence[TrainConfig], module, observers, strategy: str):
         cfg, num = plan.config, len(configs)
         self.num, self.observers = num, list(observers)
+        # Training-batch observers are measured inside the step (jaxnorm.observers.protocol).
+        self.in_step = [o for o in self.observers if is_in_step(o)]
         n_dev = cfg.num_devices or 1
         mesh = parallel.make_mesh(n_dev)
         parallel.check_batch_divisible(plan.batch_size, mesh)
@@ -254,9 +257,7 @@ class _Program:
         jit = lambda f, **kw: jax.jit(f, **({"out_shardings": rep} if rep is not None else {}), **kw)
         self.traced = _TraceCounter()
         txs = [_optimizer(c, plan) for c in configs]  # one per run: each state holds its own hyperparameters
-        step_fn = make_train_step(
-            module,
-            txs[0],  # the update reads the hyperparameters from each run's state
+        step_kwargs = dict(
             batch_size=plan.batch_size,
             mean=plan.mean,
             std=plan.std,
@@ -265,7 +266,15 @@ class _Program:
             augment_config=cfg.augment,
             batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
         )
+        # txs[0]: the update reads the hyperparameters from each run's state.
+        step_fn = make_train_step(module, txs[0], **step_kwargs)
         self.train_step = jit(self.traced("train_step", map_over_runs(step_fn, strategy, (0, None, 0, 0, None, None), num)), donate_argnums=(0,))
+
+        def instrumented(names):  # one compiled step per set of due training-batch observers
+            fn = make_train_step(module, txs[0], in_step=[o for o in self.in_step if o.name in names], **step_kwargs)
+            return jit(self.traced("train_step+" + "+".join(sorted(names)), map_over_runs(fn, strategy, (0, None, 0, 0, None, None, 0), num)), donate_argnums=(0,))
+
+        self._instrumented = functools.lru_cache(maxsize=None)(instrumented)
         evaluate = make_evaluate(module, mean=plan.mean, std=plan.std, bn_mode=cfg.eval_bn_mode, loss=cfg.loss)
         self.evaluate = jit(self.traced("evaluate", map_over_runs(evaluate, strategy, (0, None, None, None), num)))
         if cfg.train_eval_mode == "deepobs":
@@ -279,7 +288,8 @@ class _Program:
         # Observers copy out of the state: the next step donates (invalidates) its buffers.
         # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
         self._observe = {
-            o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num)) for o in self.observers
+            o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num))
+            for o in self.observers if not is_in_step(o)
         }
         self._init_carry = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num)) for o in self.observers if is_stateful(o)}
         if plan.shuffle:
@@ -300,6 +310,20 @@ class _Program:
 
     def start_carries(self, state) -> None:
         self.carries = {name: init(state) for name, init in self._init_carry.items()}
+
+    def step(self, state, data, perm, seeds, epoch: int, s: int, step: int):
+        """One training step from ``step``; with the training-batch observers due at
+        ``step`` it is their instrumented step. Returns ``(state, metrics, [(observer,
+        record)])``."""
+        due = [o for o in self.in_step if step % o.every == 0]
+        args = (state, data, perm, seeds, jnp.int32(epoch), jnp.int32(s))
+        if not due:
+            return (*self.train_step(*args), [])
+        names = frozenset(o.name for o in due)
+        carries = {o.name: self.carries.get(o.name, ()) for o in due}
+        state, m, records, carries = self._instrumented(names)(*args, carries)
+        self.carries.update({name: c for name, c in carries.items() if name in self.carries})
+        return state, m, [(o, records[o.name]) for o in due]
 
     def observe(self, o, state):
         if not is_stateful(o):
@@ -342,10 +366,12 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
     latest = [c.latest_step() if (c is not None and resume) else None for c in ckpts]
     if not any(s is not None for s in latest):
         program.start_carries(state)
-        initial = jax.device_get({o.name: program.observe(o, state) for o in program.observers})
+        # Training-batch observers take their step-0 record in the first step.
+        before = [o for o in program.observers if not is_in_step(o)]
+        initial = jax.device_get({o.name: program.observe(o, state) for o in before})
         for i, (r, t) in enumerate(zip(runs, traj)):
             lines: list[dict] = []
-            for o in program.observers:  # the state before the first step
+            for o in before:  # the state before the first step
                 record(o, _run_slice(initial[o.name], i), 0, t, lines)
             rewrite_jsonl(r.metrics, lines)
         return state, 0, 0, [None] * num
@@ -657,11 +683,12 @@ class _Loop:
             if step >= plan.total_steps:
                 break
             self.guard.check()  # a Python flag: no host sync
-            state, m = program.train_step(state, data, perm, seeds, jnp.int32(epoch), jnp.int32(s))
+            state, m, measured = program.step(state, data, perm, seeds, epoch, s, step)
             self.pending.append(m)
+            self.pending_obs.extend((o, step, rec) for o, rec in measured)  # filed under θ_step's step
             step += 1
             for o in program.observers:
-                if step % o.every == 0:
+                if step % o.every == 0 and not is_in_step(o):
                     self.pending_obs.append((o, step, program.observe(o, state)))
             epoch_end = s == plan.steps_per_epoch - 1 and (self.evaluates_after(epoch) or self.checkpoints_after(epoch))
             if step % cfg.log_every_steps == 0 or epoch_end or step == plan.total_steps:

@@ -9,7 +9,7 @@ transfer happens inside.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +18,42 @@ import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
 from jaxnorm.data.batching import TRAIN_EVAL_STEP, batch_indices, iterate_eval, step_key
+from jaxnorm.diagnostics.layerwise import PerExampleStats, statistics_of_forward
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
+from jaxnorm.observers.protocol import is_stateful
 from jaxnorm.objective import accuracy, check_l2_scope, get_loss, l2_penalty
 from jaxnorm.train.optim import hyperparams
 from jaxnorm.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
+
+
+class StepView(NamedTuple):
+    """What a training-batch observer sees inside the step (:func:`make_train_step`'s
+    ``in_step``; :mod:`jaxnorm.observers.protocol`).
+
+    Attributes:
+      state: the :class:`TrainState` before the step (``θ_t``: the gradients are taken
+        here; the record is filed under ``state.step``).
+      new_state: the state after the update (``θ_{t+1}``).
+      x, y: the batch as the model saw it (normalized, augmented).
+      grads: the objective's batch gradient (data term + L2), what the optimizer got.
+      loss: the objective's value on the batch.
+      stats: :class:`~jaxnorm.diagnostics.PerExampleStats` of the per-example gradients
+        of the objective (each example's loss term, not divided by b, plus the L2
+        term's gradient), with the fields the step's observers asked for.
+      objective: ``params -> objective`` on this batch, as trained (BatchNorm in batch
+        mode, the step's dropout key): for Hessian-vector products.
+    """
+
+    state: Any
+    new_state: Any
+    x: jax.Array
+    y: jax.Array
+    grads: Any
+    loss: jax.Array
+    stats: PerExampleStats
+    objective: Callable
 
 
 def make_train_step(
@@ -38,6 +68,7 @@ def make_train_step(
     l2_scope: str = "weights",
     augment_config: Optional[AugmentConfig] = None,
     batch_sharding=None,
+    in_step: Sequence = (),
 ) -> Callable:
     """Builds ``train_step(state, data, perm, seed, epoch, step_in_epoch) -> (state, metrics)``.
 
@@ -59,6 +90,16 @@ def make_train_step(
         run's switched-off γ is left out (:func:`jaxnorm.objective.l2_penalty`).
       augment_config: training augmentation; None: normalization only.
       batch_sharding: if given, the batch is constrained to it (data parallelism).
+      in_step: training-batch observers (``in_step = True``,
+        :mod:`jaxnorm.observers.protocol`) measured inside this step. Then the step is
+        ``train_step(state, data, perm, seed, epoch, step_in_epoch, carries) -> (state,
+        metrics, records, carries)`` (``carries``/``records``: dicts by observer name;
+        a stateless observer's carry is ``()``), and its gradient comes from
+        :func:`jaxnorm.diagnostics.statistics_of_forward`: the per-example statistics
+        the observers ask for (``observer.statistics``) from the step's own forward and
+        backward pass, the batch gradient as the mean of the per-example terms (equal
+        to autodiff's up to floating-point reassociation). Examples must not interact
+        (no BatchNorm in batch mode): otherwise a ValueError at trace time.
 
     The returned function's arguments: ``data = (images, labels)`` device arrays of the
     whole training set (float32 in [0, 1], int32); ``perm`` the epoch's permutation;
@@ -71,7 +112,7 @@ def make_train_step(
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
-    def train_step(state: TrainState, data, perm, seed, epoch, step_in_epoch):
+    def _step(state: TrainState, data, perm, seed, epoch, step_in_epoch, carries):
         images, labels = data
         idx = batch_indices(perm, step_in_epoch, batch_size)
         x, y = images[idx], labels[idx]
@@ -86,17 +127,30 @@ def make_train_step(
 
         decay = _l2_coefficient(state.opt_state) if weight_decay is None else weight_decay
 
-        def loss_fn(params):
+        def forward(params):
             variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
             logits, updates = module.apply(
                 variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
             )
-            data_term = jnp.mean(per_example_loss(logits, y))
-            # The switches are the superset's per-run γ on/off (batch_stats; constants).
-            objective = data_term if _is_zero(decay) else data_term + decay * l2_penalty(params, l2_scope, state.batch_stats)
-            return objective, (data_term, jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
+            return per_example_loss(logits, y), (jnp.mean(accuracy(logits, y)), updates.get("batch_stats", state.batch_stats))
 
-        (objective, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # The switches are the superset's per-run γ on/off (batch_stats; constants).
+        penalty = None if _is_zero(decay) else (lambda params: decay * l2_penalty(params, l2_scope, state.batch_stats))
+
+        if not in_step:
+            def loss_fn(params):
+                losses, aux = forward(params)
+                data_term = jnp.mean(losses)
+                return data_term if penalty is None else data_term + penalty(params), (data_term, *aux)
+
+            (objective, (ce, acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        else:
+            # The L2 term's gradient is the same for every example: a shift of each g_i.
+            shift = None if penalty is None else jax.grad(penalty)(state.params)
+            want = tuple(sorted({q for o in in_step for q in o.statistics}))
+            ce, (acc, batch_stats), stats = statistics_of_forward(forward, state.params, compute=want, shift=shift)
+            objective = ce if penalty is None else ce + penalty(state.params)
+            grads = stats.mean_grad
         updates, opt_state = tx.update(grads, state.opt_state, state.params, value=objective)
         new_state = state.replace(
             step=state.step + 1,
@@ -104,9 +158,33 @@ def make_train_step(
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        return new_state, {"loss": objective, "ce": ce, "acc": acc}
+        metrics = {"loss": objective, "ce": ce, "acc": acc}
+        if not in_step:
+            return new_state, metrics
+        view = StepView(state, new_state, x, y, grads, objective, stats, _objective_fn(forward, penalty))
+        records, carries = {}, dict(carries)
+        for o in in_step:
+            if is_stateful(o):
+                records[o.name], carries[o.name] = o(view, carries[o.name])
+            else:
+                records[o.name] = o(view)
+        return new_state, metrics, records, carries
 
-    return train_step
+    if in_step:
+        return lambda state, data, perm, seed, epoch, step_in_epoch, carries: _step(state, data, perm, seed, epoch, step_in_epoch, carries)
+    return lambda state, data, perm, seed, epoch, step_in_epoch: _step(state, data, perm, seed, epoch, step_in_epoch, None)
+
+
+def _objective_fn(forward, penalty):
+    """``params -> objective`` on the step's batch (BN batch mode and dropout as trained)."""
+
+    def objective(params):
+        value = jnp.mean(forward(params)[0])
+        return value if penalty is None else value + penalty(params)
+
+    return objective
+
+
 
 
 def _l2_coefficient(opt_state):
