@@ -15,7 +15,9 @@ which Cockpit runs on, refuses a BatchNorm in training mode), plain SGD:
 * jaxnorm: one training step (``make_train_step``, jitted), and one step followed by the
   ``Instruments`` observer (:mod:`jaxnorm.observers.instruments`) with each preset on a
   batch of 128 pool examples, as ``fit`` calls it with ``every=1``; ratio = (step +
-  observer) / step.
+  observer) / step; and the instrumented step of ``TrainBatchInstruments`` (the panel
+  on the training batch from the step's own backward pass, what ``fit`` runs at every
+  observed step); ratio = instrumented step / step.
 * Cockpit (``cockpit-for-pytorch``, where it imports): the same network in PyTorch,
   ``torch.optim.SGD``; one plain step, and one step inside ``with cockpit(...)`` with
   Cockpit's ``economy`` and ``business`` configurations tracked at every step; ratio =
@@ -41,7 +43,7 @@ import numpy as np
 from experiments.benchmarks.conditioning import round_robin, write_section
 from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_average, machine_info, make_data, optional_import
 from jaxnorm.models import get_model
-from jaxnorm.observers import INSTRUMENT_PRESETS, Instruments
+from jaxnorm.observers import INSTRUMENT_PRESETS, Instruments, TrainBatchInstruments
 from jaxnorm.train import create_state, make_optimizer, make_train_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +94,18 @@ def jax_variants(cfg: Settings, log) -> dict:
             return record
 
         fns[f"jaxnorm step + Instruments {preset}"] = with_panel
+    for preset in INSTRUMENT_PRESETS:
+        # The panel inside the step (fit's instrumented step at every=1): the step's own backward pass.
+        obs = TrainBatchInstruments(preset=preset)
+        fused = jax.jit(make_train_step(module, tx, batch_size=cfg.batch, mean=CIFAR10[0], std=CIFAR10[1], in_step=[obs]))
+        carries = {"c": {"instruments": obs.init_carry(state0)}}
+
+        def in_step(fused=fused, carries=carries):
+            s = holder["s"] = (holder["s"] + 1) % steps_per_epoch
+            holder["state"], m, records, carries["c"] = fused(holder["state"], data, perm, jnp.int32(0), jnp.int32(0), jnp.int32(s), carries["c"])
+            return records
+
+        fns[f"jaxnorm TrainBatchInstruments {preset} step"] = in_step
     return fns
 
 
