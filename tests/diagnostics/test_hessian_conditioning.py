@@ -342,4 +342,6 @@ def test_kappa_x_sweep_is_input_condition_number_at_each_eta():
     assert sw.limit is None and not bool(sw.plateau.contains_limit)
     scale = float(jnp.mean(jnp.linalg.norm(x[:4].reshape(4, -1), axis=1)))
     rel = kappa_x_sweep(module, variables, x, y, [1e-3 / scale], key=key, n=4, m=4, relative=True)
-    np.testing.assert_allclose(float(rel.values[0]), float(sw.values[0]), rtol=1e-5)
+    # η/scale·scale differs from η by rounding, and κ_X amplifies it (the same ~u‖x‖/η
+    # bound as above; 9.5e-5 measured on an AMD EPYC without AVX-512): 2e-3.
+    np.testing.assert_allclose(float(rel.values[0]), float(sw.values[0]), rtol=2e-3)

@@ -19,6 +19,11 @@ from jaxnorm.diagnostics.per_example import per_example_grads
 from tests.diagnostics.helpers import batch, model
 
 RTOL = 1e-4
+# κ_X is a finite-difference ratio: its float32 round-off is ~u‖x‖/η relative (5e-4 for
+# ‖x‖ ≈ 8 at η = 1e-3, as in test_hessian_conditioning), and the two sides build the
+# same perturbations in different rounding orders -- 1.2e-4 was measured on an AMD EPYC
+# without AVX-512, above the 1e-4 that suffices on other CPUs; compared at 2e-3.
+KAPPA_X_RTOL = 2e-3
 
 
 def test_metrics_on_a_subset_equal_the_library_with_that_mask():
@@ -51,4 +56,4 @@ def test_metrics_on_a_subset_equal_the_library_with_that_mask():
     got, want = jax.device_get(both(v))
     assert set(got) == set(MASKED_METRICS)
     for k, w in want.items():
-        np.testing.assert_allclose(got[k], w, rtol=RTOL, err_msg=k)
+        np.testing.assert_allclose(got[k], w, rtol=KAPPA_X_RTOL if k == "kappa_x" else RTOL, err_msg=k)
