@@ -41,7 +41,8 @@ def test_step_records_and_update_equal_the_materialized_reference(tmp_path, norm
     step = jax.jit(make_train_step(module, tx, in_step=[obs], **kw))
     new_state, m, records, _ = step(state, *args, {"instruments": obs.init_carry(state)})
     rec = jax.device_get(records["instruments"])
-    assert float(m["loss"]) == pytest.approx(float(plain_m["loss"]), rel=1e-6)
+    # The same forward pass: a mean of B float32 losses, each side within B·u = 1e-6 relative.
+    assert float(m["loss"]) == pytest.approx(float(plain_m["loss"]), rel=2e-6)
     for a, b, p in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(plain_state.params), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=RTOL * (np.abs(np.asarray(b - p)).max() + 1e-12))  # vs the update's size
 
