@@ -3,7 +3,8 @@
 Conventions (every loader in :mod:`jaxnorm.data.loading` returns exactly this):
 
 * ``images``: float32, NHWC ``(n, height, width, channels)``, values in ``[0, 1]``
-  (raw 8-bit pixels divided by 255; nothing subtracted, nothing augmented);
+  (raw 8-bit pixels divided by 255; nothing subtracted, nothing augmented); or, for
+  sequence data (MNIST-1D), NLC ``(n, length, channels)`` in ``[0, 1]``;
 * ``labels``: int32 ``(n,)`` in ``0 .. num_classes - 1``;
 * ``mean`` / ``std``: per-channel normalization constants *of the dataset* (not of this
   split), one float per channel, for :func:`jaxnorm.data.normalize`. Every split of a
@@ -32,7 +33,7 @@ class Dataset:
     """One split of a dataset; see the module docstring for the conventions.
 
     Attributes:
-      images: float32 ``(n, H, W, C)`` in [0, 1], read-only.
+      images: float32 ``(n, H, W, C)`` (or ``(n, L, C)`` sequences) in [0, 1], read-only.
       labels: int32 ``(n,)`` in ``[0, num_classes)``, read-only.
       num_classes: number of classes of the dataset (not only those present in the split).
       name: the registry name it was loaded under, e.g. ``'cifar10'``.
@@ -60,9 +61,10 @@ class Dataset:
                 f"{where}: images and labels must be numpy arrays, got "
                 f"{type(self.images).__name__} and {type(self.labels).__name__}."
             )
-        if self.images.dtype != np.float32 or self.images.ndim != 4:
+        if self.images.dtype != np.float32 or self.images.ndim not in (3, 4):
             raise ValueError(
-                f"{where}: images must be float32 NHWC (n, H, W, C), got {self.images.dtype} {self.images.shape}."
+                f"{where}: images must be float32 NHWC (n, H, W, C) or NLC sequences (n, L, C), got "
+                f"{self.images.dtype} {self.images.shape}."
             )
         if self.labels.dtype != np.int32 or self.labels.ndim != 1:
             raise ValueError(f"{where}: labels must be int32 (n,), got {self.labels.dtype} {self.labels.shape}.")
@@ -100,8 +102,8 @@ class Dataset:
         return len(self.labels)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)`` of one image."""
+    def image_shape(self) -> tuple[int, ...]:
+        """``(H, W, C)`` of one image (``(L, C)`` of one sequence)."""
         return tuple(self.images.shape[1:])
 
     def __repr__(self) -> str:

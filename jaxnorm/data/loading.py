@@ -10,6 +10,9 @@ name                               image shape  classes  splits
 ``cifar10``, ``cifar100``          32x32x3      10, 100  train, validation, train_eval, full_train, test
 ``mnist``, ``fashion_mnist``       28x28x1      10       train, validation, train_eval, full_train, test
 ``cifar10_corrupted/<c>_<s>``      32x32x3      10       test
+``mnist1d``, ``mnist1d_shuffle``,  40x1         10       train, validation, train_eval, full_train, test
+``mnist1d_20k``,
+``mnist1d_shuffle_20k``
 =================================  ===========  =======  ==========================================
 
 * ``digits``/``digits32`` are embedded (scikit-learn's digits, :mod:`jaxnorm.data.digits`) and
@@ -22,6 +25,12 @@ name                               image shape  classes  splits
   tfds ``train`` split (40k/10k/10k-of-the-40k/50k for CIFAR; 50k/10k/10k/60k for MNIST-style;
   exact rule, small ``n`` included, in :mod:`jaxnorm.data.splits`), a deterministic function
   of ``seed``. ``test`` is the tfds ``test`` split.
+* ``mnist1d`` and its variants (Greydanus & Kobak, "Scaling Down Deep Learning with
+  MNIST-1D", ICML 2024; :mod:`jaxnorm.data.mnist1d`) are generated offline by the
+  ``mnist1d`` package and cached on disk; sequences ``(n, 40, 1)`` (batch, length,
+  channels). ``train``/``validation``/``train_eval``/``full_train`` partition the package's
+  training part (4,000 sequences: 3,200/800/800/4,000) by the rule of
+  :mod:`jaxnorm.data.splits`, ``test`` is its test part (1,000).
 * ``cifar10_corrupted/<corruption>_<severity>`` (CIFAR-10-C, Hendrycks & Dietterich 2019), e.g.
   ``'cifar10_corrupted/gaussian_noise_3'``, severity 1-5, is the tfds config of the same
   name; it only has ``test``.
@@ -29,8 +38,8 @@ name                               image shape  classes  splits
 Normalization constants (``Dataset.mean``/``std``): CIFAR-10 and CIFAR-100 use the DeepOBS
 (PyTorch) constants, CIFAR-10-C uses CIFAR-10's (the model was trained with them). For the
 other datasets they are the per-channel mean and population standard deviation (ddof 0) over
-every pixel of the full training split (``full_train`` / digits ``train``), computed once per
-process; every split of a dataset carries the same constants.
+every pixel (sequence position) of the full training split (``full_train`` / digits
+``train``), computed once per process; every split of a dataset carries the same constants.
 
 Loaded datasets are cached in-process on ``(name, split, data_dir, seed)`` (``clear_cache()``
 empties the caches) and their arrays are read-only, so a cached result cannot be mutated.
@@ -48,6 +57,9 @@ import numpy as np
 from jaxnorm.data.dataset import Dataset
 from jaxnorm.data.digits import NUM_CLASSES as _DIGITS_CLASSES
 from jaxnorm.data.digits import load_digits
+from jaxnorm.data.mnist1d import NUM_CLASSES as _MNIST1D_CLASSES
+from jaxnorm.data.mnist1d import VARIANTS as _MNIST1D_VARIANTS
+from jaxnorm.data.mnist1d import load_mnist1d
 from jaxnorm.data.splits import partition_indices
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
@@ -235,6 +247,26 @@ def _load_digits(cifar_shape: bool, name: str, split: str, data_dir: str | None,
     return Dataset(images, labels, _DIGITS_CLASSES, name, split, mean, std)
 
 
+# --------------------------------------------------------------------------- MNIST-1D
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(name: str) -> dict:
+    return load_mnist1d(name)
+
+
+def _load_mnist1d(name: str, split: str, data_dir: str | None, seed: int) -> Dataset:
+    del data_dir  # generated and cached by jaxnorm.data.mnist1d (its cache_dir())
+    arrays = _mnist1d_arrays(name)
+    source, part = _PARTITIONED[split]
+    x, y = arrays[f"{source}_x"], arrays[f"{source}_y"]
+    if part is not None:
+        idx = partition_indices(len(y), part, seed)
+        x, y = x[idx], y[idx]
+    mean, std = _channel_stats(arrays["train_x"], 1.0)
+    return Dataset(x, y, _MNIST1D_CLASSES, name, split, mean, std)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -256,6 +288,7 @@ _REGISTRY: dict[str, _Entry] = {
     "mnist": _tfds_entry(_TfdsSpec("mnist", 10, (28, 28, 1), _PARTITIONED)),
     "fashion_mnist": _tfds_entry(_TfdsSpec("fashion_mnist", 10, (28, 28, 1), _PARTITIONED)),
 }
+_REGISTRY.update({name: _Entry(_load_mnist1d, tuple(_PARTITIONED)) for name in _MNIST1D_VARIANTS})
 _BASE_NAMES = tuple(_REGISTRY)
 _REGISTRY.update(
     {
@@ -298,7 +331,8 @@ def load(
 
     Args:
       name: a name in ``DATASETS``: ``'digits'``, ``'digits32'``, ``'cifar10'``, ``'cifar100'``,
-        ``'mnist'``, ``'fashion_mnist'`` or ``'cifar10_corrupted/<corruption>_<severity>'``.
+        ``'mnist'``, ``'fashion_mnist'``, ``'mnist1d'`` (and its variants) or
+        ``'cifar10_corrupted/<corruption>_<severity>'``.
       split: one of ``splits_of(name)``.
       data_dir: tfds data directory; None means tfds' default (``$TFDS_DATA_DIR``, else
         ``~/tensorflow_datasets``). Ignored by the embedded datasets.
@@ -306,7 +340,8 @@ def load(
         ignored by splits that are not part of that partition.
 
     Returns:
-      A :class:`Dataset` with read-only float32 NHWC images in [0, 1] and int32 labels. Repeated
+      A :class:`Dataset` with read-only float32 NHWC images (NLC sequences for MNIST-1D) in
+      [0, 1] and int32 labels. Repeated
       calls with the same arguments return the same (cached) object.
 
     Raises:
@@ -325,5 +360,6 @@ def load(
 def clear_cache() -> None:
     """Empties the in-process caches of loaded datasets and tfds reads (e.g. between mocks in tests)."""
     _load_cached.cache_clear()
+    _mnist1d_arrays.cache_clear()
     _read_split.cache_clear()
     _tfds_train_stats.cache_clear()

@@ -45,7 +45,8 @@ def test_arrays_are_read_only_views_and_the_callers_arrays_stay_writable():
     "overrides, match",
     [
         (dict(images=np.zeros((4, 5, 6, 3), np.float64)), "float32"),
-        (dict(images=np.zeros((4, 5, 6), np.float32)), "NHWC"),
+        (dict(images=np.zeros((4, 30), np.float32)), "NHWC"),
+        (dict(images=np.zeros((4, 5, 6, 3, 1), np.float32)), "NLC"),
         (dict(labels=np.zeros(4, np.int64)), "int32"),
         (dict(labels=np.zeros(3, np.int32)), "4 images but 3 labels"),
         (dict(labels=np.array([0, 1, 3, 0], np.int32)), r"\[0, 3\)"),

@@ -146,6 +146,7 @@ def test_registered_corruptions_are_exactly_tfds_configs():
     assert ours == configs and len(ours) == 95 == 5 * len(CORRUPTIONS)
     assert set(DATASETS) - {f"cifar10_corrupted/{c}" for c in configs} == {
         "digits", "digits32", "cifar10", "cifar100", "mnist", "fashion_mnist",
+        "mnist1d", "mnist1d_shuffle", "mnist1d_20k", "mnist1d_shuffle_20k",
     }  # fmt: skip
 
 
