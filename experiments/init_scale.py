@@ -29,6 +29,7 @@ curve (``classify``: diverged / no progress / trained), the init profiles agains
     python -m experiments.init_scale --quick         # 3 layers (2 hidden of 16), 20 steps, one seed, 9 runs: ~45 s CPU (mostly compiling)
     python -m experiments.init_scale --seeds 0       # one seed per (norm, c) (a third of the training)
     python -m experiments.init_scale --scales 1 1.5 2 2.5 3 --norms vanilla
+    python -m experiments.init_scale --config mnist1d  # the same study on MNIST-1D (offline, generated)
     python -m experiments.init_scale --config mnist  # the lecture's MNIST setting (a GPU; tfds-prepared MNIST)
     python -m experiments.init_scale --plot-only     # plots + summary.md from the stored files
 
@@ -147,6 +148,9 @@ SETUPS: dict[str, InitScaleSetup] = {
     # The lecture's setting: a 50-layer ReLU MLP on MNIST, trained to a few per cent
     # error. Not yet run here (MNIST must be prepared by tfds); on one GPU expect a few
     # minutes (50 sequential dense layers make each step latency-bound).
+    # The same 50 x 64 ReLU MLP on MNIST-1D ("Scaling Down Deep Learning with MNIST-1D",
+    # Greydanus & Kobak, ICML 2024; sequences of 40 flattened), 3,200 training sequences.
+    "mnist1d": InitScaleSetup(name="mnist1d", dataset="mnist1d"),
     "mnist": InitScaleSetup(name="mnist", dataset="mnist", width=256, batch_size=128, steps=5000, every=50, probe_every=500, probe_size=512),
 }
 
