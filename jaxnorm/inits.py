@@ -12,6 +12,12 @@ defaults to ``truncated=False``; both are available by name.
 
 Use :func:`get_init` to look one up by the names used in configs.
 
+Biases: flax calls a bias initializer with the bias's shape only, so an initializer
+that depends on the layer's fan-in (PyTorch's default, ``U(-1/sqrt(fan_in),
+1/sqrt(fan_in))``) is built per layer from the fan-in the model knows:
+:data:`BIAS_INITS` maps a name to a factory ``fan_in -> init``; :func:`get_bias_init`
+looks one up. Most of the zoo keeps flax's zero biases and does not use it.
+
 References:
   Glorot & Bengio (2010); He et al. (2015), arXiv:1502.01852; Saxe et al. (2014),
   arXiv:1312.6120 (orthogonal); Balduzzi et al. (2017), arXiv:1702.08591 and the gradient-conditioning thesis (“Gradient Conditioning in Deep Neural Networks”, BYU 2022), Def. 3.9 (looks-linear).
@@ -19,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -38,8 +45,12 @@ __all__ = [
     "orthogonal",
     "scaled_normal",
     "looks_linear",
+    "torch_default",
+    "symmetric_uniform",
     "get_init",
     "INITS",
+    "BIAS_INITS",
+    "get_bias_init",
 ]
 
 
@@ -112,6 +123,44 @@ def looks_linear(scale: float = 1.0) -> Initializer:
     return init
 
 
+def symmetric_uniform(bound: float) -> Initializer:
+    """``U(-bound, bound)`` for any shape (variance ``bound² / 3``), whatever the fans.
+
+    Raises:
+      ValueError: ``bound <= 0``.
+    """
+    if not bound > 0:
+        raise ValueError(f"symmetric_uniform needs bound > 0, got {bound}.")
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_default() -> Initializer:
+    """PyTorch's default ``nn.Linear``/``nn.Conv*`` kernel init: ``kaiming_uniform_`` with
+    ``a = sqrt(5)``, i.e. ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, variance ``1 / (3 fan_in)``.
+
+    (gain ``sqrt(2 / (1 + a²)) = sqrt(1/3)``, bound ``gain · sqrt(3 / fan_in)``; the
+    fan-in counts the receptive field, as in PyTorch.) Its bias companion is
+    ``get_bias_init('torch_default', fan_in)``.
+    """
+    return _jinit.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _zeros_bias(fan_in: int) -> Initializer:
+    """Zero biases (flax's default); the fan-in is not used."""
+    return _jinit.zeros
+
+
+def _torch_default_bias(fan_in: int) -> Initializer:
+    """PyTorch's default bias of ``nn.Linear``/``nn.Conv*``: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    if fan_in < 1:
+        raise ValueError(f"a bias initializer needs the layer's fan-in >= 1, got {fan_in}.")
+    return symmetric_uniform(1.0 / math.sqrt(fan_in))
+
+
 # Names used in configs and model arguments -> factories.
 INITS: dict[str, Callable[..., Initializer]] = {
     "glorot_normal": glorot_normal,
@@ -122,6 +171,13 @@ INITS: dict[str, Callable[..., Initializer]] = {
     "orthogonal": orthogonal,
     "scaled_normal": scaled_normal,
     "looks_linear": looks_linear,
+    "torch_default": torch_default,
+}
+
+#: Bias initializers by name -> factory ``fan_in -> init`` (module docstring).
+BIAS_INITS: dict[str, Callable[[int], Initializer]] = {
+    "zeros": _zeros_bias,
+    "torch_default": _torch_default_bias,
 }
 
 
@@ -132,3 +188,13 @@ def get_init(name: str, **kwargs) -> Initializer:
       ValueError: unknown name (the message lists the known ones).
     """
     return lookup(INITS, name, "initializer")(**kwargs)
+
+
+def get_bias_init(name: str, fan_in: int) -> Initializer:
+    """The bias initializer registered as ``name`` for a layer with ``fan_in`` inputs
+    (``prod(window) · in_channels`` for a conv).
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones), or ``fan_in < 1``.
+    """
+    return lookup(BIAS_INITS, name, "bias initializer")(fan_in)

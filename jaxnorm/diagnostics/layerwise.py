@@ -40,9 +40,11 @@ Which layers, and how (chosen per layer from shapes at trace time):
   the gradient w.r.t. the *stored* parameters is a Jacobian of the effective kernel's
   gradient, which does not preserve norms, so that one layer's per-example gradients
   are materialized the same way as a norm layer's (``b ×`` the layer's parameters).
-* A parameter owned by any other module (``nn.Embed``, a custom ``self.param``) is
-  unsupported: ``method='layerwise'`` raises a ValueError; ``'auto'`` uses the
-  materialized path.
+* A parameter owned by any other module (``nn.Embed``, a custom ``self.param``), or by
+  a layer the model calls inside a flax transform (the cell of an ``nn.RNN``, which
+  ``nn.scan`` runs once per time step with shared weights: e.g. the MNIST-1D GRU;
+  ``nn.vmap``, ``nn.remat``), is unsupported: ``method='layerwise'`` raises a
+  ValueError; ``'auto'`` uses the materialized path.
 
 BatchNorm modes (the vocabulary of :mod:`jaxnorm.modes`, the semantics of
 :mod:`jaxnorm.diagnostics.per_example`): the row-independence the identity needs holds
@@ -91,6 +93,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
+from flax.core import tracers as _flax_tracers
 import jax.numpy as jnp
 import numpy as np
 
@@ -192,12 +195,24 @@ def _taps(eps, calls, aux):
 
     ``eps=None``: the shape-only discovery pass, appending a :class:`_Call` per layer
     call to ``calls``. Otherwise each call's output is shifted by ``eps[k]`` and
-    ``aux[k] = (input of call k, its layer's variables)`` is recorded."""
+    ``aux[k] = (input of call k, its layer's variables)`` is recorded.
+
+    A layer called inside a transform of the model (``nn.scan`` -- e.g. the cell of an
+    ``nn.RNN`` --, ``nn.vmap``, ``nn.remat``, ...) runs under another JAX trace than the
+    model: it is left untapped (its input is not a value of this trace, and one call of a
+    scanned cell stands for every step), so its parameters stay uncovered and
+    :func:`_check_coverage` sends the model to the materialized path."""
     depth = [0]
+    base = _flax_tracers.current_trace()
 
     def interceptor(next_fun, args, kwargs, ctx):
         m = ctx.module
-        if depth[0] or ctx.method_name != "__call__" or not isinstance(m, _LAYERS):
+        if (
+            depth[0]
+            or ctx.method_name != "__call__"
+            or not isinstance(m, _LAYERS)
+            or _flax_tracers.current_trace() != base
+        ):
             return next_fun(*args, **kwargs)
         depth[0] += 1
         try:
@@ -407,8 +422,9 @@ def _check_coverage(params, calls) -> None:
             missing.append("/".join(map(str, names)))
     if missing:
         raise _Unsupported(
-            f"the layer-wise path handles parameters of nn.Dense, nn.Conv and jaxnorm Norm layers; these belong to "
-            f"another module: {missing}. Use method='materialize' (or 'auto')."
+            f"the layer-wise path handles parameters of nn.Dense, nn.Conv and jaxnorm Norm layers called by the model "
+            f"itself; these belong to another module, or to a layer inside a transform of the model (nn.scan, e.g. "
+            f"an nn.RNN cell; nn.vmap; nn.remat): {missing}. Use method='materialize' (or 'auto')."
         )
 
 

@@ -14,7 +14,7 @@ flax layer's kernel hook (:func:`jaxnorm.layers.kernel_hook`).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Sequence, Union
 
 import jax
 
@@ -125,10 +125,23 @@ def normed_layer(
     return x if activation is None else activation(x)
 
 
-def check_input(x: jax.Array, ndim: int, model: str) -> None:
-    """Clear errors for the wrong input rank or dtype (instead of an XLA shape error)."""
-    if x.ndim != ndim:
-        want = "(batch, height, width, channels)" if ndim == 4 else "(batch, features)"
+#: The layout each input rank means (feature axis last, as everywhere in jaxnorm).
+LAYOUTS = {
+    2: "(batch, features)",
+    3: "(batch, length, channels)",
+    4: "(batch, height, width, channels)",
+}
+
+
+def check_input(x: jax.Array, ndim: Union[int, Collection[int]], model: str) -> None:
+    """Clear errors for the wrong input rank or dtype (instead of an XLA shape error).
+
+    ``ndim``: the rank the model takes, or a collection of ranks (e.g. ``{3, 4}`` for a
+    conv net that runs on sequences and images); the message names each one's layout.
+    """
+    ranks = sorted({ndim} if isinstance(ndim, int) else set(ndim))
+    if x.ndim not in ranks:
+        want = " or ".join(LAYOUTS.get(r, f"rank {r}") for r in ranks)
         raise ValueError(f"{model} expects input of shape {want}, got {x.shape}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{model} expects a floating-point input, got dtype {x.dtype}.")

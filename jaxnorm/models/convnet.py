@@ -8,6 +8,12 @@ Layout, with ``depth`` weight layers in all (``bn_positions`` has ``depth`` flag
            skips fit everywhere)
     head   global spatial mean -> dense num_classes (layer ``depth``)
 
+Images ``(batch, height, width, channels)`` or sequences ``(batch, length, channels)``
+(e.g. MNIST-1D): on a sequence every 3x3 conv is a width-3 conv (kernel ``(3, c_in,
+c_out)``), every 2x2 pool a width-2 pool and the global mean runs over the length; the
+layer names, the norm slots and ``bn_positions`` are the same (a BatchNorm normalizes
+each channel over batch and length). Pooling stops once an axis would drop below 1.
+
 With ``residual=True`` the body layers of a stage pair up into residual blocks
 ``x <- act(x + norm(conv(act(norm(conv(x))))))`` (He et al. 2016, post-activation);
 a stage with an odd number of layers starts with one plain layer. Without it, the
@@ -67,7 +73,7 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        check_input(x, 4, "convnet")
+        check_input(x, {3, 4}, "convnet")
         if self.depth < 2:
             raise ValueError(f"convnet: depth must be >= 2 (stem conv and dense head), got {self.depth}.")
         if self.residual and self.activation == "crelu":
@@ -80,14 +86,17 @@ class ConvNet(nn.Module):
         reparam = plan_reparam(self.weight_reparam, plan, "convnet")
         block = functools.partial(normed_layer, plan=plan, train=train, norm_options=self.norm_options or {}, reparam=reparam)
 
+        spatial = x.ndim - 2  # 1: sequence, 2: image
+        window, axes = (3,) * spatial, tuple(range(1, 1 + spatial))
+
         def conv(i):
-            return functools.partial(nn.Conv, self.width, (3, 3), padding="SAME", kernel_init=init, name=f"conv{i + 1}")
+            return functools.partial(nn.Conv, self.width, window, padding="SAME", kernel_init=init, name=f"conv{i + 1}")
 
         x = block(x, 0, conv(0), activation=act)
         i = 1
         for s, size in enumerate(_stage_sizes(self.depth - 2, self.stages)):
-            if s > 0 and size > 0 and min(x.shape[1:3]) >= 2:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            if s > 0 and size > 0 and min(x.shape[1:-1]) >= 2:
+                x = nn.avg_pool(x, (2,) * spatial, strides=(2,) * spatial)
             if self.residual and size % 2:
                 x, i, size = block(x, i, conv(i), activation=act), i + 1, size - 1
             for _ in range(size // 2 if self.residual else size):
@@ -97,5 +106,5 @@ class ConvNet(nn.Module):
                     x, i = act(x + h), i + 2
                 else:
                     x, i = block(x, i, conv(i), activation=act), i + 1
-        x = jnp.mean(x, axis=(1, 2))
+        x = jnp.mean(x, axis=axes)
         return block(x, i, functools.partial(nn.Dense, self.num_classes, kernel_init=init, name=f"dense{i + 1}"))

@@ -4,7 +4,8 @@ materialized per-example gradients.
 The reference is :func:`per_example_grads` (a vmap of single-example gradients, tested
 against Python loops in test_per_example.py), reduced here in float64 NumPy: ``Σ g²``,
 ``G Gᵀ``, the mean of ``g²`` and of ``g``. Every model family of the registry (mlp,
-deep_fc, convnet plain and residual, 3c3d, allcnnc), tiny, in ``running`` and ``frozen``
+deep_fc, convnet plain and residual, on images and on sequences, 3c3d, allcnnc, the
+MNIST-1D linear/MLP/CNN baselines), tiny, in ``running`` and ``frozen``
 mode, with and without BatchNorm, ghost groups, the ``bn_ablation`` superset and layer
 norm; weight norm (the per-layer fallback of a re-parameterized kernel) in the float32
 test below.
@@ -83,6 +84,13 @@ CASES = {
     # Without the second moment, so that the convs at 5x5 and 3x3 take the position-pair
     # forms of the squared norms and the Gram (test_layer_plan_names_each_layer_treatment).
     "allcnnc_vanilla": ("allcnnc", dict(), (9, 9, 1), 2, dict(modes=("frozen",), compute=("sq_norms", "gram", "mean_grad"))),
+    # 1-D: sequences (length, channels). The MNIST-1D baselines on shortened sequences
+    # (the models take any length), BN over batch and length; the linear model's one slot
+    # is its logits. (The GRU falls back to the materialized path: test_mnist1d_models.py.)
+    "mnist1d_linear_bn": ("mnist1d_linear", dict(norm="bn_gamma_beta", bn_positions=(1,)), (12, 1), 4, dict(modes=("frozen",))),
+    "mnist1d_mlp_bn": ("mnist1d_mlp", dict(width=6, norm="bn_gamma_beta"), (12, 1), 4, dict(modes=("frozen",))),
+    "mnist1d_cnn_bn": ("mnist1d_cnn", dict(channels=3, norm="bn_gamma_beta"), (20, 1), 4, dict(modes=("frozen",))),
+    "convnet1d_bn": ("convnet", dict(depth=3, width=3, norm="bn_gamma_beta"), (12, 2), 4, {}),
 }
 # Only in the float32 test.
 OTHER_CASES = {"mlp_weight_norm": ("mlp", dict(depth=3, width=8, weight_reparam="weight_norm"), (6,), 8, {})}

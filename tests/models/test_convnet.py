@@ -10,6 +10,17 @@ import numpy as np
 import pytest
 
 from jaxnorm.models import get_model
+from tests.models.reference1d import (
+    assert_batchnorm_over_batch_and_length,
+    assert_within_forward_bound,
+    conv,
+    dense,
+    draw_fan_in,
+    inputs,
+    mean_over_length,
+    pool,
+    relu,
+)
 
 X = (2, 8, 8, 3)
 
@@ -154,9 +165,10 @@ def test_stages_below_one_rejected():
         abstract_init(get_model("convnet", stages=0))
 
 
-@pytest.mark.parametrize("shape", [(8, 8, 3), (2, 64), (1, 2, 8, 8, 3)])
+# Rank 3 is a sequence (batch, length, channels) now (tests/models/test_mnist1d_models.py).
+@pytest.mark.parametrize("shape", [(64,), (2, 64), (1, 2, 8, 8, 3)])
 def test_wrong_input_rank(shape):
-    with pytest.raises(ValueError, match="expects input"):
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, length, channels\) or \(batch, height"):
         abstract_init(get_model("convnet", depth=4, width=4), shape)
 
 
@@ -164,3 +176,46 @@ def test_wrong_input_rank(shape):
 def test_non_float_input(dtype):
     with pytest.raises(TypeError, match="floating"):
         abstract_init(get_model("convnet", depth=4, width=4), X, dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Sequences (batch, length, channels), e.g. MNIST-1D: width-3 convs, width-2 pools.
+
+
+def ref_convnet1d(p, t):
+    """'convnet' depth 4, 2 stages, on (b, L, C): conv3 SAME -> ReLU (stem), conv3 -> ReLU
+    (stage 1), pool 2, conv3 -> ReLU (stage 2), mean over length, dense."""
+    t = relu(conv(t, p["conv1"], 1, 1))
+    t = relu(conv(t, p["conv2"], 1, 1))
+    t = relu(conv(pool(t), p["conv3"], 1, 1))
+    return dense(mean_over_length(t), p["dense4"])
+
+
+def test_convnet_on_sequences_matches_numpy():
+    model = get_model("convnet", depth=4, width=5, stages=2, num_classes=3)
+    x = inputs((2, 12, 2))
+    v = draw_fan_in(model, x)
+    assert v["params"]["conv1"]["kernel"].shape == (3, 2, 5)
+    assert v["params"]["conv2"]["kernel"].shape == (3, 5, 5)
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
+    assert_within_forward_bound(out, ref_convnet1d, v["params"], x)
+
+
+def test_convnet_on_sequences_residual_stops_pooling_at_length_one():
+    # depth 5, 3 stages of one body layer on length 2: pooled to 1 before stage 2, and not
+    # again before stage 3 (a width-2 pool of length 1 would leave nothing to average).
+    model = get_model("convnet", depth=5, width=4, residual=True, num_classes=3, norm="bn")
+    x = inputs((2, 2, 3))
+    v = draw_fan_in(model, x)
+    assert count(v["params"]) == (9 * 4) + 3 * (12 * 4) + (4 * 3 + 3)  # BN: no conv biases
+    out, state = jax.jit(
+        lambda v: model.apply(v, x, train=True, capture_intermediates=True, mutable=["batch_stats", "intermediates"])
+    )(v)
+    lengths = [state["intermediates"][f"conv{k}"]["__call__"][0].shape[1] for k in (1, 2, 3, 4)]
+    assert lengths == [2, 2, 1, 1]
+    assert out.shape == (2, 3) and np.all(np.isfinite(np.asarray(out)))
+
+
+def test_batchnorm_on_sequences_normalizes_over_batch_and_length():
+    model = get_model("convnet", depth=3, width=4, num_classes=3, norm="bn")
+    assert_batchnorm_over_batch_and_length(model, inputs((4, 16, 2)), ("norm1", "norm2"))

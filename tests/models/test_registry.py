@@ -15,10 +15,33 @@ import optax
 import pytest
 
 import jaxnorm
-from jaxnorm.models import AllCNNC, ConvNet, DeepFC, MLP, ThreeCThreeD, get_model, model_names, register_model
+from jaxnorm.models import (
+    MNIST1DCNN,
+    MNIST1DGRU,
+    MNIST1DMLP,
+    AllCNNC,
+    ConvNet,
+    DeepFC,
+    MLP,
+    MNIST1DLinear,
+    ThreeCThreeD,
+    get_model,
+    model_names,
+    register_model,
+)
 from jaxnorm.models import registry
 
-EXPECTED = {"3c3d": ThreeCThreeD, "allcnnc": AllCNNC, "mlp": MLP, "deep_fc": DeepFC, "convnet": ConvNet}
+EXPECTED = {
+    "3c3d": ThreeCThreeD,
+    "allcnnc": AllCNNC,
+    "mlp": MLP,
+    "deep_fc": DeepFC,
+    "convnet": ConvNet,
+    "mnist1d_linear": MNIST1DLinear,
+    "mnist1d_mlp": MNIST1DMLP,
+    "mnist1d_cnn": MNIST1DCNN,
+    "mnist1d_gru": MNIST1DGRU,
+}
 
 
 def test_model_names_contains_the_zoo():
@@ -97,7 +120,15 @@ SMALL = {
     "mlp": (dict(num_classes=5, depth=3, width=16), (3, 4, 4, 3)),
     "deep_fc": (dict(num_classes=5, depth=4, width=16), (3, 12)),
     "convnet": (dict(num_classes=5, depth=6, width=8), (2, 8, 8, 3)),
+    # MNIST-1D sequences (batch, 40, 1); the GRU on 12 steps (one scan compile either way).
+    "mnist1d_linear": (dict(num_classes=5), (3, 40, 1)),
+    "mnist1d_mlp": (dict(num_classes=5, width=8), (3, 40, 1)),
+    "mnist1d_cnn": (dict(num_classes=5, channels=4), (3, 40, 1)),
+    "mnist1d_gru": (dict(num_classes=5, hidden=2), (3, 12, 1)),
 }
+# Models with no hidden layer: the default placement (a norm after every weight layer but
+# the last) puts none, so the shared contract below runs with these explicit flags.
+NO_HIDDEN_LAYER = {"mnist1d_linear": (1,)}
 
 
 def _small(name, **extra):
@@ -110,9 +141,13 @@ def test_train_mode_updates_batch_stats_and_gradients_are_finite(name):
     model, shape = _small(name, norm="bn_gamma_beta")
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     labels = jnp.arange(shape[0]) % model.num_classes
+    if name in NO_HIDDEN_LAYER:
+        default = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), x, train=False))
+        assert not default.get("batch_stats")  # nowhere to put one by default
+        model = model.clone(bn_positions=NO_HIDDEN_LAYER[name])
     variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), x)
     params, stats = variables["params"], variables["batch_stats"]
-    assert len(stats) >= 1  # default placement puts at least one BN in every model
+    assert len(stats) >= 1  # default placement puts at least one BN in every model with a hidden layer
     # init never moves the running statistics.
     for s in stats.values():
         np.testing.assert_array_equal(s["mean"], 0.0)
