@@ -17,10 +17,12 @@ from experiments.configs import (
     digits_bn_only,
     digits_gamma_init,
     digits_last_gamma_beta,
+    mnist1d,
 )
 
 CONFIGS: dict[str, Callable] = {
     "digits": digits.get_config,
+    "mnist1d": mnist1d.get_config,
     "cifar10_3c3d": cifar10_3c3d.get_config,
     "cifar100_3c3d": cifar100_3c3d.get_config,
     "cifar100_allcnnc": cifar100_allcnnc.get_config,
