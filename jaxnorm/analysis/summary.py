@@ -84,7 +84,8 @@ def epochs_to_target(run, target: float) -> int | None:
 
 #: Classes of the datasets of :data:`jaxnorm.data.DATASETS`, for :func:`chance_level`
 #: (analysis may not import jaxnorm.data; tests/analysis/test_summary.py checks the two agree).
-NUM_CLASSES = {"digits": 10, "digits32": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"digits": 10, "digits32": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "mnist1d": 10, "mnist1d_shuffle": 10, "mnist1d_20k": 10, "mnist1d_shuffle_20k": 10}
 
 
 def base_dataset(name) -> str:

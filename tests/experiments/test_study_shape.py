@@ -13,8 +13,8 @@ import pytest
 from jaxnorm.study import build_parser
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
-STUDIES = ("ablation", "conditioning", "init_scale", "masking", "mirrored", "norm_kinds", "regularization", "samplers", "sharpness",
-           "smoothness", "tent")
+STUDIES = ("ablation", "conditioning", "init_scale", "masking", "mirrored", "mnist1d_baselines", "norm_kinds", "regularization",
+           "samplers", "sharpness", "smoothness", "tent")
 #: Scripts that train nothing, so not on the study protocol: `toys` computes the thesis's
 #: Lemma 2.2 simulations and the shattered-gradients curves of networks at initialization.
 COMPUTATIONS = ("plot", "smoke", "toys")
