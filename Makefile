@@ -24,7 +24,7 @@ smoke: $(STAMP)
 	$(PY) -m experiments.smoke
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2  # two workers: the CI machine has 2 cores
+	$(PY) -m pytest -q -n 2 --dist worksteal  # two workers (the CI machine has 2 cores); idle workers steal queued tests, so the long ones do not pile up at the end
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis results
