@@ -26,7 +26,7 @@ ALLOWED = {
     "inits": BASE,
     "layers": BASE | {"norms"},
     "models": BASE | {"norms", "layers", "inits"},
-    "data": BASE,
+    "data": BASE | {"results"},  # the MNIST-1D cache is written with results.write_npz (atomic)
     "modes": BASE,
     "objective": BASE,
     "results": BASE,

@@ -45,13 +45,14 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
+
+from jaxnorm.results import write_npz
 
 SEQUENCE_LENGTH = 40
 NUM_CLASSES = 10
@@ -120,21 +121,16 @@ def generate(overrides: Mapping | None = None) -> dict[str, np.ndarray]:
       package returns them.
     """
     m1d, _ = _package()
+    from mnist1d.utils import ObjectView
+
     args = dataset_args(overrides)
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
-        data = m1d.make_dataset(_ObjectView(args))
+        data = m1d.make_dataset(ObjectView(args))  # the package's own attribute view of its arguments
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
     return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
-
-
-class _ObjectView:
-    """The attribute view of a dict the package's functions expect (``args.seed``)."""
-
-    def __init__(self, d: Mapping):
-        self.__dict__.update(d)
 
 
 def _cache_path(name: str, args: Mapping, package_version: str) -> Path:
@@ -145,8 +141,8 @@ def _cache_path(name: str, args: Mapping, package_version: str) -> Path:
 
 def _to_unit(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     x, x_test = data["x"], data["x_test"]
-    lo = float(min(x.min(), x_test.min())) if x_test.size else float(x.min())
-    hi = float(max(x.max(), x_test.max())) if x_test.size else float(x.max())
+    both = np.concatenate([x.ravel(), x_test.ravel()])
+    lo, hi = float(both.min()), float(both.max())
     scale = hi - lo if hi > lo else 1.0
     unit = lambda a: np.clip((a - lo) / scale, 0.0, 1.0).astype(np.float32)[..., None]
     return {
@@ -176,16 +172,7 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
 
 def _write(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared data
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_npz(path, arrays)  # atomic: a killed build never leaves a half-written cache
     except OSError as e:  # a read-only home, a full disk: the data is still returned
         warnings.warn(f"MNIST-1D: could not write the cache {str(path)!r} ({e}); it will be generated again next time.", stacklevel=3)
 
