@@ -12,6 +12,8 @@
   ``CORRUPTIONS`` (CIFAR-10-C parameters), ``psnr``.
 * :mod:`~jaxnorm.data.batching` -- ``step_key``, ``epoch_permutation``, ``steps_per_epoch``,
   ``batch_indices``, ``get_batch``, ``iterate_eval``.
+* :mod:`~jaxnorm.data.batches` -- ``batches(dataset, batch_size, seed, epoch)``: the engine's
+  training batches for users' own loops; ``training_batch``, ``step_keys`` (what the step uses).
 """
 
 from jaxnorm.data.augmentation import (
@@ -32,6 +34,7 @@ from jaxnorm.data.augmentation import (
     random_crop,
     random_flip,
 )
+from jaxnorm.data.batches import batches, step_keys, training_batch
 from jaxnorm.data.batching import (
     batch_indices,
     epoch_permutation,
@@ -58,6 +61,7 @@ __all__ = [
     "apply_color_jitter",
     "augment",
     "batch_indices",
+    "batches",
     "clear_cache",
     "color_jitter",
     "corrupt",
@@ -80,5 +84,7 @@ __all__ = [
     "random_flip",
     "splits_of",
     "step_key",
+    "step_keys",
     "steps_per_epoch",
+    "training_batch",
 ]

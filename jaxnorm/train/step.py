@@ -17,7 +17,8 @@ import numpy as np
 import optax
 
 from jaxnorm.data.augmentation import AugmentConfig, augment, normalize
-from jaxnorm.data.batching import TRAIN_EVAL_STEP, batch_indices, iterate_eval, step_key
+from jaxnorm.data.batches import step_keys, training_batch
+from jaxnorm.data.batching import TRAIN_EVAL_STEP, iterate_eval, step_key
 from jaxnorm.diagnostics.layerwise import PerExampleStats, statistics_of_forward
 from jaxnorm.modes import apply as apply_in_mode, check_bn_mode
 from jaxnorm.observers.protocol import is_stateful
@@ -114,13 +115,8 @@ def make_train_step(
 
     def _step(state: TrainState, data, perm, seed, epoch, step_in_epoch, carries):
         images, labels = data
-        idx = batch_indices(perm, step_in_epoch, batch_size)
-        x, y = images[idx], labels[idx]
-        aug_key, dropout_key = jax.random.split(step_key(seed, epoch, step_in_epoch))
-        if augment_config is None:
-            x = normalize(x, mean, std)
-        else:
-            x = augment(aug_key, x, augment_config, mean, std)
+        aug_key, dropout_key = step_keys(seed, epoch, step_in_epoch)
+        x, y = training_batch(images, labels, perm, aug_key, step_in_epoch, batch_size, mean, std, augment_config)
         if batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
             y = jax.lax.with_sharding_constraint(y, batch_sharding)
