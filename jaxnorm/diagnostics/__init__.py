@@ -24,6 +24,9 @@ step-consistency and batch-dissonance metrics of the gradient-conditioning thesi
   ``'batch'`` or ``'running'``, any loss of :mod:`jaxnorm.objective`); every solver takes
   ``curvature=``, ``loop=`` (``'lax'``/``'host'``, automatic), ``precision=``, ``linearize=``
   and records them (``SolverInfo``).
+* :mod:`~jaxnorm.diagnostics.model_curvature` -- one call from a model and a batch, as
+  PyHessian users expect: ``top_eigenvalues(module, variables, x, y, k)`` (Lanczos, with each
+  pair's residual) and ``hessian_trace(module, variables, x, y)`` (Hutch++ or Hutchinson).
 * :mod:`~jaxnorm.diagnostics.curvature` -- the curvature registry ``CURVATURES``
   (``'hessian'``, ``'ggn'`` generalized Gauss-Newton, ``'fisher'`` empirical Fisher),
   ``SplitLoss`` (outputs + per-example loss), ``ggn_vp``, ``fisher_vp``, ``curvature_vp``.
@@ -89,6 +92,7 @@ from jaxnorm.diagnostics.hessian_conditioning import (
 )
 from jaxnorm.diagnostics.input_conditioning import input_condition_number, input_perturbations
 from jaxnorm.diagnostics.layerwise import PerExampleStats, per_example_statistics, statistics_of_forward
+from jaxnorm.diagnostics.model_curvature import TRACE_METHODS, Eigenpairs, hessian_trace, top_eigenvalues
 from jaxnorm.diagnostics.masking import GradientMask, flatten, num_coordinates, random_mask
 from jaxnorm.diagnostics.per_example import (
     MODES,
@@ -121,6 +125,10 @@ __all__ = [
     "kappa_x_sweep",
     "plateau",
     "top_eigenpairs",
+    "top_eigenvalues",
+    "hessian_trace",
+    "Eigenpairs",
+    "TRACE_METHODS",
     "spectral_density",
     "power_iteration",
     "outlier_ratio",
