@@ -60,6 +60,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxnorm.data import epoch_permutation, load, steps_per_epoch
@@ -67,7 +68,7 @@ from jaxnorm.layers import set_ablation_variant
 from jaxnorm.models import get_model
 from jaxnorm.train import parallel
 from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
-from jaxnorm.train.multi_run import map_over_runs, resolve_strategy, stack, unstack
+from jaxnorm.train.multi_run import default_run_devices, map_over_runs, padded_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.interrupts import InterruptGuard
 from jaxnorm.train.run_groups import check_compatible, learned_filter
@@ -240,21 +241,39 @@ class _Program:
     """The compiled functions of N stacked runs, with their placement on the devices.
 
     Built once per ``fit_many``: ``train_step``, ``evaluate``, one function per observer
-    and the epoch permutation, each traced once (``traced.counts``)."""
+    and the epoch permutation, each traced once (``traced.counts``).
 
-    def __init__(self, plan: _Plan, configs: Sequence[TrainConfig], module, observers, strategy: str):
+    ``num`` is the number of real runs; ``width`` the stacked run axis, larger under
+    ``'shard'`` when N is padded to a multiple of the run devices with copies of the last
+    run (``width - num`` dummy runs, which the loop never reads). :meth:`put_runs` stacks
+    and places per-run trees (padding them), :meth:`place` places shared ones."""
+
+    def __init__(self, plan: _Plan, configs: Sequence[TrainConfig], module, observers, strategy: str, run_devices: Optional[int] = None):
         cfg, num = plan.config, len(configs)
         self.num, self.observers = num, list(observers)
         # Training-batch observers are measured inside the step (jaxnorm.observers.protocol).
         self.in_step = [o for o in self.observers if is_in_step(o)]
         n_dev = cfg.num_devices or 1
-        mesh = parallel.make_mesh(n_dev)
+        runs_sh = None
+        if strategy == "shard":
+            rows = run_devices or default_run_devices(num, jax.device_count() // n_dev)
+            mesh = parallel.make_run_mesh(rows, n_dev)
+            runs_sh = parallel.runs_sharding(mesh)
+            self.width = padded_runs(num, rows)
+            self.info = {"run_devices": rows, "data_devices": n_dev, "dummy_runs": self.width - num}
+        else:
+            mesh = parallel.make_mesh(n_dev)
+            self.width, self.info = num, {}
         parallel.check_batch_divisible(plan.batch_size, mesh)
+        width = self.width
         # One device: default placement. Several: everything replicated, each batch sharded;
         # outputs pinned to the same placement so no call ever sees new shardings (no retrace).
-        rep = parallel.replicated(mesh) if n_dev > 1 else None
-        self.place = (lambda t: parallel.put_replicated(t, mesh)) if n_dev > 1 else jax.device_put
+        # 'shard': every output carries the run axis, pinned sharded over the rows.
+        rep = runs_sh if runs_sh is not None else parallel.replicated(mesh) if n_dev > 1 else None
+        self.place = (lambda t: parallel.put_replicated(t, mesh)) if n_dev > 1 or runs_sh is not None else jax.device_put
+        self._place_runs = (lambda t: jax.device_put(t, runs_sh)) if runs_sh is not None else self.place
         jit = lambda f, **kw: jax.jit(f, **({"out_shardings": rep} if rep is not None else {}), **kw)
+        over_runs = functools.partial(map_over_runs, strategy=strategy, num_runs=width, mesh=mesh if runs_sh is not None else None)
         self.traced = _TraceCounter()
         txs = [_optimizer(c, plan) for c in configs]  # one per run: each state holds its own hyperparameters
         step_kwargs = dict(
@@ -264,19 +283,20 @@ class _Program:
             loss=cfg.loss,
             l2_scope=cfg.l2_scope,
             augment_config=cfg.augment,
-            batch_sharding=parallel.batch_sharding(mesh) if n_dev > 1 else None,
+            # Inside shard_map's manual 'runs' axis a sharding names the free 'data' axis only.
+            batch_sharding=(P(parallel.DATA_AXIS) if runs_sh is not None else parallel.batch_sharding(mesh)) if n_dev > 1 else None,
         )
         # txs[0]: the update reads the hyperparameters from each run's state.
         step_fn = make_train_step(module, txs[0], **step_kwargs)
-        self.train_step = jit(self.traced("train_step", map_over_runs(step_fn, strategy, (0, None, 0, 0, None, None), num)), donate_argnums=(0,))
+        self.train_step = jit(self.traced("train_step", over_runs(step_fn, in_axes=(0, None, 0, 0, None, None))), donate_argnums=(0,))
 
         def instrumented(names):  # one compiled step per set of due training-batch observers
             fn = make_train_step(module, txs[0], in_step=[o for o in self.in_step if o.name in names], **step_kwargs)
-            return jit(self.traced("train_step+" + "+".join(sorted(names)), map_over_runs(fn, strategy, (0, None, 0, 0, None, None, 0), num)), donate_argnums=(0,))
+            return jit(self.traced("train_step+" + "+".join(sorted(names)), over_runs(fn, in_axes=(0, None, 0, 0, None, None, 0))), donate_argnums=(0,))
 
         self._instrumented = functools.lru_cache(maxsize=None)(instrumented)
         evaluate = make_evaluate(module, mean=plan.mean, std=plan.std, bn_mode=cfg.eval_bn_mode, loss=cfg.loss)
-        self.evaluate = jit(self.traced("evaluate", map_over_runs(evaluate, strategy, (0, None, None, None), num)))
+        self.evaluate = jit(self.traced("evaluate", over_runs(evaluate, in_axes=(0, None, None, None))))
         if cfg.train_eval_mode == "deepobs":
             size = min(len(load(cfg.dataset, "train_eval").labels[: cfg.eval_subset]), len(plan.labels))
             drawn = make_drawn_evaluate(
@@ -284,23 +304,40 @@ class _Program:
                 bn_mode=cfg.eval_bn_mode, loss=cfg.loss, augment_config=cfg.augment,
             )  # fmt: skip
             # Each run draws with its own seed; the epoch is traced: one compilation.
-            self.evaluate_drawn = jit(self.traced("evaluate_drawn", map_over_runs(drawn, strategy, (0, None, 0, None), num)))
+            self.evaluate_drawn = jit(self.traced("evaluate_drawn", over_runs(drawn, in_axes=(0, None, 0, None))))
         # Observers copy out of the state: the next step donates (invalidates) its buffers.
         # A stateful observer's carry (see jaxnorm.observers.protocol) stays on the device too.
         self._observe = {
-            o.name: jit(map_over_runs(_copying(o), strategy, (0, 0) if is_stateful(o) else (0,), num))
+            o.name: jit(over_runs(_copying(o), in_axes=(0, 0) if is_stateful(o) else (0,)))
             for o in self.observers if not is_in_step(o)
         }
-        self._init_carry = {o.name: jit(map_over_runs(o.init_carry, strategy, (0,), num)) for o in self.observers if is_stateful(o)}
+        self._init_carry = {o.name: jit(over_runs(o.init_carry, in_axes=(0,))) for o in self.observers if is_stateful(o)}
         if plan.shuffle:
             # One device: the module-level jitted permutation, compiled once per process
             # (not once per fit_many call: sweeps run many small programs).
-            self.permute = _PERMUTE if n_dev == 1 else jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
+            self.permute = _PERMUTE if rep is None else jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)), static_argnums=(2,))
+        elif runs_sh is not None:  # full batch: the stored order every step, placed once
+            order = self._place_runs(jnp.broadcast_to(jnp.arange(len(plan.labels), dtype=jnp.int32), (width, len(plan.labels))))
+            self.permute = lambda seeds, epoch, n: order
         else:  # full batch: the stored order every step
             self.permute = lambda seeds, epoch, n: jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (len(seeds), n))
         sample = jnp.asarray(plan.images[:1])
         self.states = [create_state(jax.random.PRNGKey(c.seed), module, tx, sample) for c, tx in zip(configs, txs)]
         self.carries: dict = {}
+
+    def put_runs(self, trees: Sequence):
+        """Stacks one tree per real run along the run axis, pads it to ``width`` with
+        copies of the last (the dummy runs) and places it (sharded over the run devices
+        under ``'shard'``)."""
+        trees = list(trees)
+        return self._place_runs(stack(trees + trees[-1:] * (self.width - len(trees))))
+
+    def seeds(self, configs: Sequence[TrainConfig]):
+        """The runs' seeds, ``(width,)`` int32, placed like the state's run axis."""
+        seeds = [c.seed for c in configs]
+        if self.width == self.num:
+            return jnp.asarray(seeds, jnp.int32)
+        return self._place_runs(jnp.asarray(seeds + seeds[-1:] * (self.width - len(seeds)), jnp.int32))
 
     def evaluate_split(self, state, arrays, epoch: int):
         """One split's totals: a laid-out split, or (:class:`_Drawn`) the redrawn train_eval set."""
@@ -388,7 +425,7 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
         restored = [c.restore(template, step=min(steps)) if s != min(steps) else r for c, s, r in zip(ckpts, steps, restored)]
     for c in ckpts:
         c.discard_after(min(steps))  # the passed-over ones: this run saves those steps again
-    state = program.place(stack([r[0] for r in restored]))
+    state = program.put_runs([r[0] for r in restored])
     meta = restored[0][1]
     step, start_epoch = int(meta["step"]), int(meta["next_epoch"])
     for r, t in zip(runs, traj):
@@ -396,7 +433,7 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
         load_trajectories(r, t, step)
     program.start_carries(state)
     program.carries = {
-        name: program.place(stack([load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))]))
+        name: program.put_runs([load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))])
         for name, carry in program.carries.items()
     }
     return state, step, start_epoch, [m[1].get("initial_loss") for m in restored]
@@ -455,6 +492,7 @@ def fit_many(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    run_devices: Optional[int] = None,
 ) -> list[FitResult]:
     """Trains N runs as one compiled program. They may differ in ``seed``, ``name``,
     ``tag``, the hyperparameters held in the optimizer state (``learning_rate``,
@@ -474,7 +512,19 @@ def fit_many(
     :class:`~jaxnorm.observers.stopping.StopWhen` end the group before the cap once every
     run has met their rule or diverged. See
     :mod:`jaxnorm.train.multi_run` for the strategies (``'auto'``: vmap on GPU/TPU,
-    loop on CPU).
+    loop on CPU, ``'shard'`` on two or more GPU/TPU devices per data-parallel group:
+    :func:`~jaxnorm.train.multi_run.auto_strategy`).
+
+    ``strategy='shard'`` spreads the runs over ``run_devices`` device rows (default
+    None: as few rows of the ``jax.device_count() // num_devices`` available as give each
+    the fewest runs, :func:`~jaxnorm.train.multi_run.default_run_devices`), each row
+    ``config.num_devices`` devices wide (data parallelism inside a run), so
+    ``run_devices * num_devices`` devices are used. Each row trains its runs with vmap,
+    without communication between rows; results equal the single runs as ``'vmap'``'s
+    do. N not a multiple of ``run_devices`` is padded with copies of the last run,
+    trained and discarded (they write nothing). ``status.json``'s ``program`` then also
+    records ``run_devices``, ``data_devices`` and ``dummy_runs``. Asking for
+    ``run_devices`` > 1 with ``'auto'`` picks ``'shard'``.
 
     Runs that already ended (``status.json`` finished or diverged, the same config) are
     not trained again: their results are read from their folders (state: the latest
@@ -484,16 +534,20 @@ def fit_many(
 
     Raises:
       ValueError: the configs differ in more than the per-run fields above, mix runs
-        with and without momentum, or names repeat; and the errors of :func:`fit`.
+        with and without momentum, or names repeat; ``run_devices`` below 1, with
+        ``num_devices`` needing more devices than exist, or given with a strategy other
+        than ``'shard'``/``'auto'``; and the errors of :func:`fit`.
     """
     configs = list(configs)
     superset = check_compatible(configs)
-    strategy = resolve_strategy(strategy, len(configs))
+    strategy = resolve_strategy(strategy, len(configs), data_devices=configs[0].num_devices or 1, run_devices=run_devices)
     observers = [GammaBetaRecorder(configs[0].record_every_steps)] if observers is None else list(observers)
     names = [o.name for o in observers]
     if len(set(names)) != len(names):
         raise ValueError(f"observer names must be unique, got {names}.")
     plan, module, template = _validate(configs, superset)  # before anything is written
+    if strategy == "shard":  # the run mesh fits the machine
+        parallel.make_run_mesh(run_devices or 1, configs[0].num_devices or 1)
     # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
     with InterruptGuard() as guard, contextlib.ExitStack() as locks:
         runs = []
@@ -507,7 +561,7 @@ def fit_many(
         stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], template))
         guard.check()
         group = ([c for c, _ in todo], [r for _, r in todo])
-        trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard) if todo else [])
+        trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard, run_devices) if todo else [])
         out = [next(stored) if d else next(trained) for d in done]
         guard.check()  # a signal during the last steps or the read-back still stops the caller
     return out
@@ -565,18 +619,18 @@ def _stored_results(configs: Sequence[TrainConfig], runs, template) -> list[FitR
     return out
 
 
-def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str, observers, resume: bool, progress: bool, guard) -> list[FitResult]:
+def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str, observers, resume: bool, progress: bool, guard, run_devices=None) -> list[FitResult]:
     """Trains the runs (their folders locked and prepared) as one program; see
     :func:`fit_many`."""
     num = len(configs)
     cfg = configs[0]
-    program = _Program(plan, configs, module, observers, strategy)
+    program = _Program(plan, configs, module, observers, strategy, run_devices)
     states = program.states
     if superset:
         states = [st.replace(batch_stats=set_ablation_variant(st.batch_stats, c.norm)) for st, c in zip(states, configs)]
-    state = program.place(stack(states))
+    state = program.put_runs(states)
     data = program.place((jnp.asarray(plan.images), jnp.asarray(plan.labels)))
-    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    seeds = program.seeds(configs)
     eval_data = _eval_data(plan, program.place, data, seeds)
 
     # A run that kept checkpoints resumes from them even if this call saves none (the
@@ -585,7 +639,7 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
     traj = [{o.name: {"steps": [], "records": []} for o in observers if o.sink == "trajectories"} for _ in runs]
     # In the superset every run has γ and β; record only those its variant learns.
     keep = [learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
-    info = {"strategy": strategy, "runs": num, **({"superset": "bn_ablation"} if superset else {})}
+    info = {"strategy": strategy, "runs": num, **program.info, **({"superset": "bn_ablation"} if superset else {})}
     loop = _Loop(plan, program, runs, traj, guard)
     bar = None
     try:

@@ -11,6 +11,10 @@ Multi-host (TPU pod slices, multi-node GPU): start every process the standard wa
 (:func:`initialize_distributed` calls ``jax.distributed.initialize()``); every process
 loads the (small) dataset, draws the same global batch indices from (seed, epoch,
 step), and :func:`put_replicated` assembles global arrays from process-local data.
+
+Runs spread over devices (``fit_many(strategy='shard')``, :mod:`jaxnorm.train.multi_run`):
+a 2-D mesh ``(runs, data)`` (:func:`make_run_mesh`); the stacked runs' leading axis is
+sharded over ``'runs'`` (:func:`runs_sharding`), each run's batch over ``'data'``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"
 
 
 def initialize_distributed() -> None:
@@ -45,6 +50,33 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
     return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
 
 
+def make_run_mesh(run_devices: int, data_devices: int = 1) -> Mesh:
+    """A 2-D mesh ``(runs, data)`` of shape ``(run_devices, data_devices)`` over the first
+    ``run_devices * data_devices`` devices: each row trains its share of the runs, the
+    devices of a row split each of those runs' batches (data parallelism inside a run).
+
+    Raises:
+      ValueError: a count below 1, or more devices asked for than exist.
+    """
+    devices = jax.devices()
+    for what, n in (("run_devices", run_devices), ("data devices (num_devices)", data_devices)):
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{what} must be an integer >= 1, got {n!r}.")
+    if run_devices * data_devices > len(devices):
+        raise ValueError(
+            f"run_devices={run_devices} x {data_devices} data device(s) needs {run_devices * data_devices} devices, "
+            f"but {len(devices)} exist; use run_devices <= {max(len(devices) // data_devices, 1)}."
+        )
+    grid = np.asarray(devices[: run_devices * data_devices]).reshape(run_devices, data_devices)
+    return Mesh(grid, (RUNS_AXIS, DATA_AXIS))
+
+
+def runs_sharding(mesh: Mesh) -> NamedSharding:
+    """Shards the leading (runs) axis over the mesh's ``'runs'`` axis (a 2-D run mesh),
+    replicated over ``'data'``."""
+    return NamedSharding(mesh, P(RUNS_AXIS))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Shards the leading (batch) axis over the mesh."""
     return NamedSharding(mesh, P(DATA_AXIS))
@@ -56,8 +88,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
-    """Raises a clear ValueError when a batch cannot be split evenly over the devices."""
-    n = mesh.devices.size
+    """Raises a clear ValueError when a batch cannot be split evenly over the devices (of
+    the mesh's ``'data'`` axis: a run mesh's rows hold different runs)."""
+    n = mesh.shape[DATA_AXIS]
     if batch_size % n:
         raise ValueError(
             f"batch size {batch_size} is not divisible by the {n} devices of the mesh; "
