@@ -256,7 +256,7 @@ class _Program:
         n_dev = cfg.num_devices or 1
         runs_sh = None
         if strategy == "shard":
-            rows = run_devices or default_run_devices(num, jax.device_count() // n_dev)
+            rows = default_run_devices(num, jax.device_count() // n_dev) if run_devices is None else run_devices
             mesh = parallel.make_run_mesh(rows, n_dev)
             runs_sh = parallel.runs_sharding(mesh)
             self.width = padded_runs(num, rows)
@@ -547,7 +547,7 @@ def fit_many(
         raise ValueError(f"observer names must be unique, got {names}.")
     plan, module, template = _validate(configs, superset)  # before anything is written
     if strategy == "shard":  # the run mesh fits the machine
-        parallel.make_run_mesh(run_devices or 1, configs[0].num_devices or 1)
+        parallel.make_run_mesh(1 if run_devices is None else run_devices, configs[0].num_devices or 1)
     # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
     with InterruptGuard() as guard, contextlib.ExitStack() as locks:
         runs = []

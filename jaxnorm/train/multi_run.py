@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxnorm.train.parallel import RUNS_AXIS
+from jaxnorm.train.parallel import RUNS_AXIS, check_count
 
 STRATEGIES = ("vmap", "map", "loop", "shard")
 
@@ -80,9 +80,11 @@ def resolve_strategy(strategy: str, num_runs: int, *, data_devices: int = 1, run
     ``'loop'``); a named one is checked.
 
     Raises:
-      ValueError: an unknown strategy, or ``run_devices`` given with a strategy other
-        than ``'shard'``/``'auto'``.
+      ValueError: an unknown strategy; ``run_devices`` not an integer >= 1, or given
+        with a strategy other than ``'shard'``/``'auto'``.
     """
+    if run_devices is not None:
+        check_count("run_devices", run_devices)
     if strategy == "auto":
         return auto_strategy(jax.default_backend(), jax.device_count(), num_runs, data_devices, run_devices)
     if strategy not in STRATEGIES:

@@ -59,9 +59,8 @@ def make_run_mesh(run_devices: int, data_devices: int = 1) -> Mesh:
       ValueError: a count below 1, or more devices asked for than exist.
     """
     devices = jax.devices()
-    for what, n in (("run_devices", run_devices), ("data devices (num_devices)", data_devices)):
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{what} must be an integer >= 1, got {n!r}.")
+    check_count("run_devices", run_devices)
+    check_count("data devices (num_devices)", data_devices)
     if run_devices * data_devices > len(devices):
         raise ValueError(
             f"run_devices={run_devices} x {data_devices} data device(s) needs {run_devices * data_devices} devices, "
@@ -69,6 +68,12 @@ def make_run_mesh(run_devices: int, data_devices: int = 1) -> Mesh:
         )
     grid = np.asarray(devices[: run_devices * data_devices]).reshape(run_devices, data_devices)
     return Mesh(grid, (RUNS_AXIS, DATA_AXIS))
+
+
+def check_count(what: str, n) -> None:
+    """Raises a ValueError naming ``what`` unless ``n`` is an integer >= 1."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {n!r}.")
 
 
 def runs_sharding(mesh: Mesh) -> NamedSharding:
