@@ -51,10 +51,10 @@ from jaxnorm.analysis.ablation import analyze_ablation
 from jaxnorm.layers import ABLATION_VARIANTS
 from jaxnorm.observers import GammaBetaRecorder, ReluSparsity
 from jaxnorm.study import RunGroup, positive_float, positive_int
-from jaxnorm.train import TrainConfig
+from jaxnorm.train import TrainConfig, multi_run
 from jaxnorm.train.predict import group_module, save_final_logits
 
-STRATEGIES = ("auto", "vmap", "loop", "map")
+STRATEGIES = ("auto",) + multi_run.STRATEGIES  # the --strategy choices: fit_many's own
 #: Seeds a ``--quick`` setup keeps (the first of the setup's).
 QUICK_SEEDS = 2
 PLACEMENTS = ("default", "with_last", "first", "penultimate", "first3", "last3", "first4", "last4", "last4_incl", "last_conv")
@@ -128,8 +128,8 @@ class AblationSetup:
       strategy: ``fit_many``'s multi-run strategy.
       seeds: default seeds.
       seeds_together: train the seeds of one (scale, placement) as one program with the
-        variants when that program is batched (``strategy`` resolving to ``'vmap'``:
-        GPU/TPU; :func:`seeds_in_one_program`); ``--shard`` then splits by scale and
+        variants when that program is batched (``strategy`` resolving to ``'vmap'`` or
+        ``'shard'``: GPU/TPU; :func:`seeds_in_one_program`); ``--shard`` then splits by scale and
         placement. Else, and always for the CIFAR configs (15 full-size runs in one
         program would hold 15 models' state at once, and a SLURM array splits the
         seeds), one program per seed.
@@ -200,7 +200,7 @@ class AblationSetup:
 def seeds_in_one_program(setup: AblationSetup, num_seeds: int) -> bool:
     """Whether the seeds of one (scale, placement) train as one program with the variants:
     ``setup.seeds_together`` and the program batched (``fit_many``'s strategy resolving to
-    ``'vmap'``).
+    ``'vmap'``, or ``'shard'``: vmap on each device).
 
     Why not on CPU: there ``'auto'`` is ``'loop'``, the step unrolled once per run, so a
     program of 15 runs compiles about three times as long as one of 5, while the programs
@@ -208,10 +208,8 @@ def seeds_in_one_program(setup: AblationSetup, num_seeds: int) -> bool:
     compilation cache. Measured, the digits demo (3 seeds × 5 variants, 10 epochs) on the
     shared 2-core machine: 356 s wall, 229 s CPU as one program; 237 s wall, 154 s CPU as
     three; bit-identical results."""
-    from jaxnorm.train.multi_run import resolve_strategy
-
     runs = num_seeds * len(setup.variants)
-    return setup.seeds_together and num_seeds > 1 and resolve_strategy(setup.strategy, runs) == "vmap"
+    return setup.seeds_together and num_seeds > 1 and multi_run.resolve_strategy(setup.strategy, runs) in ("vmap", "shard")
 
 
 def observers_for(configs: Sequence[TrainConfig], probe_size: int = 256) -> list:

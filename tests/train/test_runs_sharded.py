@@ -195,3 +195,16 @@ def test_bad_run_devices_are_clear_errors(tmp_path):
         map_over_runs(lambda x: x, "shard", (0,), 3, mesh=parallel.make_run_mesh(2))
     with pytest.raises(ValueError, match="data devices"):
         parallel.make_run_mesh(2, 0)
+
+
+def test_the_ablation_study_offers_every_strategy():
+    import dataclasses
+
+    from experiments import ablation
+
+    assert ablation.STRATEGIES == ("auto",) + STRATEGIES
+    setup = dataclasses.replace(ablation.STUDY.setups["digits"], strategy="shard")
+    assert ablation.seeds_in_one_program(setup, 3)  # vmap on each device: a batched program
+    assert not ablation.seeds_in_one_program(dataclasses.replace(setup, strategy="loop"), 3)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        dataclasses.replace(setup, strategy="pmap")
