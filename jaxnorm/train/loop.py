@@ -335,7 +335,7 @@ class _Program:
     def seeds(self, configs: Sequence[TrainConfig]):
         """The runs' seeds, ``(width,)`` int32, placed like the state's run axis."""
         seeds = [c.seed for c in configs]
-        if self.width == self.num:
+        if self.width == self.num and self._place_runs is self.place:  # not 'shard': as it always was
             return jnp.asarray(seeds, jnp.int32)
         return self._place_runs(jnp.asarray(seeds + seeds[-1:] * (self.width - len(seeds)), jnp.int32))
 
