@@ -48,7 +48,7 @@ def _assert_equal_to_singles(runs, singles):
         # The same bound as test_multi_run's for 'vmap' (each device runs the vmapped
         # step on its share): float32 reassociation inside batched kernels, at most
         # 64·u ≈ 4e-6 of a leaf's scale per step, measured 7e-8 (sharded) and 6e-7
-        # (sharded + 2-way data parallel, the all-reduce reorders the batch sums) on a
+        # (sharded + 2-way data parallel, the all-reduce reorders the batch sums) on an
         # AMD EPYC at LLVM level 0; 1e-5 is 15x the larger, while a wrong seed, data order
         # or run slice moves a state by > 1e-3 (asserted below).
         assert max_rel_diff(many.state, single.state) < 1e-5
