@@ -30,6 +30,7 @@ ALLOWED = {
     "modes": BASE,
     "objective": BASE,
     "results": BASE,
+    "runtime": BASE,  # which accelerator JAX runs on (the notebooks)
     "adapt": BASE | {"modes", "norms", "layers", "objective", "data"},
     "diagnostics": BASE | {"modes", "norms", "layers", "models", "data", "objective"},
     "analysis": BASE | {"results"},
