@@ -19,12 +19,15 @@ LOCK_MATCHES := import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@if [ "$(LOCK)" = 1 ] || { [ "$(LOCK)" != 0 ] && $(PY) -c '$(LOCK_MATCHES)'; }; then \
+	@if [ "$(LOCK)" = 0 ]; then use_lock=0; why="LOCK=0"; \
+	elif [ "$(LOCK)" = 1 ] || $(PY) -c '$(LOCK_MATCHES)'; then use_lock=1; \
+	else use_lock=0; why="requirements.lock is for CPython 3.11 on Linux x86-64, not this Python (LOCK=1 forces it)"; fi; \
+	if [ $$use_lock = 1 ]; then \
 	  echo "installing the pinned versions of requirements.lock (hash-checked), then jaxnorm (editable)"; \
 	  $(PY) -m pip install -q --require-hashes -r requirements.lock \
 	  && $(PY) -m pip install -q --no-deps --no-build-isolation -e . ; \
 	else \
-	  echo "resolving from pyproject.toml's ranges (LOCK=$(LOCK); requirements.lock is for CPython 3.11 on Linux x86-64)"; \
+	  echo "$$why: installing the newest versions pyproject.toml's ranges allow"; \
 	  $(PY) -m pip install -q -e '.[test]' ; \
 	fi
 	@touch $(STAMP)
