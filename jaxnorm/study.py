@@ -22,9 +22,10 @@ A study is an object with (the :class:`Study` protocol):
 :func:`run_study` trains every group (finished runs are skipped and interrupted ones
 resumed by ``fit_many`` itself) and :func:`main` is the command line every study shares::
 
-    python -m experiments.<study> [--config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
+    python -m experiments.<study> [CONFIG | --config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
         [--results DIR] [--plot-only] [--overwrite] [--no-progress] [--quiet] [--debug]
         [--no-compile-cache] [study flags]
+    jaxnorm <study> ...                     # the same, as the package's console command (jaxnorm.cli)
 
 ``--quick`` shrinks the setup first and explicit study flags apply after it, so a flag
 given on the command line is never overridden by ``--quick``. Errors a user can fix (an
@@ -256,9 +257,13 @@ def positive_float(text: str) -> float:
 positive_int.__name__, positive_float.__name__ = "positive int", "positive float"  # argparse: "invalid positive int value"
 
 
-def build_parser(study: Study) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{study.name}", description=_first_line(study))
-    parser.add_argument("--config", default=study.default, choices=sorted(study.setups), help=f"the setup (default: {study.default})")
+def build_parser(study: Study, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The shared command line's parser; ``prog`` (default ``python -m experiments.<name>``)
+    is the name its usage and errors print (the ``jaxnorm`` command passes ``jaxnorm <name>``)."""
+    parser = argparse.ArgumentParser(prog=prog or f"python -m experiments.{study.name}", description=_first_line(study))
+    parser.add_argument("setup", nargs="?", choices=sorted(study.setups), metavar="CONFIG",
+                        help="the setup, as --config (one of: %(choices)s)")
+    parser.add_argument("--config", choices=sorted(study.setups), help=f"the setup (default: {study.default})")
     parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (laptops, tests)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the setup's)")
     parser.add_argument("--shard", default="1/1", help="i/n: train every n-th group of runs starting at the i-th")
@@ -378,10 +383,15 @@ def restore_setup(setup: Any, stored: Mapping) -> Any:
         return setup
 
 
-def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
-    """The shared command line (module docstring). Returns the exit status."""
-    parser = build_parser(study)
+def main(study: Study, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """The shared command line (module docstring), its usage and errors under ``prog``
+    (:func:`build_parser`). The setup may be named as the first argument or with
+    ``--config`` (both, naming different setups: a usage error). Returns the exit status."""
+    parser = build_parser(study, prog)
     args = parser.parse_args(argv)
+    if args.setup is not None and args.config not in (None, args.setup):
+        parser.error(f"the setup is named twice: {args.setup!r} and --config {args.config!r}")
+    args.config = args.setup or args.config or study.default
     if not args.no_compile_cache:
         enable_compilation_cache(args.results)
     try:
@@ -413,4 +423,4 @@ def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-_SHARED = {"config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug", "no_compile_cache"}
+_SHARED = {"setup", "config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug", "no_compile_cache"}
