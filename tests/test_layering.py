@@ -36,6 +36,7 @@ ALLOWED = {
     "analysis": BASE | {"results"},
     "observers": BASE | {"modes", "norms", "layers", "models", "data", "objective", "diagnostics"},
     "study": BASE | {"results", "train"},
+    "cli": BASE | {"study", "analysis", "results", "train"},  # the console command: finds studies by entry point, never imports experiments
     "train": BASE | {"modes", "norms", "layers", "models", "inits", "data", "objective", "results", "diagnostics", "observers"},
 }
 
