@@ -134,7 +134,10 @@ def _print_error(prog: str, error: BaseException) -> int:
 
 
 def _state_list(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    states = [s.strip() for s in text.split(",") if s.strip()]
+    if not states:
+        raise argparse.ArgumentTypeError("give one or more states, separated by commas")
+    return states
 
 
 def runs_main(argv: Sequence[str]) -> int:

@@ -171,6 +171,9 @@ def test_runs_errors_and_empty_folders(tmp_path, capsys):
     assert cli.main(["runs", str(tmp_path / "res"), "--status", "finished,done"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jaxnorm runs: error: unknown state(s) ['done']; known: ['finished',") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        cli.main(["runs", str(tmp_path / "res"), "--status", " , "])
+    assert e.value.code == 2 and "jaxnorm runs: error: argument --status: give one or more states" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["runs", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out == f"no runs under {tmp_path / 'empty'}\n"
