@@ -27,8 +27,10 @@ has no entry points: the study commands then say to ``pip install -e .`` (``runs
 * ``jaxnorm report DIR`` redraws plots and ``summary.md`` from the stored files, never
   training: a study root (a folder with ``study.json``) through its study's ``analyze``
   with the setup ``study.json`` records (what ``--plot-only`` does), printing the
-  verdict; a folder holding study roots below it, each of them; any other folder with
-  runs, :func:`jaxnorm.analysis.report.write_report` (into ``DIR/plots``).
+  verdict; a folder holding study roots below it, each of them (the runs outside them
+  are named, not reported); any other folder with runs,
+  :func:`jaxnorm.analysis.report.write_report` (into ``DIR/plots``). A folder with
+  neither is refused, and nothing in it is touched.
 
 Errors a user can fix (an unknown study, a missing folder, a folder without runs, an
 unknown ``--status``, a study that is not installed) print one line, ``jaxnorm: error:
@@ -236,11 +238,22 @@ def report_main(argv: Sequence[str]) -> int:
                     continue
                 print(f"{root}: {verdict}" if verdict else f"{root}:")
                 print(f"  plots and summary.md in {root / 'plots'}")
+            outside = _runs_outside(folder, roots)
+            if outside:
+                print(f"not reported: {len(outside)} run{'s' if len(outside) != 1 else ''} outside the study roots, in {', '.join(outside)} "
+                      "(`jaxnorm report` on such a folder writes the generic report)")
     except (*USER_ERRORS, KeyboardInterrupt) as e:
         if args.debug:
             raise
         return _print_error(parser.prog, e)
     return status
+
+
+def _runs_outside(folder: pathlib.Path, roots: Sequence[pathlib.Path]) -> list[str]:
+    """The folders (relative to ``folder``, one entry per run) of the run folders below
+    ``folder`` that lie in none of ``roots``."""
+    runs = [p.parent for p in sorted(folder.rglob("config.json"))]
+    return [(r.relative_to(folder).as_posix() or ".") for r in runs if not any(root == r or root in r.parents for root in roots)]
 
 
 def _report_plain(folder: pathlib.Path) -> int:

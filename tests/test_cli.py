@@ -316,9 +316,13 @@ def test_report_of_a_folder_of_study_roots_reports_each_and_goes_on_after_an_err
     _, other = _ablation_root(tmp_path / "res", config="digits_bn_only")
     bad = tmp_path / "res" / "zeta" / "x"
     write_json(bad / "study.json", {"study": "zeta", "setup": {}, "seeds": [0]})
+    write_run(tmp_path / "res" / "adhoc" / "run", "bn", 0, traj={})
     assert cli.main(["report", str(tmp_path / "res")]) == 2
     out, err = capsys.readouterr()
-    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == [str(digits), str(other)]
+    reported, last = out.splitlines()[:-1], out.splitlines()[-1]
+    assert [line.split(":")[0] for line in reported if not line.startswith(" ")] == [str(digits), str(other)]
+    assert last.startswith("not reported: 1 run outside the study roots, in adhoc/run")
+    assert not (tmp_path / "res" / "adhoc" / "run" / "plots").exists()
     assert (digits / "plots" / "summary.md").is_file() and (other / "plots" / "summary.md").is_file()
     assert err == f"jaxnorm report {bad}: error: {bad / 'study.json'} is the 'zeta' study, which is not installed (installed: toy, ablation).\n"
 
