@@ -1,0 +1,89 @@
+"""One process of a multi-process ``fit``, started by tests/train/test_multiprocess.py.
+
+``python -m tests.train.multiprocess_worker RESULTS OUT --process-id I --num-processes P
+--port PORT [--stall-after-step S]``: joins the coordinator on 127.0.0.1:PORT (with
+``--num-processes 1`` no coordinator: the one-process reference), trains
+:func:`config` data-parallel over every (simulated) device of every process, and writes
+``OUT/params_<I>.npz`` (this process's copy of the final state; every process writes
+its own, outside the run folder, so the test can check they agree) and
+``OUT/result_<I>.json`` (status, step, pid). The device count per process comes from
+the environment (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, set by the test).
+
+``--stall-after-step S``: after the first host sync at a step past both the first
+checkpoint and ``S``, write ``OUT/stalled_<I>`` and sleep until killed (the test
+SIGKILLs every process there, so the run folder holds a checkpoint and metrics lines
+past it, as a job killed mid-epoch leaves it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+
+def config(results: str, num_devices: int):
+    from jaxnorm.train import TrainConfig
+
+    # 256 digits, batch 32: 8 steps per epoch; 3 epochs, a checkpoint after each.
+    return TrainConfig(
+        dataset="digits", model="mlp", model_kwargs={"depth": 3, "width": 32}, norm="bn_gamma_beta",
+        batch_size=32, epochs=3, learning_rate=0.1, momentum=0.9, train_subset=256,
+        log_every_steps=3, record_every_steps=5, eval_batch_size=128, checkpoint_every_epochs=1,
+        num_devices=num_devices, results_dir=results, study="multiproc", name="run",
+    )  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("results")
+    p.add_argument("out")
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--stall-after-step", type=int, default=None)
+    a = p.parse_args(argv)
+
+    import jax
+
+    if a.num_processes > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes, process_id=a.process_id,
+            initialization_timeout=60,
+        )  # fmt: skip
+    import numpy as np
+
+    import jaxnorm.train.loop as loop
+    from jaxnorm.train import fit
+
+    out = pathlib.Path(a.out)
+    if a.stall_after_step is not None:
+        real_sync, real_checkpoint = loop._Loop.sync, loop._Loop.checkpoint
+        saved = []
+
+        def checkpoint(self, state, ckpts, keep, epoch, step):
+            real_checkpoint(self, state, ckpts, keep, epoch, step)
+            saved.append(step)
+
+        def sync(self, step, epoch):
+            n = real_sync(self, step, epoch)
+            if saved and step > max(saved[0], a.stall_after_step):
+                (out / f"stalled_{a.process_id}").write_text(str(step))
+                while True:
+                    time.sleep(1)
+            return n
+
+        loop._Loop.sync, loop._Loop.checkpoint = sync, checkpoint
+
+    r = fit(config(a.results, jax.device_count()), progress=False)
+    leaves = jax.tree.leaves((r.state.params, r.state.batch_stats, r.state.opt_state))
+    np.savez(out / f"params_{a.process_id}.npz", *[np.asarray(x) for x in leaves])
+    (out / f"result_{a.process_id}.json").write_text(json.dumps({"status": r.status, "step": r.step, "pid": os.getpid()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
