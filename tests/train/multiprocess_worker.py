@@ -45,7 +45,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--stall-after-step", type=int, default=None)
+    p.add_argument("--try-errors", action="store_true")
+    p.add_argument("--again", action="store_true")
     a = p.parse_args(argv)
+    t0 = time.monotonic()
+    say = lambda what: print(f"[process {a.process_id}] {what} at {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
 
     import jax
 
@@ -54,6 +58,7 @@ def main(argv=None) -> int:
             coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes, process_id=a.process_id,
             initialization_timeout=60,
         )  # fmt: skip
+    say("distributed initialized")
     import numpy as np
 
     import jaxnorm.train.loop as loop
@@ -78,11 +83,49 @@ def main(argv=None) -> int:
 
         loop._Loop.sync, loop._Loop.checkpoint = sync, checkpoint
 
-    r = fit(config(a.results, jax.device_count()), progress=False)
-    leaves = jax.tree.leaves((r.state.params, r.state.batch_stats, r.state.opt_state))
-    np.savez(out / f"params_{a.process_id}.npz", *[np.asarray(x) for x in leaves])
-    (out / f"result_{a.process_id}.json").write_text(json.dumps({"status": r.status, "step": r.step, "pid": os.getpid()}))
+    say("imported")
+    cfg = config(a.results, jax.device_count())
+    if a.try_errors:
+        (out / f"errors_{a.process_id}.json").write_text(json.dumps(try_errors(cfg)))
+        say("errors tried")
+    r = fit(cfg, progress=False)
+    say("fit done")
+    save(out / f"params_{a.process_id}.npz", r.state)
+    result = {"status": r.status, "step": r.step, "pid": os.getpid(), "metrics": r.metrics}
+    if a.again:  # the run has ended: read back from its folder, not trained again
+        again = fit(cfg, progress=False)
+        save(out / f"again_{a.process_id}.npz", again.state)
+        result["again"] = {"status": again.status, "step": again.step, "traces": again.traces}
+    (out / f"result_{a.process_id}.json").write_text(json.dumps(result))
     return 0
+
+
+def save(path, state) -> None:
+    import jax
+    import numpy as np
+
+    np.savez(path, *[np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))])
+
+
+def try_errors(cfg) -> dict:
+    """The errors every process must see, without hanging: a device count that is not a
+    multiple of the process count (refused before any file is written), and a run folder
+    that is not a jaxnorm run (process 0 refuses it, the others are told)."""
+    from jaxnorm.train import fit
+
+    seen = {}
+    foreign = cfg.replace(name="foreign")
+    if cfg.num_devices and __import__("jax").process_index() == 0:
+        root = pathlib.Path(cfg.results_dir) / cfg.study / "foreign"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "notes.txt").write_text("a user's file")
+    for what, c in (("devices", cfg.replace(num_devices=3, name="devices")), ("foreign", foreign)):
+        try:
+            fit(c, progress=False)
+            seen[what] = "no error"
+        except Exception as e:
+            seen[what] = f"{type(e).__name__}: {e}"
+    return seen
 
 
 if __name__ == "__main__":
