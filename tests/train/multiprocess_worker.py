@@ -59,7 +59,6 @@ def main(argv=None) -> int:
             initialization_timeout=60,
         )  # fmt: skip
     say("distributed initialized")
-    import numpy as np
 
     import jaxnorm.train.loop as loop
     from jaxnorm.train import fit
