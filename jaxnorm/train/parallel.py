@@ -42,10 +42,30 @@ class PrimaryProcessError(RuntimeError):
     performs (:func:`on_primary`); the message carries process 0's error."""
 
 
+def _launched_as_several() -> bool:
+    """Whether the environment says this is one of several processes: JAX's own variable,
+    a multi-host TPU slice, or a SLURM step / Open MPI job of more than one task (the
+    environments ``jax.distributed.initialize()`` reads its arguments from)."""
+    env = os.environ
+
+    def count(name: str) -> int:
+        value = env.get(name, "").strip()
+        return int(value) if value.isdigit() else 1
+
+    return bool(
+        env.get("JAX_COORDINATOR_ADDRESS")
+        or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+        or ("SLURM_JOB_ID" in env and "SLURM_STEP_NODELIST" in env and count("SLURM_NTASKS") > 1)
+        or ("OMPI_MCA_orte_hnp_uri" in env and count("OMPI_COMM_WORLD_SIZE") > 1)
+    )
+
+
 def initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` when launched as one of several processes
-    (``JAX_COORDINATOR_ADDRESS`` set, or a multi-host TPU environment); no-op otherwise."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    """``jax.distributed.initialize()`` (arguments from the environment) when launched as
+    one of several processes -- ``JAX_COORDINATOR_ADDRESS`` set, a multi-host TPU slice,
+    or a SLURM step or Open MPI job of more than one task; a no-op otherwise, or when
+    the distributed system is already initialized. Call it before any JAX computation."""
+    if _launched_as_several() and not jax.distributed.is_initialized():
         jax.distributed.initialize()
 
 

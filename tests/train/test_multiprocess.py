@@ -215,3 +215,33 @@ def test_on_primary_in_one_process_is_a_plain_call():
     with pytest.raises(KeyError, match="raised as is"):
         on_primary(lambda: {}["raised as is"], "look up")
     assert issubclass(PrimaryProcessError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "env, calls",
+    [
+        ({}, 0),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, 1),
+        ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, 1),
+        ({"TPU_WORKER_HOSTNAMES": "w0"}, 0),  # a single-host TPU VM
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTASKS": "2"}, 1),
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node01", "SLURM_NTASKS": "1"}, 0),  # one task
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, 0),  # a batch script, outside any srun step
+        ({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "2"}, 1),
+    ],
+)
+def test_initialize_distributed_only_when_launched_as_several(monkeypatch, env, calls):
+    from jaxnorm.train import parallel
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: seen.append((a, k)))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    parallel.initialize_distributed()
+    assert seen == [((), {})] * calls
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)  # already: never twice
+    parallel.initialize_distributed()
+    assert len(seen) == calls
