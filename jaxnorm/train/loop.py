@@ -437,6 +437,15 @@ def fit(
     ``KeyboardInterrupt`` is raised. A second signal raises at once. A rerun resumes
     from the last checkpoint.
 
+    Several processes (``jax.distributed.initialize()`` first, then the same call in
+    every process; :mod:`jaxnorm.train.parallel`): ``num_devices`` counts the devices
+    of all processes (a multiple of the process count); the results equal one process
+    with as many devices up to float rounding of the all-reduces, and every process
+    returns the same state and metrics. Only process 0 locks the folder and writes its
+    files (the results directory must be shared); every process takes part in each
+    checkpoint. A signal received by any process is acted on at the next host sync, by
+    every process at the same step (the local check between steps is skipped).
+
     Raises:
       RunExistsError: the folder holds a different run (the message names the fields
         that differ; nothing is overwritten), or is not a jaxnorm run.
@@ -447,6 +456,8 @@ def fit(
         dataset/model/norm, a model that does not fit the data's shape, data holding
         NaN or inf, or a batch larger than the training set.
       KeyboardInterrupt: after SIGINT or SIGTERM (see above).
+      PrimaryProcessError: on processes other than 0, when process 0 could not lock or
+        prepare the run folder (its error in the message).
     """
     return fit_many([config], observers=observers, resume=resume, overwrite=overwrite, progress=progress)[0]
 
@@ -515,11 +526,11 @@ def fit_many(
         done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
         todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
         stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], template))
-        guard.check()
+        _check(guard)
         group = ([c for c, _ in todo], [r for _, r in todo])
         trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard) if todo else [])
         out = [next(stored) if d else next(trained) for d in done]
-        guard.check()  # a signal during the last steps or the read-back still stops the caller
+        _check(guard)  # a signal during the last steps or the read-back still stops the caller
     return out
 
 
@@ -610,7 +621,7 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
                 state, step = loop.epoch(state, data, seeds, epoch, step, bar)
                 if all(loop.divergence):
                     break
-                guard.check()
+                _check(guard)
                 if loop.evaluates_after(epoch):
                     loop.evaluate(state, eval_data, epoch, step)
                 if loop.checkpoints_after(epoch):
@@ -663,6 +674,8 @@ class _Loop:
     def __init__(self, plan: _Plan, program: _Program, runs, traj, guard, primary: bool = True):
         self.plan, self.program, self.runs, self.traj, self.guard = plan, program, runs, traj, guard
         self.primary = primary  # writes the run files (process 0); the others only compute
+        # Several processes must stop at the same step: signals are agreed at host syncs.
+        self.local_checks = jax.process_count() == 1
         self.divergence: list[Optional[dict]] = [None] * program.num
         self.initial_losses: list = [None] * program.num
         self.pending, self.pending_obs = [], []
@@ -697,7 +710,8 @@ class _Loop:
         for s in range(plan.steps_per_epoch):
             if step >= plan.total_steps:
                 break
-            self.guard.check()  # a Python flag: no host sync
+            if self.local_checks:
+                self.guard.check()  # a Python flag: no host sync
             state, m, measured = program.step(state, data, perm, seeds, epoch, s, step)
             self.pending.append(m)
             self.pending_obs.extend((o, step, rec) for o, rec in measured)  # filed under θ_step's step
@@ -708,6 +722,8 @@ class _Loop:
             epoch_end = s == plan.steps_per_epoch - 1 and (self.evaluates_after(epoch) or self.checkpoints_after(epoch))
             if step % cfg.log_every_steps == 0 or epoch_end or step == plan.total_steps:
                 bar.update(self.sync(step, epoch))
+                if not self.local_checks:
+                    _check(self.guard)  # several processes: agreed at the host syncs
                 if all(self.divergence) or self.ended():
                     break
         return state, step
@@ -779,6 +795,16 @@ class _Loop:
                 c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1, "initial_loss": self.initial_losses[i]})
                 if self.primary:
                     prune_carries(r, c.steps())
+
+
+def _check(guard: InterruptGuard) -> None:
+    """``guard.check()``; with several processes, agreed first: a signal received by any
+    process stops them all here (a host-side collective, so never between two steps)."""
+    if jax.process_count() > 1:
+        signum = parallel.max_over_processes(guard.received or 0)
+        if signum:
+            guard.adopt(signum)
+    guard.check()
 
 
 def _divergent(losses: np.ndarray, initial: Optional[float], factor: Optional[float]) -> np.ndarray:

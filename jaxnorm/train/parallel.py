@@ -116,6 +116,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def max_over_processes(value: int) -> int:
+    """The largest of every process's ``value`` (``value`` itself in a single process);
+    a host-side collective: every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
 #: Bytes of process 0's error message passed to the other processes by :func:`on_primary`.
 _MESSAGE_BYTES = 2048
 

@@ -9,6 +9,8 @@ its own, outside the run folder, so the test can check they agree) and
 ``OUT/result_<I>.json`` (status, step, pid). The device count per process comes from
 the environment (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, set by the test).
 
+``--try-errors``: first, :func:`try_errors` (written to ``OUT/errors_<I>.json``).
+``--again``: after the run, ``fit`` it once more (it has ended: read back, not trained).
 ``--stall-after-step S``: after the first host sync at a step past both the first
 checkpoint and ``S``, write ``OUT/stalled_<I>`` and sleep until killed (the test
 SIGKILLs every process there, so the run folder holds a checkpoint and metrics lines
@@ -64,6 +66,11 @@ def main(argv=None) -> int:
     from jaxnorm.train import fit
 
     out = pathlib.Path(a.out)
+    say("imported")
+    cfg = config(a.results, jax.device_count())
+    if a.try_errors:
+        (out / f"errors_{a.process_id}.json").write_text(json.dumps(try_errors(cfg)))
+        say("errors tried")
     if a.stall_after_step is not None:
         real_sync, real_checkpoint = loop._Loop.sync, loop._Loop.checkpoint
         saved = []
@@ -82,11 +89,6 @@ def main(argv=None) -> int:
 
         loop._Loop.sync, loop._Loop.checkpoint = sync, checkpoint
 
-    say("imported")
-    cfg = config(a.results, jax.device_count())
-    if a.try_errors:
-        (out / f"errors_{a.process_id}.json").write_text(json.dumps(try_errors(cfg)))
-        say("errors tried")
     r = fit(cfg, progress=False)
     say("fit done")
     save(out / f"params_{a.process_id}.npz", r.state)
@@ -107,12 +109,34 @@ def save(path, state) -> None:
 
 
 def try_errors(cfg) -> dict:
-    """The errors every process must see, without hanging: a device count that is not a
-    multiple of the process count (refused before any file is written), and a run folder
-    that is not a jaxnorm run (process 0 refuses it, the others are told)."""
+    """What every process must see, without hanging: a SIGTERM received by one process
+    (every process stops at the same step), a device count that is not a multiple of the
+    process count (refused before any file is written), and a run folder that is not a
+    jaxnorm run (process 0 refuses it, the others are told)."""
     from jaxnorm.train import fit
 
+    import signal
+
+    import jaxnorm.train.loop as loop
+
     seen = {}
+    # A SIGTERM that only process 1 receives (after its host sync at step 3) stops both.
+    real_sync = loop._Loop.sync
+
+    def sync(self, step, epoch):
+        n = real_sync(self, step, epoch)
+        if step == 3 and __import__("jax").process_index() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return n
+
+    loop._Loop.sync = sync
+    try:
+        fit(cfg.replace(name="interrupted"), progress=False)
+        seen["interrupted"] = "no error"
+    except KeyboardInterrupt as e:
+        seen["interrupted"] = f"{type(e).__name__}: {e}"
+    finally:
+        loop._Loop.sync = real_sync
     foreign = cfg.replace(name="foreign")
     if cfg.num_devices and __import__("jax").process_index() == 0:
         root = pathlib.Path(cfg.results_dir) / cfg.study / "foreign"

@@ -186,7 +186,7 @@ def test_a_finished_run_is_read_back_on_every_process(runs):
         assert all(np.array_equal(a, b) for a, b in zip(first, _leaves(runs["tmp"] / "resumed" / f"again_{i}.npz")))
 
 
-def test_errors_reach_every_process_without_a_hang(runs):
+def test_errors_and_signals_reach_every_process_without_a_hang(runs):
     errors = [json.loads((runs["tmp"] / "killed" / f"errors_{i}.json").read_text()) for i in range(PROCESSES)]
     for e in errors:  # refused by every process, before any file is written
         assert e["devices"].startswith("ValueError: num_devices=3 with 2 processes") and "multiple of 2" in e["devices"]
@@ -195,6 +195,12 @@ def test_errors_reach_every_process_without_a_hang(runs):
     assert errors[0]["foreign"].startswith("RunExistsError:") and "is not a jaxnorm run" in errors[0]["foreign"]
     assert errors[1]["foreign"].startswith("PrimaryProcessError: process 0 could not prepare the run folders: RunExistsError:")
     foreign = runs["run"].parent / "foreign"
+    # A SIGTERM that process 1 alone received after step 3: both stop there (no hang),
+    # process 0 records the interruption.
+    for e in errors:
+        assert e["interrupted"].startswith("KeyboardInterrupt: SIGTERM received")
+    status = read_json(runs["run"].parent / "interrupted" / "status.json")
+    assert (status["status"], status["step"], status["pid"]) == ("interrupted", 3, runs["killed_pids"][0])
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "a user's file"
 
 
