@@ -526,7 +526,7 @@ def fit_many(
         done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
         todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
         stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], template))
-        _check(guard)
+        _check(guard)  # several processes: also a collective, so process 0 writes no file before all read
         group = ([c for c, _ in todo], [r for _, r in todo])
         trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard) if todo else [])
         out = [next(stored) if d else next(trained) for d in done]

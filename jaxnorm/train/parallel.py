@@ -20,7 +20,13 @@ folder under :func:`on_primary` while the others wait, and the engine's
 :func:`barrier` calls order its writes before the others' reads. All processes take
 part in every checkpoint save and restore (orbax is multi-process aware: process 0
 writes the replicated arrays and the metadata). The results directory must be one
-shared file system (the same path on every host).
+shared file system (the same path on every host). Signals are agreed between the
+processes at host syncs (``max_over_processes``), so every process stops at one step.
+Not covered: an error that only one process meets mid-run (a full disk on process 0,
+a crashed host) ends that process while the others block in their next collective until
+JAX's distributed runtime reports the missing process (``jax.distributed.initialize``'s
+heartbeat timeout) -- the run folder then holds what process 0 last wrote, and a rerun
+resumes from its last checkpoint.
 """
 
 from __future__ import annotations
