@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     if a.num_processes > 1:
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes, process_id=a.process_id,
-            initialization_timeout=60,
+            initialization_timeout=120,
         )  # fmt: skip
     say("distributed initialized")
 
