@@ -42,7 +42,6 @@ import functools
 import inspect
 import math
 import pathlib
-import sys
 from typing import Sequence
 
 import jaxnorm.study
@@ -265,10 +264,7 @@ STUDY = AblationStudy()
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STUDY.setups:  # the positional config of the first command line
-        argv = ["--config", *argv]
-    return jaxnorm.study.main(STUDY, argv)
+    return jaxnorm.study.main(STUDY, argv)  # the config may come first: the shared command line takes it
 
 
 if __name__ == "__main__":

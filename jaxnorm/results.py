@@ -52,6 +52,23 @@ from typing import Iterable, Mapping
 import numpy as np
 
 
+#: Config fields that say where a run is stored and how often it is looked at, not what
+#: is trained: ``results_dir``/``study``/``name`` (the folder: a moved or copied run is the
+#: same run), ``tag`` (a report label), ``log_every_steps`` (when metrics are pulled to
+#: the host; the divergence step is exact whatever the interval), ``eval_every_epochs``
+#: (evaluation reads the state, never changes it), ``record_every_steps`` (the default
+#: observer's interval; observers are not part of a run's identity either) and
+#: ``checkpoint_every_epochs`` (a checkpoint restores bit-identically). Every other field
+#: can change the numbers (``eval_batch_size`` too: with ``eval_bn_mode='batch'`` it is
+#: the statistics' batch) and so identifies the run. Kept here, with the file formats:
+#: :mod:`jaxnorm.train.run_folder` leaves them out of a run's identity, and the readers of
+#: :mod:`jaxnorm.analysis` (which never import ``train``) out of a listing's differences.
+BOOKKEEPING_FIELDS = (
+    "results_dir", "study", "name", "tag",
+    "log_every_steps", "eval_every_epochs", "record_every_steps", "checkpoint_every_epochs",
+)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (``/proc``): the
     portable ``os.umask(0); os.umask(old)`` pair briefly clears it for every thread."""

@@ -22,9 +22,10 @@ A study is an object with (the :class:`Study` protocol):
 :func:`run_study` trains every group (finished runs are skipped and interrupted ones
 resumed by ``fit_many`` itself) and :func:`main` is the command line every study shares::
 
-    python -m experiments.<study> [--config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
+    python -m experiments.<study> [CONFIG | --config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
         [--results DIR] [--plot-only] [--overwrite] [--no-progress] [--quiet] [--debug]
-        [study flags]
+        [--no-compile-cache] [study flags]
+    jaxnorm <study> ...                     # the same, as the package's console command (jaxnorm.cli)
 
 ``--quick`` shrinks the setup first and explicit study flags apply after it, so a flag
 given on the command line is never overridden by ``--quick``. Errors a user can fix (an
@@ -256,9 +257,13 @@ def positive_float(text: str) -> float:
 positive_int.__name__, positive_float.__name__ = "positive int", "positive float"  # argparse: "invalid positive int value"
 
 
-def build_parser(study: Study) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{study.name}", description=_first_line(study))
-    parser.add_argument("--config", default=study.default, choices=sorted(study.setups), help=f"the setup (default: {study.default})")
+def build_parser(study: Study, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The shared command line's parser; ``prog`` (default ``python -m experiments.<name>``)
+    is the name its usage and errors print (the ``jaxnorm`` command passes ``jaxnorm <name>``)."""
+    parser = argparse.ArgumentParser(prog=prog or f"python -m experiments.{study.name}", description=_first_line(study))
+    parser.add_argument("setup", nargs="?", choices=sorted(study.setups), metavar="CONFIG",
+                        help="the setup, as --config (one of: %(choices)s)")
+    parser.add_argument("--config", choices=sorted(study.setups), help=f"the setup (default: {study.default})")
     parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (laptops, tests)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the setup's)")
     parser.add_argument("--shard", default="1/1", help="i/n: train every n-th group of runs starting at the i-th")
@@ -268,6 +273,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no info lines (errors only)")
     parser.add_argument("--debug", action="store_true", help="re-raise errors with their traceback")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help=f"do not turn on the persistent XLA compilation cache in <results>/.xla_cache (or set {COMPILE_CACHE_ENV}=0)")
     study.add_arguments(parser)
     return parser
 
@@ -278,22 +285,36 @@ def _first_line(study) -> str:
     return doc.splitlines()[0] if doc else study.name
 
 
-def enable_compilation_cache(results: str) -> None:
+#: Set to ``0`` to keep the study commands from turning the compilation cache on (what
+#: ``--no-compile-cache`` does for one command).
+COMPILE_CACHE_ENV = "JAXNORM_COMPILE_CACHE"
+
+
+def enable_compilation_cache(results: str) -> bool:
     """Turns on JAX's persistent compilation cache in ``<results>/.xla_cache`` unless one
-    is configured already (``JAX_COMPILATION_CACHE_DIR``).
+    is configured already (``JAX_COMPILATION_CACHE_DIR`` or ``jax_compilation_cache_dir``:
+    the user's folder wins) or :data:`COMPILE_CACHE_ENV` is ``0``. Returns whether this
+    call turned it on. Every study command calls it (opt out: ``--no-compile-cache``).
 
     Why: a study trains many small programs, and programs that differ only in what the
     engine keeps outside the compiled step (an initializer's scale, a learning rate in a
     separate group) have the same HLO; the in-memory cache cannot reuse them across
-    ``fit_many`` calls (each builds new closures), the persistent one can. Only
-    compilation is cached: results are byte-identical with and without it.
+    ``fit_many`` calls (each builds new closures), the persistent one can -- and it
+    outlives the process, so a resumed study, its ``--plot-only`` report and every shard
+    of a job array that shares the results folder compile each program once (the
+    first-call times with and without it are in BENCHMARKS.md). Only compilation is
+    cached: results are byte-identical with and without it. Compilations shorter than
+    0.3 s are not stored (not worth a file read).
     """
     import jax
 
+    if os.environ.get(COMPILE_CACHE_ENV, "1").strip() == "0":
+        return False
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-        return
+        return False
     jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(results).absolute() / ".xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    return True
 
 
 #: The errors a user can fix, printed as one line by the command lines (``--debug``
@@ -362,11 +383,17 @@ def restore_setup(setup: Any, stored: Mapping) -> Any:
         return setup
 
 
-def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
-    """The shared command line (module docstring). Returns the exit status."""
-    parser = build_parser(study)
+def main(study: Study, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """The shared command line (module docstring), its usage and errors under ``prog``
+    (:func:`build_parser`). The setup may be named as the first argument or with
+    ``--config`` (both, naming different setups: a usage error). Returns the exit status."""
+    parser = build_parser(study, prog)
     args = parser.parse_args(argv)
-    enable_compilation_cache(args.results)
+    if args.setup is not None and args.config not in (None, args.setup):
+        parser.error(f"the setup is named twice: {args.setup!r} and --config {args.config!r}")
+    args.config = args.setup or args.config or study.default
+    if not args.no_compile_cache:
+        enable_compilation_cache(args.results)
     try:
         parse_shard(args.shard)
     except ValueError as e:
@@ -396,4 +423,4 @@ def main(study: Study, argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-_SHARED = {"config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug"}
+_SHARED = {"setup", "config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug", "no_compile_cache"}

@@ -30,11 +30,13 @@ ALLOWED = {
     "modes": BASE,
     "objective": BASE,
     "results": BASE,
+    "runtime": BASE,  # which accelerator JAX runs on (the notebooks)
     "adapt": BASE | {"modes", "norms", "layers", "objective", "data"},
     "diagnostics": BASE | {"modes", "norms", "layers", "models", "data", "objective"},
     "analysis": BASE | {"results"},
     "observers": BASE | {"modes", "norms", "layers", "models", "data", "objective", "diagnostics"},
     "study": BASE | {"results", "train"},
+    "cli": BASE | {"study", "analysis", "results", "train"},  # the console command: finds studies by entry point, never imports experiments
     "train": BASE | {"modes", "norms", "layers", "models", "inits", "data", "objective", "results", "diagnostics", "observers"},
 }
 

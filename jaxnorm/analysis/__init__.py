@@ -1,7 +1,7 @@
 """Analysis of finished runs: discovery, curves, γ/β contour plots, activity metrics,
 ReLU sparsity, summary tables, statistics over seeds (``jaxnorm.analysis.stats``: 95%
-t-intervals, paired t and sign tests), a one-call report, and the gradient-conditioning
-study's plots and tables. Reads ``results/`` only; never trains.
+t-intervals, paired t and sign tests), a one-call report, a listing of the runs below a
+folder (``run_table``: ``jaxnorm runs``), and the gradient-conditioning study's plots and tables. Reads ``results/`` only; never trains.
 
 Each study's analysis is a module here, imported by name (``jaxnorm.analysis.init_scale``,
 ``.norm_kinds``, ``.regularization``, ``.smoothness``, ``.sharpness``, ``.tent``,

@@ -44,6 +44,12 @@ class InterruptGuard:
         if self.received is not None:
             raise KeyboardInterrupt(f"{signal.Signals(self.received).name} received; stopped between steps")
 
+    def adopt(self, signum: int) -> None:
+        """Acts as if ``signum`` had arrived here (another process of a multi-process run
+        received it: every process must stop at the same step)."""
+        if self.received is None:
+            self.received = signum
+
     def __exit__(self, *exc) -> None:
         for s, previous in self._previous.items():
             signal.signal(s, previous if previous is not None else signal.SIG_DFL)

@@ -410,7 +410,9 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
             lines: list[dict] = []
             for o in before:  # the state before the first step
                 record(o, _run_slice(initial[o.name], i), 0, t, lines)
-            rewrite_jsonl(r.metrics, lines)
+            if parallel.is_primary():
+                rewrite_jsonl(r.metrics, lines)
+        parallel.barrier("jaxnorm.fit: metrics started")  # the others may read them (stop rules)
         return state, 0, 0, [None] * num
     if len(set(latest)) != 1:
         found = {c.name: s for c, s in zip(configs, latest)}
@@ -429,8 +431,10 @@ def _restore(program: _Program, configs, runs, ckpts, traj, state, resume: bool)
     meta = restored[0][1]
     step, start_epoch = int(meta["step"]), int(meta["next_epoch"])
     for r, t in zip(runs, traj):
-        rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
-        load_trajectories(r, t, step)
+        if parallel.is_primary():  # the others keep no trajectories (they write none)
+            rewrite_jsonl(r.metrics, [m for m in read_jsonl(r.metrics) if m.get("step", 0) <= step])
+            load_trajectories(r, t, step)
+    parallel.barrier("jaxnorm.fit: metrics rewound")  # the others may read them (stop rules)
     program.start_carries(state)
     program.carries = {
         name: program.put_runs([load_carry(r, name, step, c) for r, c in zip(runs, unstack(carry, num))])
@@ -470,6 +474,15 @@ def fit(
     ``KeyboardInterrupt`` is raised. A second signal raises at once. A rerun resumes
     from the last checkpoint.
 
+    Several processes (``jax.distributed.initialize()`` first, then the same call in
+    every process; :mod:`jaxnorm.train.parallel`): ``num_devices`` counts the devices
+    of all processes (a multiple of the process count); the results equal one process
+    with as many devices up to float rounding of the all-reduces, and every process
+    returns the same state and metrics. Only process 0 locks the folder and writes its
+    files (the results directory must be shared); every process takes part in each
+    checkpoint. A signal received by any process is acted on at the next host sync, by
+    every process at the same step (the local check between steps is skipped).
+
     Raises:
       RunExistsError: the folder holds a different run (the message names the fields
         that differ; nothing is overwritten), or is not a jaxnorm run.
@@ -480,6 +493,8 @@ def fit(
         dataset/model/norm, a model that does not fit the data's shape, data holding
         NaN or inf, or a batch larger than the training set.
       KeyboardInterrupt: after SIGINT or SIGTERM (see above).
+      PrimaryProcessError: on processes other than 0, when process 0 could not lock or
+        prepare the run folder (its error in the message).
     """
     return fit_many([config], observers=observers, resume=resume, overwrite=overwrite, progress=progress)[0]
 
@@ -547,23 +562,31 @@ def fit_many(
         raise ValueError(f"observer names must be unique, got {names}.")
     plan, module, template = _validate(configs, superset)  # before anything is written
     if strategy == "shard":  # the run mesh fits the machine
+        if jax.process_count() > 1:
+            raise ValueError(f"strategy='shard' runs in a single process; with {jax.process_count()} processes use 'vmap' (or 'auto').")
         parallel.make_run_mesh(1 if run_devices is None else run_devices, configs[0].num_devices or 1)
     # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
     with InterruptGuard() as guard, contextlib.ExitStack() as locks:
-        runs = []
-        for c in configs:
-            locks.enter_context(run_lock(run_dir_of(c)))
-            runs.append(prepare_run_dir(c, resume, overwrite))
+
+        def prepare():
+            runs = []
+            for c in configs:
+                locks.enter_context(run_lock(run_dir_of(c)))
+                runs.append(prepare_run_dir(c, resume, overwrite))
+            return runs
+
+        # Several processes: process 0 alone locks and prepares; the others wait for it.
+        runs = parallel.on_primary(prepare, "prepare the run folders") or [run_dir_of(c) for c in configs]
         # Runs that already ended (finished or diverged) are read back, not retrained: the
         # others of the group train on, in the group's structure (the superset stays one).
         done = [resume and not overwrite and stored_status(r) in ("finished", "diverged") for r in runs]
         todo = [(c, r) for c, r, d in zip(configs, runs, done) if not d]
         stored = iter(_stored_results([c for c, d in zip(configs, done) if d], [r for r, d in zip(runs, done) if d], template))
-        guard.check()
+        _check(guard)  # several processes: also a collective, so process 0 writes no file before all read
         group = ([c for c, _ in todo], [r for _, r in todo])
         trained = iter(_fit_group(*group, superset, plan, module, strategy, observers, resume, progress, guard, run_devices) if todo else [])
         out = [next(stored) if d else next(trained) for d in done]
-        guard.check()  # a signal during the last steps or the read-back still stops the caller
+        _check(guard)  # a signal during the last steps or the read-back still stops the caller
     return out
 
 
@@ -624,6 +647,7 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
     :func:`fit_many`."""
     num = len(configs)
     cfg = configs[0]
+    primary = parallel.is_primary()  # the one process that writes run files
     program = _Program(plan, configs, module, observers, strategy, run_devices)
     states = program.states
     if superset:
@@ -640,20 +664,20 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
     # In the superset every run has γ and β; record only those its variant learns.
     keep = [learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
     info = {"strategy": strategy, "runs": num, **program.info, **({"superset": "bn_ablation"} if superset else {})}
-    loop = _Loop(plan, program, runs, traj, guard)
+    loop = _Loop(plan, program, runs, traj, guard, primary)
     bar = None
     try:
         # A CheckpointError here leaves the status as it was (the run is what it was).
         state, step, start_epoch, initial_losses = _restore(program, configs, runs, ckpts, traj, state, resume)
         loop.start(step, initial_losses)
         desc = f"{cfg.study}/{cfg.name}" if num == 1 else f"{cfg.study}: {num} runs ({strategy})"
-        bar = tqdm(total=plan.total_steps, initial=step, disable=not progress, desc=desc, leave=False)
+        bar = tqdm(total=plan.total_steps, initial=step, disable=not (progress and primary), desc=desc, leave=False)
         try:
             for epoch in range(start_epoch, plan.last_epoch + 1):
                 state, step = loop.epoch(state, data, seeds, epoch, step, bar)
                 if all(loop.divergence):
                     break
-                guard.check()
+                _check(guard)
                 if loop.evaluates_after(epoch):
                     loop.evaluate(state, eval_data, epoch, step)
                 if loop.checkpoints_after(epoch):
@@ -661,13 +685,14 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
                 if loop.ended():
                     break
             for r, t, k in zip(runs, traj, keep):
-                write_trajectories(r, t, k)
+                if primary:
+                    write_trajectories(r, t, k)
         except BaseException as e:
             # A signal the guard caught is an interruption (resumable by design); anything
             # else -- a KeyboardInterrupt raised by other code included -- is a failure.
             interrupted = isinstance(e, KeyboardInterrupt) and guard.received is not None
             for i, r in enumerate(runs):
-                if loop.divergence[i]:
+                if loop.divergence[i] or not primary:
                     continue  # already written as diverged, which it stays
                 if interrupted:
                     write_status(r, "interrupted", loop.synced_step, plan.total_steps, reason=str(e))
@@ -682,12 +707,14 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
                 c.close()
 
     results = []
+    for i, r in enumerate(runs):
+        d = loop.divergence[i]
+        if primary:
+            write_status(r, "diverged" if d else "finished", d["step"] if d else step, plan.total_steps, program=info, **({"divergence": d} if d else {}))
+    parallel.barrier("jaxnorm.fit: run files written")  # before the other processes read them back
     for i, (r, st) in enumerate(zip(runs, unstack(state, num))):
         d = loop.divergence[i]
-        status = "diverged" if d else "finished"
-        last = d["step"] if d else step
-        write_status(r, status, last, plan.total_steps, program=info, **({"divergence": d} if d else {}))
-        results.append(FitResult(st, status, last, r.root, d, read_jsonl(r.metrics), dict(program.traced.counts)))
+        results.append(FitResult(st, "diverged" if d else "finished", d["step"] if d else step, r.root, d, read_jsonl(r.metrics), dict(program.traced.counts)))
     return results
 
 
@@ -700,8 +727,11 @@ class _Loop:
     #: model can come every few milliseconds.
     HEARTBEAT_S = 1.0
 
-    def __init__(self, plan: _Plan, program: _Program, runs, traj, guard):
+    def __init__(self, plan: _Plan, program: _Program, runs, traj, guard, primary: bool = True):
         self.plan, self.program, self.runs, self.traj, self.guard = plan, program, runs, traj, guard
+        self.primary = primary  # writes the run files (process 0); the others only compute
+        # Several processes must stop at the same step: signals are agreed at host syncs.
+        self.local_checks = jax.process_count() == 1
         self.divergence: list[Optional[dict]] = [None] * program.num
         self.initial_losses: list = [None] * program.num
         self.pending, self.pending_obs = [], []
@@ -723,7 +753,7 @@ class _Loop:
     def heartbeat(self, force: bool = False) -> None:
         """Rewrites each running run's ``status.json`` (``running``, synced step, time)."""
         now = time.monotonic()
-        if not force and now - self._last_beat < self.HEARTBEAT_S:
+        if not self.primary or (not force and now - self._last_beat < self.HEARTBEAT_S):
             return
         self._last_beat = now
         for r, d in zip(self.runs, self.divergence):
@@ -736,7 +766,8 @@ class _Loop:
         for s in range(plan.steps_per_epoch):
             if step >= plan.total_steps:
                 break
-            self.guard.check()  # a Python flag: no host sync
+            if self.local_checks:
+                self.guard.check()  # a Python flag: no host sync
             state, m, measured = program.step(state, data, perm, seeds, epoch, s, step)
             self.pending.append(m)
             self.pending_obs.extend((o, step, rec) for o, rec in measured)  # filed under θ_step's step
@@ -747,6 +778,8 @@ class _Loop:
             epoch_end = s == plan.steps_per_epoch - 1 and (self.evaluates_after(epoch) or self.checkpoints_after(epoch))
             if step % cfg.log_every_steps == 0 or epoch_end or step == plan.total_steps:
                 bar.update(self.sync(step, epoch))
+                if not self.local_checks:
+                    _check(self.guard)  # several processes: agreed at the host syncs
                 if all(self.divergence) or self.ended():
                     break
         return state, step
@@ -789,8 +822,9 @@ class _Loop:
                 lines.append({"kind": "divergence", "epoch": epoch, **self.divergence[i]})
             else:
                 self.stop.see(i, lines)
-            append_jsonl(r.metrics, lines)
-            if self.divergence[i]:  # final for this run whatever happens to the others
+            if self.primary:
+                append_jsonl(r.metrics, lines)
+            if self.divergence[i] and self.primary:  # final for this run whatever happens to the others
                 write_status(r, "diverged", self.divergence[i]["step"], self.plan.total_steps, divergence=self.divergence[i])
         self.pending, self.pending_obs = [], []
         self.synced_step = step
@@ -800,7 +834,7 @@ class _Loop:
     def evaluate(self, state, eval_data, epoch: int, step: int) -> None:
         totals = jax.device_get({split: self.program.evaluate_split(state, arrays, epoch) for split, arrays in eval_data.items()})
         for i, r in enumerate(self.runs):
-            if not self.divergence[i]:
+            if not self.divergence[i] and self.primary:
                 append_jsonl(r.metrics, eval_lines(_run_slice(totals, i), epoch, step))
 
     def checkpoint(self, state, ckpts, keep, epoch: int, step: int) -> None:
@@ -809,10 +843,24 @@ class _Loop:
         one_carry = {name: unstack(jax.device_get(c), num) for name, c in self.program.carries.items()}
         for i, (r, c) in enumerate(zip(self.runs, ckpts)):
             if c is not None and not self.divergence[i]:
-                write_trajectories(r, self.traj[i], keep[i])
-                save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
+                if self.primary:
+                    write_trajectories(r, self.traj[i], keep[i])
+                    save_carries(r, step, {name: cs[i] for name, cs in one_carry.items()})
+                # Every process takes part in the save (orbax: process 0 writes the replicated
+                # arrays and the metadata, all wait for it).
                 c.save(step, one_state[i], {"step": step, "next_epoch": epoch + 1, "initial_loss": self.initial_losses[i]})
-                prune_carries(r, c.steps())
+                if self.primary:
+                    prune_carries(r, c.steps())
+
+
+def _check(guard: InterruptGuard) -> None:
+    """``guard.check()``; with several processes, agreed first: a signal received by any
+    process stops them all here (a host-side collective, so never between two steps)."""
+    if jax.process_count() > 1:
+        signum = parallel.max_over_processes(guard.received or 0)
+        if signum:
+            guard.adopt(signum)
+    guard.check()
 
 
 def _divergent(losses: np.ndarray, initial: Optional[float], factor: Optional[float]) -> np.ndarray:

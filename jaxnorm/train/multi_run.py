@@ -51,7 +51,7 @@ from jaxnorm.train.parallel import RUNS_AXIS, check_count
 STRATEGIES = ("vmap", "map", "loop", "shard")
 
 
-def auto_strategy(platform: str, num_devices: int, num_runs: int, data_devices: int = 1, run_devices: Optional[int] = None) -> str:
+def auto_strategy(platform: str, num_devices: int, num_runs: int, data_devices: int = 1, run_devices: Optional[int] = None, processes: int = 1) -> str:
     """The rule behind ``'auto'``, a pure function of the machine it is given.
 
     Args:
@@ -60,6 +60,8 @@ def auto_strategy(platform: str, num_devices: int, num_runs: int, data_devices: 
       num_runs: N.
       data_devices: devices per run (``TrainConfig.num_devices``; data parallelism).
       run_devices: what the caller asked for (None: no preference).
+      processes: ``jax.process_count()`` (``'shard'`` is single-process: never picked
+        with several).
 
     Returns:
       ``'loop'`` for one run; ``'shard'`` when ``run_devices`` > 1 is asked for, or off
@@ -70,6 +72,8 @@ def auto_strategy(platform: str, num_devices: int, num_runs: int, data_devices: 
         return "loop"
     if run_devices is not None and run_devices > 1:
         return "shard"
+    if processes > 1:
+        return "loop" if platform == "cpu" else "vmap"
     if platform == "cpu":
         return "loop"
     return "shard" if num_devices // max(data_devices, 1) >= 2 else "vmap"
@@ -86,7 +90,7 @@ def resolve_strategy(strategy: str, num_runs: int, *, data_devices: int = 1, run
     if run_devices is not None:
         check_count("run_devices", run_devices)
     if strategy == "auto":
-        return auto_strategy(jax.default_backend(), jax.device_count(), num_runs, data_devices, run_devices)
+        return auto_strategy(jax.default_backend(), jax.device_count(), num_runs, data_devices, run_devices, jax.process_count())
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown multi-run strategy {strategy!r}; known: {('auto',) + STRATEGIES}")
     if run_devices is not None and strategy != "shard":

@@ -4,7 +4,7 @@ trajectories, and the stateful observers' carries saved beside each checkpoint. 
 formats themselves are :mod:`jaxnorm.results`'.
 
 Run identity: a folder holds one run, identified by its config less
-:data:`BOOKKEEPING_FIELDS` (where the run is stored and how often it logs, evaluates,
+:data:`jaxnorm.results.BOOKKEEPING_FIELDS` (where the run is stored and how often it logs, evaluates,
 records and checkpoints: nothing that changes a trained parameter). The same run moved,
 copied, or named by another path resumes; a config that differs in any other field is
 refused with the differing fields named. On resume ``config.json`` is rewritten with the
@@ -39,22 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm.results import RunDir, current_umask, read_json, read_npz, write_json, write_npz
+from jaxnorm.results import BOOKKEEPING_FIELDS, RunDir, current_umask, read_json, read_npz, write_json, write_npz
 from jaxnorm.train.config import TrainConfig
 
-#: Config fields that say where a run is stored and how often it is looked at, not what
-#: is trained: ``results_dir``/``study``/``name`` (the folder: a moved or copied run is the
-#: same run), ``tag`` (a report label), ``log_every_steps`` (when metrics are pulled to
-#: the host; the divergence step is exact whatever the interval), ``eval_every_epochs``
-#: (evaluation reads the state, never changes it), ``record_every_steps`` (the default
-#: observer's interval; observers are not part of a run's identity either) and
-#: ``checkpoint_every_epochs`` (a checkpoint restores bit-identically). Every other field
-#: can change the numbers (``eval_batch_size`` too: with ``eval_bn_mode='batch'`` it is
-#: the statistics' batch) and so identifies the run.
-BOOKKEEPING_FIELDS = (
-    "results_dir", "study", "name", "tag",
-    "log_every_steps", "eval_every_epochs", "record_every_steps", "checkpoint_every_epochs",
-)
 
 HOST = socket.gethostname()
 _ENDED = ("finished", "diverged")

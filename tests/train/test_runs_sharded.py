@@ -163,6 +163,7 @@ def test_auto_rule():
     assert auto_strategy("gpu", 8, 1) == "loop"  # one run
     assert auto_strategy("cpu", 8, 3, run_devices=2) == "shard"  # asked for
     assert auto_strategy("cpu", 8, 3, run_devices=1) == "loop"
+    assert auto_strategy("gpu", 8, 4, processes=2) == "vmap"  # 'shard' is single-process
     assert resolve_strategy("auto", 3, run_devices=2) == "shard"
     assert "shard" in STRATEGIES
 
