@@ -562,8 +562,6 @@ def fit_many(
         raise ValueError(f"observer names must be unique, got {names}.")
     plan, module, template = _validate(configs, superset)  # before anything is written
     if strategy == "shard":  # the run mesh fits the machine
-        if jax.process_count() > 1:
-            raise ValueError(f"strategy='shard' runs in a single process; with {jax.process_count()} processes use 'vmap' (or 'auto').")
         parallel.make_run_mesh(1 if run_devices is None else run_devices, configs[0].num_devices or 1)
     # Signals are deferred from here on (a load or a trace above may be interrupted as usual).
     with InterruptGuard() as guard, contextlib.ExitStack() as locks:

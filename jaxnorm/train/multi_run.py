@@ -79,22 +79,28 @@ def auto_strategy(platform: str, num_devices: int, num_runs: int, data_devices: 
     return "shard" if num_devices // max(data_devices, 1) >= 2 else "vmap"
 
 
-def resolve_strategy(strategy: str, num_runs: int, *, data_devices: int = 1, run_devices: Optional[int] = None) -> str:
+def resolve_strategy(strategy: str, num_runs: int, *, data_devices: int = 1, run_devices: Optional[int] = None, processes: Optional[int] = None) -> str:
     """``'auto'`` -> a concrete strategy for this backend (:func:`auto_strategy`; one run:
     ``'loop'``); a named one is checked.
 
+    ``processes``: ``jax.process_count()`` unless given.
+
     Raises:
       ValueError: an unknown strategy; ``run_devices`` not an integer >= 1, or given
-        with a strategy other than ``'shard'``/``'auto'``.
+        with a strategy other than ``'shard'``/``'auto'``; ``'shard'`` (asked for, or
+        ``run_devices`` > 1) with several processes.
     """
     if run_devices is not None:
         check_count("run_devices", run_devices)
-    if strategy == "auto":
-        return auto_strategy(jax.default_backend(), jax.device_count(), num_runs, data_devices, run_devices, jax.process_count())
-    if strategy not in STRATEGIES:
+    processes = jax.process_count() if processes is None else processes
+    if strategy == "auto":  # run_devices=1 leaves it free to pick another
+        strategy = auto_strategy(jax.default_backend(), jax.device_count(), num_runs, data_devices, run_devices, processes)
+    elif strategy not in STRATEGIES:
         raise ValueError(f"unknown multi-run strategy {strategy!r}; known: {('auto',) + STRATEGIES}")
-    if run_devices is not None and strategy != "shard":
+    elif run_devices is not None and strategy != "shard":
         raise ValueError(f"run_devices={run_devices!r} spreads runs over devices: it needs strategy='shard' (or 'auto'), not {strategy!r}.")
+    if strategy == "shard" and processes > 1:
+        raise ValueError(f"strategy='shard' runs in a single process; with {processes} processes use 'vmap' (or 'auto').")
     return strategy
 
 

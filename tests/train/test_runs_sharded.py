@@ -165,6 +165,7 @@ def test_auto_rule():
     assert auto_strategy("cpu", 8, 3, run_devices=1) == "loop"
     assert auto_strategy("gpu", 8, 4, processes=2) == "vmap"  # 'shard' is single-process
     assert resolve_strategy("auto", 3, run_devices=2) == "shard"
+    assert resolve_strategy("auto", 3, run_devices=1) == "loop"  # one row: no preference
     assert "shard" in STRATEGIES
 
 
@@ -190,6 +191,9 @@ def test_bad_run_devices_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs strategy='shard'"):
         fit_many(configs, strategy="vmap", run_devices=2, progress=False)
     assert not (tmp_path / "test").exists()  # refused before any folder was written
+    with pytest.raises(ValueError, match="single process; with 2 processes"):
+        resolve_strategy("shard", 3, processes=2)
+    assert resolve_strategy("auto", 3, processes=2) == "loop"  # on this CPU; never 'shard'
     with pytest.raises(ValueError, match="needs a run mesh"):
         map_over_runs(lambda x: x, "shard", (0,), 2)
     with pytest.raises(ValueError, match="cannot be split over 2 run devices; pad them to 4"):
