@@ -46,6 +46,7 @@ import dataclasses
 import importlib
 import itertools
 import os
+import time
 import uuid
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
@@ -109,13 +110,15 @@ class _TensorBoard:
         logdir = run.root / "tensorboard"
         self.fresh = not any(logdir.glob("*tfevents*")) if logdir.is_dir() else True
         # Events after the resumed checkpoint's step belong to the interrupted attempt: hidden
-        # by TensorBoard, as metrics.jsonl drops those lines. A unique suffix: the file name
-        # holds only the second and the host, and the writer opens it with 'wb'.
+        # by TensorBoard, as metrics.jsonl drops those lines. The suffix: tensorboardX names
+        # the file by the second and the host only and opens it with 'wb' (a resume within
+        # the second would overwrite it), and TensorBoard reads a folder's files in name
+        # order, so the nanosecond time keeps them in the order they were written.
         self.writer = tbx.SummaryWriter(
             logdir=str(logdir),
             purge_step=None if self.fresh or step == 0 else step + 1,
             flush_secs=self.FLUSH_SECS,
-            filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+            filename_suffix=f".{time.time_ns():020d}.{os.getpid()}",
         )
 
     def write(self, step: int, scalars: dict, texts: dict) -> None:
