@@ -545,8 +545,9 @@ def _validate(configs: Sequence[TrainConfig], superset: bool):
     non-finite values), the device mesh (the batch divisible by the devices), the model
     and optimizer (unknown model or norm, a model that does not fit the data's shape, a
     frozen pattern matching nothing: traced abstractly by ``jax.eval_shape``, nothing
-    compiled or allocated). Runs of one program share their shapes, so the first
-    config's state shapes are every run's. Returns ``(plan, module, state_template)``."""
+    compiled or allocated), and the packages of the configs' ``loggers``. Runs of one
+    program share their shapes, so the first config's state shapes are every run's.
+    Returns ``(plan, module, state_template)``."""
     cfg = configs[0]
     plan = _plan(cfg)
     for split in cfg.eval_splits:

@@ -12,7 +12,6 @@ import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import jaxnorm.study as study_module
@@ -23,7 +22,6 @@ from jaxnorm.train.metric_loggers import scalars_of
 from tests.test_study import ToySetup, ToyStudy
 from tests.train.helpers import fit_killed_at, tiny_config
 
-pytest.importorskip("tensorboardX")  # the 'test' extra installs it
 
 
 # ------------------------------------------------------- an independent event-file reader
