@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import pytest
 
 import jaxnorm.study as study_module
-from jaxnorm.results import read_jsonl
+from jaxnorm.results import RunDir, read_jsonl
 from jaxnorm.study import main, run_study
-from jaxnorm.train import TrainConfig, fit
-from jaxnorm.train.metric_loggers import scalars_of
+from jaxnorm.train import TrainConfig, fit, fit_many
+from jaxnorm.train.metric_loggers import RunLoggers, scalars_of
 from tests.test_study import ToySetup, ToyStudy
 from tests.train.helpers import fit_killed_at, tiny_config
 
@@ -163,34 +163,25 @@ def _cfg(tmp_path, **changes):
 # ---------------------------------------------------------------------------- TensorBoard
 
 
-def test_tensorboard_events_hold_the_metrics_jsonl_numbers(tmp_path):
-    r = fit(_cfg(tmp_path, loggers=("tensorboard",)), observers=[ParamNorm()], progress=False)
-    lines = read_jsonl(r.run_dir / "metrics.jsonl")
+def test_tensorboard_events_hold_each_runs_metrics_jsonl_numbers(tmp_path):
+    a = _cfg(tmp_path, name="a", loggers=("tensorboard",))
+    b = a.replace(name="b", learning_rate=0.05, seed=1, loggers=())  # trained together; loggers are per run
+    ra, rb = fit_many([a, b], strategy="loop", observers=[ParamNorm()], progress=False)
+    lines = read_jsonl(ra.run_dir / "metrics.jsonl")
     assert {m["kind"] for m in lines} == {"train", "eval", "pnorm"} and any(m["step"] == 0 for m in lines)
-    events = read_scalars(r.run_dir / "tensorboard")
+    events = read_scalars(ra.run_dir / "tensorboard")
     assert_same_scalars(events, lines)
     assert {s for t, s in events if t == "train/loss"} == {5, 8, 10, 12}  # every sync, epoch ends included
+    assert lines != read_jsonl(rb.run_dir / "metrics.jsonl")  # run a's own numbers, not b's
+    assert sorted(p.name for p in rb.run_dir.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "status.json"]
 
 
 def test_logging_switched_on_at_resume_keeps_the_identity_and_replays_the_history(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     fit_killed_at(cfg, 10, monkeypatch, observers=[ParamNorm()])  # checkpoint at step 8 (end of epoch 0)
-    assert not {"tensorboard", "wandb", "wandb_id.json"} & {p.name for p in (tmp_path / "test" / "run").iterdir()}
     r = fit(cfg.replace(loggers=("tensorboard",)), observers=[ParamNorm()], progress=False)  # accepted: bookkeeping
     assert r.status == "finished" and json.loads((r.run_dir / "config.json").read_text())["loggers"] == ["tensorboard"]
     assert_same_scalars(read_scalars(r.run_dir / "tensorboard"), read_jsonl(r.run_dir / "metrics.jsonl"))
-
-
-def test_a_resumed_run_hides_the_interrupted_attempts_events(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, loggers=("tensorboard",), log_every_steps=3)
-    fit_killed_at(cfg, 9, monkeypatch, observers=[ParamNorm()])  # syncs at 3, 6, 8, 9; checkpoint at 8
-    logdir = tmp_path / "test" / "run" / "tensorboard"
-    assert ("train/loss", 9) in read_scalars(logdir)  # written and flushed by the killed attempt
-    # Resumed from step 8 with other syncs (10, 12): the attempt's step 9 is gone from
-    # metrics.jsonl, and TensorBoard is told to hide it (a purge from step 9).
-    r = fit(cfg.replace(log_every_steps=5), observers=[ParamNorm()], progress=False)
-    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # the first attempt's file kept
-    assert_same_scalars(read_scalars(logdir), read_jsonl(r.run_dir / "metrics.jsonl"))
 
 
 # ------------------------------------------------------------------------------------ W&B
@@ -227,28 +218,54 @@ def fake_wandb(monkeypatch):
     return module
 
 
-def test_wandb_gets_one_run_per_run_with_a_stable_id(tmp_path, monkeypatch, fake_wandb):
-    cfg = _cfg(tmp_path, loggers=("wandb",))
+def test_a_resumed_run_continues_its_sinks(tmp_path, monkeypatch, fake_wandb):
+    """TensorBoard hides the interrupted attempt's events after the checkpoint; W&B
+    continues the same run (same id), sending only the steps after the checkpoint."""
+    cfg = _cfg(tmp_path, loggers=("tensorboard", "wandb"), log_every_steps=3)
     monkeypatch.setenv("WANDB_PROJECT", "norms")
-    fit_killed_at(cfg, 10, monkeypatch, observers=[ParamNorm()])
+    fit_killed_at(cfg, 9, monkeypatch, observers=[ParamNorm()])  # syncs at 3, 6, 8, 9; checkpoint at 8
+    run_dir = tmp_path / "test" / "run"
+    logdir = run_dir / "tensorboard"
+    assert ("train/loss", 9) in read_scalars(logdir)  # written and flushed by the killed attempt
     first = fake_wandb.runs[0]
-    run_id = json.loads((tmp_path / "test" / "run" / "wandb_id.json").read_text())["id"]
+    run_id = json.loads((run_dir / "wandb_id.json").read_text())["id"]
     assert first.init_kwargs == dict(
-        project="norms", id=run_id, resume="allow", dir=str(tmp_path / "test" / "run"), name="test/run", group="test",
+        project="norms", id=run_id, resume="allow", dir=str(run_dir), name="test/run", group="test",
         config=cfg.to_dict(), reinit="create_new",
     )  # fmt: skip  (no mode=: WANDB_MODE is left to wandb)
     assert first.exit_code == 1  # killed: a failed run
+    # Resumed from step 8 with other syncs (10, 12): the attempt's step 9 is gone from
+    # metrics.jsonl, and TensorBoard is told to hide it (a purge from step 9).
     monkeypatch.delenv("WANDB_PROJECT")
-    r = fit(cfg, observers=[ParamNorm()], progress=False)
+    r = fit(cfg.replace(log_every_steps=5), observers=[ParamNorm()], progress=False)
+    lines = read_jsonl(r.run_dir / "metrics.jsonl")
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # the first attempt's file kept
+    assert_same_scalars(read_scalars(logdir), lines)
     second = fake_wandb.runs[1]
     assert second.init_kwargs["id"] == run_id and second.init_kwargs["project"] == "jaxnorm" and second.exit_code == 0
-    # The W&B run held steps <= 10: the resumed one sends the steps after the checkpoint (8) only.
-    lines = read_jsonl(r.run_dir / "metrics.jsonl")
     want = {}
     for (tag, step), value in expected_scalars(lines).items():
         want.setdefault(step, {})[tag] = value
     assert second.rows == [(s, want[s]) for s in sorted(want) if s > 8]
-    assert [s for s, _ in first.rows] == [s for s in sorted(want) if s <= 10]
+    assert [s for s, _ in first.rows] == [s for s in sorted(want) if s <= 8] + [9]
+
+
+def test_wandb_sink_merges_a_steps_lines_and_keeps_the_divergence_as_summary(tmp_path, fake_wandb):
+    cfg = TrainConfig(loggers=("wandb",), results_dir=str(tmp_path))
+    run = RunDir(tmp_path / "adhoc" / "run")
+    run.root.mkdir(parents=True)
+    loggers = RunLoggers(cfg, run)
+    loggers.open(0)  # nothing stored yet: nothing replayed
+    loggers.write([
+        {"kind": "train", "step": 6, "epoch": 0, "loss": 2.0, "ce": 2.0, "acc": 0.5, "steps": 3},
+        {"kind": "pnorm", "step": 4, "norm": 3.0, "layers": 3},
+        {"kind": "pnorm", "step": 6, "norm": 3.5, "layers": 3},
+        {"kind": "divergence", "epoch": 0, "step": 7, "reason": "non-finite loss (nan) at step 7"},
+    ])  # fmt: skip
+    loggers.close(failed=False)
+    (wb,) = fake_wandb.runs
+    assert wb.rows == [(4, {"pnorm/norm": 3.0}), (6, {"train/loss": 2.0, "train/ce": 2.0, "train/acc": 0.5, "pnorm/norm": 3.5})]
+    assert wb.summary == {"divergence": "non-finite loss (nan) at step 7"} and wb.exit_code == 0
 
 
 def test_divergence_reaches_the_sinks_as_text():
