@@ -324,18 +324,18 @@ def test_run_study_adds_the_loggers_to_every_config(tmp_path, monkeypatch):
 def test_the_log_flag_reaches_run_study(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study_module, "run_study", lambda *a, **kw: calls.append(kw))
-    main(ToyStudy(), ["--results", str(tmp_path), "--no-progress", "--log", "tensorboard", "wandb"])
+    main(ToyStudy(), ["--no-compile-cache", "--results", str(tmp_path), "--no-progress", "--log", "tensorboard", "wandb"])
     assert calls[0]["loggers"] == ["tensorboard", "wandb"]
-    main(ToyStudy(), ["--results", str(tmp_path), "--no-progress"])
+    main(ToyStudy(), ["--no-compile-cache", "--results", str(tmp_path), "--no-progress"])
     assert calls[1]["loggers"] == []
 
 
 def test_the_log_flag_errors_are_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
-        main(ToyStudy(), ["--results", str(tmp_path), "--log", "tensorbord"])
+        main(ToyStudy(), ["--no-compile-cache", "--results", str(tmp_path), "--log", "tensorbord"])
     assert e.value.code == 2 and "invalid choice: 'tensorbord'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "wandb", None)
-    assert main(ToyStudy(), ["--results", str(tmp_path), "--no-progress", "--log", "wandb"]) == 2
+    assert main(ToyStudy(), ["--no-compile-cache", "--results", str(tmp_path), "--no-progress", "--log", "wandb"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'jaxnorm[log]'" in err
     assert not (tmp_path / "toy").exists()  # refused before study.json
