@@ -268,6 +268,18 @@ def test_wandb_sink_merges_a_steps_lines_and_keeps_the_divergence_as_summary(tmp
     assert wb.summary == {"divergence": "non-finite loss (nan) at step 7"} and wb.exit_code == 0
 
 
+def test_an_inactive_runs_loggers_write_nothing(tmp_path, fake_wandb):
+    """A process other than 0 of a multi-process run: process 0 writes the files."""
+    cfg = TrainConfig(loggers=("tensorboard", "wandb"), results_dir=str(tmp_path))
+    run = RunDir(tmp_path / "adhoc" / "run")
+    run.root.mkdir(parents=True)
+    loggers = RunLoggers(cfg, run, active=False)
+    loggers.open(0)
+    loggers.write([{"kind": "train", "step": 1, "loss": 1.0}])
+    loggers.close()
+    assert list(run.root.iterdir()) == [] and fake_wandb.runs == []
+
+
 def test_divergence_reaches_the_sinks_as_text():
     assert scalars_of({"kind": "divergence", "epoch": 0, "step": 7, "reason": "non-finite loss (nan) at step 7"}) == (
         7, {}, {"divergence": "non-finite loss (nan) at step 7"},
