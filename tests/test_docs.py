@@ -1,0 +1,129 @@
+"""`make docs`: the API reference builds from the docstrings without a warning (docs/build.py).
+
+The full build runs once, in a subprocess (a fresh interpreter, so that warnings raised
+while importing a module are seen, as `make docs` sees them); it is this file's slow test
+(pdoc imports and renders every module: 25-50 s on 2 busy cores). The checker's own
+failures are tested on a small module written into tmp_path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+pytest.importorskip("pdoc")
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("docs_build", ROOT / "docs" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    out = tmp_path_factory.mktemp("api")
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "build.py"), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+def test_full_build_has_no_warnings(api):
+    out, proc = api
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.strip() == "", proc.stderr[-4000:]
+    assert re.fullmatch(r"API reference of \d+ modules in .*index\.html\n", proc.stdout), proc.stdout
+
+
+def test_every_public_module_has_a_page(api):
+    out, _ = api
+    on_disk = set()
+    for path in (ROOT / "jaxnorm").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not any(p.startswith("_") for p in parts):
+            on_disk.add(".".join(parts))
+    assert set(build.public_modules()) == on_disk
+    for name in on_disk:
+        assert (out / (name.replace(".", "/") + ".html")).is_file(), name
+    assert not (out / "jaxnorm" / "_tree.html").exists()  # private modules are left out
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "jaxnorm" in index and (out / "search.js").is_file()
+
+
+@pytest.mark.parametrize(
+    "page, names",
+    [
+        ("jaxnorm/norms.html", ["batch_norm", "BatchStats", "layer_norm", "population_stats"]),
+        ("jaxnorm/train.html", ["fit", "fit_many", "TrainConfig", "TrainState"]),
+        ("jaxnorm/modes.html", ["BN_MODES", "check_bn_mode"]),
+        ("jaxnorm/study.html", ["run_study", "check_stored_setup", "RunGroup"]),
+        ("jaxnorm/results.html", ["read_status", "RunDir", "read_jsonl"]),
+        ("jaxnorm/analysis/plotting.html", ["embed_figures", "fresh_report_dir"]),
+    ],
+)
+def test_key_pages_document_their_functions(api, page, names):
+    out, _ = api
+    text = (out / page).read_text(encoding="utf-8")
+    for name in names:
+        assert f'id="{name}"' in text, (page, name)
+
+
+def test_roles_become_links(api):
+    # ``:func:`~jaxnorm.analysis.plotting.fresh_report_dir``` in report.py's docstring: a link, no reST left.
+    out, _ = api
+    text = (out / "jaxnorm/analysis/report.html").read_text(encoding="utf-8")
+    docstring = re.search(r'<div class="docstring">(.*?)</div>', text, re.S).group(1)
+    assert ":func:" not in docstring
+    assert re.search(r'<a href="plotting.html#fresh_report_dir">', docstring)
+    # The Google sections are rendered as sections.
+    norms = (out / "jaxnorm/norms.html").read_text(encoding="utf-8")
+    assert "<h6" in norms and "Raises:" not in re.sub(r"<pre.*?</pre>", "", norms, flags=re.S)
+
+
+_PROBE = '''"""A probe module. See :func:`jaxnorm.no_such_function` and :func:`jaxnorm._tree.param_paths`,
+and :func:`jaxnorm.norms.batch_norm` (fine, norms is not rendered here)."""
+
+import warnings
+
+warnings.warn("probe: a warning at import time")
+
+
+def f(x: "NoSuchType") -> int:
+    """Returns 1."""
+    return 1
+'''
+
+
+def test_warnings_and_broken_references_fail_the_build(tmp_path, monkeypatch):
+    (tmp_path / "docs_probe_mod.py").write_text(_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(build.DocsBuildError) as info:
+        build.build(tmp_path / "out", modules=["docs_probe_mod"])
+    message = str(info.value)
+    assert "probe: a warning at import time" in message
+    assert "NoSuchType" in message  # pdoc's own warning: an annotation it cannot resolve
+    assert "jaxnorm.no_such_function (no such object)" in message
+    assert "jaxnorm._tree.param_paths (in the private module jaxnorm._tree)" in message
+    assert "batch_norm" not in message
+    assert message.startswith("4 problem(s)")
+
+
+def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "docs_probe_cli.py").write_text('"""Names :func:`jaxnorm.nope`."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(build, "public_modules", lambda package="jaxnorm": ["docs_probe_cli"])
+    assert build.main([str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python docs/build.py: error: 1 problem(s)") and "jaxnorm.nope (no such object)" in err
