@@ -2,6 +2,10 @@
 
     python docs/build.py [OUT]          # OUT defaults to docs/api/ (make docs)
 
+OUT is created if needed and must be empty or hold an earlier build: the build records the
+files it wrote (``OUT/.api-pages``), replaces them the next time (a removed module's page
+goes), and leaves anything else in OUT alone; it refuses a non-empty folder it did not write.
+
 Every public module of the package is documented, not only those a package's
 ``__all__`` names (pdoc's default would skip e.g. ``jaxnorm.modes``, ``jaxnorm.study`` and
 every ``jaxnorm.analysis.<study>``); private modules (``_registry``, ``_tree``, ...) are
@@ -178,13 +182,16 @@ def owner_module(name: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def unresolved_references(out: pathlib.Path, rendered: list[str]) -> list[str]:
+def unresolved_references(out: pathlib.Path, rendered: list[str], pages: list[pathlib.Path] | None = None) -> list[str]:
     """``'page: name (why)'`` for every jaxnorm name in a rendered docstring that pdoc did
     not turn into a link (page paths relative to ``out``): a name that does not exist, one
     in a private module, or one pdoc could not link although its module was rendered. A
-    name in a public module left out of ``rendered`` (a partial build) is not checked."""
+    name in a public module left out of ``rendered`` (a partial build) is not checked.
+    ``pages``: the pages to read (default: every ``*.html`` below ``out``)."""
     problems = []
-    for page in sorted(out.rglob("*.html")):
+    for page in sorted(pages if pages is not None else out.rglob("*.html")):
+        if page.suffix != ".html":
+            continue
         text = page.read_text(encoding="utf-8")
         for block in _DOCSTRING.findall(text):
             for name in _CODE_NAME.findall(_LINKED_CODE.sub("", block)):
@@ -202,33 +209,77 @@ def unresolved_references(out: pathlib.Path, rendered: list[str]) -> list[str]:
     return sorted(set(problems))
 
 
-def _render(modules: list[str], out: pathlib.Path) -> None:
-    """One page per module, the index and the search index. (Not ``pdoc.pdoc``: given
-    modules by name it walks their submodules again, through ``__all__``, and warns about
-    every module it meets twice.)"""
+#: The list of files a build wrote, kept in its output folder: the next build into the
+#: folder deletes those it does not write again (a removed module's page), and a build
+#: refuses a non-empty folder without one (it may hold anything).
+MANIFEST = ".api-pages"
+
+
+def _earlier_pages(out: pathlib.Path) -> list[pathlib.Path]:
+    """The files an earlier build wrote into ``out`` ([] for a new or empty folder).
+
+    Raises:
+      ValueError: ``out`` is a file, or a non-empty folder that no build wrote into.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        raise ValueError(f"{out} is not empty and holds no earlier API build ({MANIFEST}); refusing to write into it: name a new or empty folder.")
+    pages = [out / line for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [p for p in pages if p.resolve().is_relative_to(out.resolve())]
+
+
+def _render(modules: list[str], out: pathlib.Path) -> list[pathlib.Path]:
+    """One page per module, the index and the search index; returns the files written.
+    (Not ``pdoc.pdoc``: given modules by name it walks their submodules again, through
+    ``__all__``, and warns about every module it meets twice.)"""
     import pdoc.doc
     import pdoc.render
 
     docs = {name: pdoc.doc.Module.from_name(name) for name in modules}
+    written = []
     for name, module in docs.items():
         page = out / f"{name.replace('.', '/')}.html"
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(pdoc.render.html_module(module, docs), encoding="utf-8")
+        written.append(page)
     (out / "index.html").write_text(pdoc.render.html_index(docs), encoding="utf-8")
     (out / "search.js").write_text(pdoc.render.search_index(docs), encoding="utf-8")
+    return written + [out / "index.html", out / "search.js"]
+
+
+def _replace_manifest(out: pathlib.Path, earlier: list[pathlib.Path], written: list[pathlib.Path]) -> None:
+    """Deletes the earlier build's files this one did not write (and folders left empty),
+    then records what this one wrote."""
+    keep = set(written)
+    for path in earlier:
+        if path not in keep and path.is_file():
+            path.unlink()
+            folder = path.parent
+            while folder != out and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+    (out / MANIFEST).write_text("".join(f"{p.relative_to(out)}\n" for p in written), encoding="utf-8")
 
 
 def build(out: pathlib.Path = DEFAULT_OUT, modules: list[str] | None = None) -> list[str]:
     """Renders ``modules`` (default: :func:`public_modules`) into ``out``; returns the
-    module names rendered.
+    module names rendered. ``out`` is created if needed; it must be empty or hold an
+    earlier build (:data:`MANIFEST`), whose pages this build replaces.
 
     Raises:
+      ValueError: ``out`` is a file, or a non-empty folder without an earlier build.
       DocsBuildError: a warning was raised while importing or rendering, or a docstring
         names a jaxnorm object that does not resolve; every one is listed.
     """
     import pdoc.render
 
     out = pathlib.Path(out)
+    earlier = _earlier_pages(out)
+    out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         modules = list(modules) if modules is not None else public_modules()
@@ -236,9 +287,10 @@ def build(out: pathlib.Path = DEFAULT_OUT, modules: list[str] | None = None) -> 
             importlib.import_module(name)
         pdoc.render.configure(docformat="google", search=True, show_source=True)
         with _conventions(modules):
-            _render(modules, out)
+            written = _render(modules, out)
+    _replace_manifest(out, earlier, written)
     problems = [f"warning: {w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
-    problems += [f"unresolved reference: {p}" for p in unresolved_references(out, modules)]
+    problems += [f"unresolved reference: {p}" for p in unresolved_references(out, modules, written)]
     if problems:
         raise DocsBuildError(f"{len(problems)} problem(s) in the API docs build:\n" + "\n".join(problems))
     return modules
@@ -250,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         modules = build(pathlib.Path(args.out))
-    except DocsBuildError as e:
+    except (DocsBuildError, ValueError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"API reference of {len(modules)} modules in {pathlib.Path(args.out) / 'index.html'}")

@@ -133,3 +133,30 @@ def test_command_line_names_each_problem_without_a_traceback(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("python docs/build.py: error: 1 problem(s)") and "jaxnorm.nope (no such object)" in err
     assert "Traceback" not in err
+
+
+def test_a_rebuild_replaces_its_own_pages_only(tmp_path, monkeypatch):
+    for name in ("docs_probe_a", "docs_probe_b"):
+        (tmp_path / f"{name}.py").write_text(f'"""Probe {name}."""\n\n\ndef f() -> int:\n    """One."""\n    return 1\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    build.build(out, modules=["docs_probe_a", "docs_probe_b"])
+    assert (out / "docs_probe_b.html").is_file() and (out / build.MANIFEST).is_file()
+    (out / "notes.txt").write_text("mine")
+    build.build(out, modules=["docs_probe_a"])  # docs_probe_b was removed from the package
+    assert not (out / "docs_probe_b.html").exists() and (out / "docs_probe_a.html").is_file()
+    assert (out / "notes.txt").read_text() == "mine"  # not the build's: left alone
+    assert (out / build.MANIFEST).read_text().split() == ["docs_probe_a.html", "index.html", "search.js"]
+
+
+def test_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "index.html").write_text("someone's page")
+    with pytest.raises(ValueError, match="not empty and holds no earlier API build"):
+        build.build(tmp_path, modules=["docs_probe_never_imported"])
+    assert (tmp_path / "index.html").read_text() == "someone's page"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        build.build(tmp_path / "file", modules=["docs_probe_never_imported"])
+    assert build.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python docs/build.py: error: ") and len(err.strip().splitlines()) == 1
