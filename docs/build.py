@@ -310,4 +310,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Document the checkout this script is in (not another installed copy of jaxnorm).
+    sys.path.insert(0, str(ROOT))
     sys.exit(main())
