@@ -159,3 +159,31 @@ def test_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     assert build.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("python docs/build.py: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_comment_docstrings():
+    source = '''
+#: two lines
+#: of text
+A = 1
+B = 2  #: trailing
+C = "#: inside a string"
+# an ordinary comment
+D = 4
+#: not attached (a blank line follows)
+
+E = 5
+F, G = 6, 7  #: both
+'''
+    assert build.comment_docstrings(source) == {"A": "two lines\nof text", "B": "trailing", "F": "both", "G": "both"}
+    cls = '''class K:
+    """Doc."""
+
+    #: an attribute
+    x: int = 1
+
+    def f(self):
+        #: not at the class's top level
+        y = 2
+'''
+    assert build.comment_docstrings(cls, in_class=True) == {"x": "an attribute"}
