@@ -18,9 +18,11 @@ problem if either fails:
 * every warning raised while pdoc imports and renders the modules (import errors,
   annotations it cannot resolve, source it cannot parse, deprecations of the code
   being documented) is an error;
-* every cross-reference in a docstring to a ``jaxnorm`` name (``:func:`~jaxnorm.x.f```,
-  ```jaxnorm.x.f```) must become a link: pdoc leaves one it cannot resolve as plain
-  code without a word, so the build looks for such names itself.
+* every cross-reference role in a docstring to a ``jaxnorm`` name (``:func:`~jaxnorm.x.f```,
+  ``:mod:``, ``:class:``, ``:data:``, ...) must become a link: pdoc leaves one it cannot
+  resolve as plain code without a word, so the build looks for such names itself. (Plain
+  code such as ````jaxnorm.studies```` -- an entry-point group, not an object -- is not a
+  reference and is not checked.)
 
 Three conventions of the docstrings that pdoc does not know are taught to it for the
 build (:func:`_conventions`; only this process sees the change, undone afterwards):
@@ -76,6 +78,10 @@ def public_modules(package: str = PACKAGE) -> list[str]:
 
 
 _ROLE_TILDE = re.compile(r"(:(?:py:)?(?:mod|func|data|const|class|meth|attr|exc|obj):`)~")
+_ROLE_TARGET = re.compile(r":(?:py:)?(?:mod|func|data|const|class|meth|attr|exc|obj):`~?([^`]+)`")
+
+#: The targets of the reST roles of every docstring rendered so far (filled while rendering).
+ROLE_TARGETS: set[str] = set()
 
 
 def comment_docstrings(source: str, *, in_class: bool = False) -> dict[str, str]:
@@ -129,6 +135,7 @@ def _conventions(modules: list[str]) -> Iterator[None]:
         return dataclasses.replace(info, var_docstrings={**comments, **info.var_docstrings})
 
     def rst_with_tilde(contents, source_file):
+        ROLE_TARGETS.update(_ROLE_TARGET.findall(contents))
         return rst(_ROLE_TILDE.sub(r"\1", contents), source_file)
 
     changed: list[tuple[object, str]] = []
@@ -138,6 +145,9 @@ def _conventions(modules: list[str]) -> Iterator[None]:
             changed.append((fn, fn.__module__))
             fn.__module__ = module_name
 
+    # convert() caches its results: cleared so that every docstring passes through the wrappers
+    # (and so that their results do not outlive the build).
+    pdoc.docstrings.convert.cache_clear()
     pdoc.doc_ast.walk_tree, pdoc.docstrings.rst = walk_tree_with_comments, rst_with_tilde
     try:
         for name in modules:
@@ -154,6 +164,7 @@ def _conventions(modules: list[str]) -> Iterator[None]:
         yield
     finally:
         pdoc.doc_ast.walk_tree, pdoc.docstrings.rst = walk_tree, rst
+        pdoc.docstrings.convert.cache_clear()
         for fn, old in reversed(changed):
             fn.__module__ = old
 
@@ -182,12 +193,16 @@ def owner_module(name: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def unresolved_references(out: pathlib.Path, rendered: list[str], pages: list[pathlib.Path] | None = None) -> list[str]:
-    """``'page: name (why)'`` for every jaxnorm name in a rendered docstring that pdoc did
-    not turn into a link (page paths relative to ``out``): a name that does not exist, one
+def unresolved_references(
+    out: pathlib.Path, rendered: list[str], pages: list[pathlib.Path] | None = None, targets: set[str] | None = None
+) -> list[str]:
+    """``'page: name (why)'`` for every jaxnorm name that a docstring's reST role names
+    (``targets``, default :data:`ROLE_TARGETS`) and pdoc did not turn into a link in a
+    rendered docstring (page paths relative to ``out``): a name that does not exist, one
     in a private module, or one pdoc could not link although its module was rendered. A
     name in a public module left out of ``rendered`` (a partial build) is not checked.
     ``pages``: the pages to read (default: every ``*.html`` below ``out``)."""
+    targets = ROLE_TARGETS if targets is None else targets
     problems = []
     for page in sorted(pages if pages is not None else out.rglob("*.html")):
         if page.suffix != ".html":
@@ -196,6 +211,8 @@ def unresolved_references(out: pathlib.Path, rendered: list[str], pages: list[pa
         for block in _DOCSTRING.findall(text):
             for name in _CODE_NAME.findall(_LINKED_CODE.sub("", block)):
                 name = html.unescape(name)
+                if name not in targets:
+                    continue  # plain code, not a cross-reference
                 module, found = owner_module(name)
                 if not found:
                     why = "no such object"
@@ -280,6 +297,7 @@ def build(out: pathlib.Path = DEFAULT_OUT, modules: list[str] | None = None) -> 
     out = pathlib.Path(out)
     earlier = _earlier_pages(out)
     out.mkdir(parents=True, exist_ok=True)
+    ROLE_TARGETS.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         modules = list(modules) if modules is not None else public_modules()

@@ -91,13 +91,14 @@ def test_roles_become_links(api):
     norms = (out / "jaxnorm/norms.html").read_text(encoding="utf-8")
     assert '<h6 id="raises">Raises:</h6>' in norms and '<h6 id="returns">Returns:</h6>' in norms
     # A #: comment documents its constant (pdoc alone reads only a string after it).
-    run_folder = (out / "jaxnorm/train/run_folder.html").read_text(encoding="utf-8")
-    section = run_folder[run_folder.index('<section id="BOOKKEEPING_FIELDS">'):]
+    results_page = (out / "jaxnorm/results.html").read_text(encoding="utf-8")
+    section = results_page[results_page.index('<section id="BOOKKEEPING_FIELDS">'):]
     assert "Config fields that say where a run is stored" in section[: section.index("</section>")]
 
 
 _PROBE = '''"""A probe module. See :func:`jaxnorm.no_such_function` and :func:`jaxnorm._tree.param_paths`,
-and :func:`jaxnorm.norms.batch_norm` (fine, norms is not rendered here)."""
+and :func:`jaxnorm.norms.batch_norm` (fine, norms is not rendered here); ``jaxnorm.plain_code``
+is not a reference."""
 
 import warnings
 
@@ -120,7 +121,7 @@ def test_warnings_and_broken_references_fail_the_build(tmp_path, monkeypatch):
     assert "NoSuchType" in message  # pdoc's own warning: an annotation it cannot resolve
     assert "jaxnorm.no_such_function (no such object)" in message
     assert "jaxnorm._tree.param_paths (in the private module jaxnorm._tree)" in message
-    assert "batch_norm" not in message
+    assert "batch_norm" not in message and "plain_code" not in message
     assert message.startswith("4 problem(s)")
 
 
