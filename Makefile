@@ -14,7 +14,7 @@ LOCK_FOR   := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # True (exit 0) when .venv's interpreter is one the lock was compiled for.
 LOCK_MATCHES := import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and sys.platform == "linux" and platform.machine() == "x86_64"))
 
-.PHONY: demo smoke test install install-unlocked lock clean
+.PHONY: demo smoke test docs install install-unlocked lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,5 +71,10 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal  # two workers (the CI machine has 2 cores); idle workers steal queued tests, so the long ones do not pile up at the end
 
+# The API reference from the docstrings (pdoc), in docs/api/index.html; fails on any warning
+# or unresolved cross-reference (docs/build.py; tests/test_docs.py runs the same build).
+docs: $(STAMP)
+	$(PY) docs/build.py docs/api
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis results
+	rm -rf $(VENV) .pytest_cache .hypothesis results docs/api

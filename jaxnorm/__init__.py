@@ -14,6 +14,8 @@ The public API, in one place:
   ``deep_fc``, ``convnet``.
 * :mod:`jaxnorm.data` -- ``load(name, split)`` (tfds CIFAR/MNIST, offline digits),
   on-device batching and augmentation, CIFAR-10-C corruptions.
+* :mod:`jaxnorm.modes` -- the BatchNorm-mode vocabulary ``bn_mode`` (``'batch'``,
+  ``'running'``, ``'frozen'``) of every function that runs a model.
 * :mod:`jaxnorm.objective` -- the training losses by name (``'ce'``, ``'mse'``) and
   the L2 term on weights.
 * :mod:`jaxnorm.results` -- a run folder's files (``config.json``, ``metrics.jsonl``, ...)
@@ -24,12 +26,15 @@ The public API, in one place:
   conditioning, sharpness, probes).
 * :mod:`jaxnorm.train` -- ``TrainConfig`` -> ``fit`` / ``fit_many``: the one training
   engine every study runs on (optimizers, schedules, checkpoints, devices).
+* :mod:`jaxnorm.study` -- the study protocol (setups -> groups of runs -> an analysis of
+  the stored files) and the command line every ``experiments/<study>.py`` shares.
 * :mod:`jaxnorm.analysis` -- reads stored runs: tables, statistics, plots.
 * :mod:`jaxnorm.adapt` -- test-time BatchNorm adaptation (test-batch statistics, TENT).
 
 Layering (each imports only those before it): norms <- layers <- models; data;
 objective, results; diagnostics; observers; train. ``analysis`` reads stored files and
-never imports ``train``.
+never imports ``train``. ``docs/concepts.md`` explains the BatchNorm modes, run folders
+and studies; ``make docs`` builds this reference.
 """
 
 from jaxnorm import adapt, analysis, data, diagnostics, inits, layers, models, norms, objective, observers, results, train

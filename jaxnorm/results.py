@@ -58,14 +58,15 @@ import numpy as np
 #: the host; the divergence step is exact whatever the interval), ``eval_every_epochs``
 #: (evaluation reads the state, never changes it), ``record_every_steps`` (the default
 #: observer's interval; observers are not part of a run's identity either) and
-#: ``checkpoint_every_epochs`` (a checkpoint restores bit-identically). Every other field
+#: ``checkpoint_every_epochs`` (a checkpoint restores bit-identically) and ``loggers`` (the
+#: sinks that also receive the metrics lines: :mod:`jaxnorm.train.metric_loggers`). Every other field
 #: can change the numbers (``eval_batch_size`` too: with ``eval_bn_mode='batch'`` it is
 #: the statistics' batch) and so identifies the run. Kept here, with the file formats:
 #: :mod:`jaxnorm.train.run_folder` leaves them out of a run's identity, and the readers of
 #: :mod:`jaxnorm.analysis` (which never import ``train``) out of a listing's differences.
 BOOKKEEPING_FIELDS = (
     "results_dir", "study", "name", "tag",
-    "log_every_steps", "eval_every_epochs", "record_every_steps", "checkpoint_every_epochs",
+    "log_every_steps", "eval_every_epochs", "record_every_steps", "checkpoint_every_epochs", "loggers",
 )
 
 

@@ -24,8 +24,14 @@ resumed by ``fit_many`` itself) and :func:`main` is the command line every study
 
     python -m experiments.<study> [CONFIG | --config NAME] [--quick] [--seeds 0 1 2] [--shard i/n]
         [--results DIR] [--plot-only] [--overwrite] [--no-progress] [--quiet] [--debug]
-        [--no-compile-cache] [study flags]
+        [--no-compile-cache] [--log tensorboard [wandb]] [study flags]
     jaxnorm <study> ...                     # the same, as the package's console command (jaxnorm.cli)
+
+``--log`` turns on metric sinks for every run trained (``TrainConfig.loggers``:
+TensorBoard event files in each run's ``tensorboard/``, one W&B run per run; they need
+``pip install 'jaxnorm[log]'``). Logging is bookkeeping: it never changes which runs
+exist, and adding it to a rerun resumes the stored runs. (A positional CONFIG goes before
+``--log``, which takes every name that follows it.)
 
 ``--quick`` shrinks the setup first and explicit study flags apply after it, so a flag
 given on the command line is never overridden by ``--quick``. Errors a user can fix (an
@@ -67,6 +73,7 @@ from tqdm.auto import tqdm
 
 from jaxnorm.results import read_json, write_json
 from jaxnorm.train import CheckpointError, FitResult, RunExistsError, TrainConfig, fit_many
+from jaxnorm.train.metric_loggers import LOGGERS, check_available, check_logger_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,9 +212,14 @@ def run_study(
     shard: str = "1/1",
     overwrite: bool = False,
     progress: bool = True,
+    loggers: Sequence[str] = (),
 ) -> list[FitResult]:
     """Trains the setup's groups of this shard (skipping finished runs, resuming
     interrupted ones) and runs each group's ``after`` step.
+
+    ``loggers`` (names from :data:`jaxnorm.train.metric_loggers.LOGGERS`) are added to
+    every config's own ``loggers`` before training (``()``: the configs as they are).
+    Unknown names and missing packages are a ValueError before anything is written.
 
     First, before anything is written, the setup is checked against the root's stored
     ``study.json`` (:func:`check_stored_setup`: SetupChangedError for another setup);
@@ -215,9 +227,11 @@ def run_study(
     With ``overwrite`` and a setup that differs from the stored one, the run folders of
     the old setup that the new one does not have are deleted too (every shard's runs
     are the new setup's, so a sharded ``--overwrite`` keeps the other shards' runs)."""
+    loggers = check_logger_names(tuple(loggers))
+    check_available(loggers)
     root = study_root(study, setup, results)
     every = study.groups(setup, list(seeds), root)
-    groups = shard_of(every, shard)
+    groups = [_with_loggers(g, loggers) for g in shard_of(every, shard)]
     info, previous = check_stored_setup(study, setup, seeds, root, overwrite=overwrite), read_study(root)
     if overwrite and previous is not None and previous.get("setup") != info["setup"]:
         _remove_other_runs(root, every)
@@ -232,6 +246,14 @@ def run_study(
         out.extend(results_)
     bar.close()
     return out
+
+
+def _with_loggers(group: RunGroup, loggers: tuple[str, ...]) -> RunGroup:
+    """The group with ``loggers`` added to each config's own (their order kept)."""
+    if not loggers:
+        return group
+    configs = tuple(c.replace(loggers=c.loggers + tuple(n for n in loggers if n not in c.loggers)) for c in group.configs)
+    return dataclasses.replace(group, configs=configs)
 
 
 def _jsonable(obj):
@@ -275,6 +297,10 @@ def build_parser(study: Study, prog: Optional[str] = None) -> argparse.ArgumentP
     parser.add_argument("--debug", action="store_true", help="re-raise errors with their traceback")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not turn on the persistent XLA compilation cache in <results>/.xla_cache (or set {COMPILE_CACHE_ENV}=0)")
+    parser.add_argument(
+        "--log", nargs="+", default=[], choices=sorted(LOGGERS), metavar="SINK",
+        help=f"also log every run's metrics to these sinks ({', '.join(sorted(LOGGERS))}; pip install 'jaxnorm[log]')",
+    )
     study.add_arguments(parser)
     return parser
 
@@ -407,7 +433,10 @@ def main(study: Study, argv: Optional[Sequence[str]] = None, prog: Optional[str]
             root = study_root(study, setup, args.results)
             t0 = time.time()
             if not args.plot_only:
-                run_study(study, setup, seeds=seeds, results=args.results, shard=args.shard, overwrite=args.overwrite, progress=progress)
+                run_study(
+                    study, setup, seeds=seeds, results=args.results, shard=args.shard, overwrite=args.overwrite,
+                    progress=progress, loggers=args.log,
+                )  # fmt: skip
                 if args.shard != "1/1":
                     print(f"shard {args.shard} trained in {time.time() - t0:.1f} s; analyze all shards with --plot-only")
                     return 0
@@ -423,4 +452,4 @@ def main(study: Study, argv: Optional[Sequence[str]] = None, prog: Optional[str]
     return 0
 
 
-_SHARED = {"setup", "config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug", "no_compile_cache"}
+_SHARED = {"setup", "config", "quick", "seeds", "shard", "results", "plot_only", "overwrite", "no_progress", "quiet", "debug", "no_compile_cache", "log"}

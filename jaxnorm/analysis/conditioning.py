@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from jaxnorm.analysis.runs import Run, find_runs  # noqa: E402
-from jaxnorm.analysis.plotting import fresh_report_dir
+from jaxnorm.analysis.plotting import fresh_report_dir, write_summary
 from jaxnorm.results import read_json, write_json  # noqa: E402
 
 __all__ = [
@@ -532,10 +532,8 @@ def write_conditioning_report(root, out_dir=None, window: int = 20) -> dict[str,
     path = plot_costs(collect_costs(runs), out / "costs.png")
     if path is not None:
         written["costs"] = path
-    summary = out / "summary.md"
-    summary.write_text(conditioning_summary_md(runs, window, title=f"Gradient-conditioning study: {root.name}")
-                       if runs else f"# Gradient-conditioning study: {root.name}\n\nNo runs found.\n")
-    written["summary"] = summary
+    written["summary"] = write_summary(out, conditioning_summary_md(runs, window, title=f"Gradient-conditioning study: {root.name}")
+                                       if runs else f"# Gradient-conditioning study: {root.name}\n\nNo runs found.\n")
     return written
 
 

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band, stack_series
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
 from jaxnorm.analysis.stats import verdict as stats_verdict
@@ -745,5 +745,5 @@ def write_report(root) -> str:
     _plot_layer_profiles(plt, plots / "layers_init.png", runs, norms, colors, with_end=False)
     _plot_layer_profiles(plt, plots / "layers_training.png", runs, norms, colors, with_end=True)
     _plot_weight_ratio(plt, plots / "weight_ratio.png", runs, norms, colors)
-    (plots / "summary.md").write_text(summary_markdown(root))
+    write_summary(plots, summary_markdown(root))
     return verdict(root)

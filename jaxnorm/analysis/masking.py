@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.stats import mean_interval
 from jaxnorm.results import read_json
 
@@ -116,7 +116,7 @@ def write_report(root) -> str:
         ratio = ", ".join(f"{_relative_time(timing, q, name):.2f}" for q in sorted((q for q in timing if q != "unmasked"), key=float)) \
             if timing and name in timing["unmasked"] else "—"  # fmt: skip
         lines.append(f"| {LABELS.get(k, k)} | " + " | ".join(cells) + f" | {ratio} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, "\n".join(lines) + "\n")
     p = shown[len(shown) // 2]
     k = max(worst[p], key=worst[p].get)
     return f"largest median error at {100 * p:g}% masks: {k} {worst[p][k]:.3g}"

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import find_runs
 from jaxnorm.analysis.stats import mean_interval, paired_test
 
@@ -66,5 +66,5 @@ def write_report(root) -> str:
         t = paired_test(final["looks_linear"][k], final["orthogonal"][k])
         lines += ["", f"{k}, looks_linear − orthogonal (paired by seed): {t.format(4)}"]
         verdict = f"{k}: looks_linear − orthogonal = {t.format(4)}"
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, "\n".join(lines) + "\n")
     return verdict

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, mean_interval, paired_test
 from jaxnorm.analysis.stats import verdict as stats_verdict
@@ -195,7 +195,7 @@ def write_report(root) -> str:
     rows = table_rows(groups)
     plots = fresh_report_dir(root / "plots")
     _plot(plots / "accuracy.png", rows)
-    (plots / "summary.md").write_text(summary_markdown(root))
+    write_summary(plots, summary_markdown(root))
     agree = sum(r["verdict"] == "agrees" for r in rows)
     spread = sum(r["verdict"] == "within single-run spread" for r in rows)
     measured = sum(r["final"].n > 0 for r in rows)

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, load_run
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
 from jaxnorm.analysis.stats import verdict as stats_verdict
@@ -645,5 +645,5 @@ def analyze(root) -> str:
     plot_curves(stored, plots / "curves.png")
     plot_batch_size(stored, plots / "batch_size.png")
     plot_eval_stats(stored, plots / "eval_stats.png")
-    (plots / "summary.md").write_text(summary_markdown(stored))
+    write_summary(plots, summary_markdown(stored))
     return verdict(stored)

@@ -38,7 +38,7 @@ import pathlib
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, load_run, variant_order
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test, verdict
 from jaxnorm.results import read_json
@@ -248,7 +248,7 @@ def write_report(root) -> str:
     _plot_gaps(plt, plots / "gap.png", grid, runs)
     _plot_grid(plt, plots / "grid.png", grid, runs)
     _plot_weight_norms(plt, plots / "weight_norms.png", grid, runs)
-    (plots / "summary.md").write_text(summary_markdown(info, runs))
+    write_summary(plots, summary_markdown(info, runs))
     return one_line(grid, runs)
 
 

@@ -36,7 +36,7 @@ from jaxnorm.analysis.contours import plot_gamma_beta
 from jaxnorm.analysis.curves import plot_curves
 from jaxnorm.analysis.gammabeta import gamma_beta_arrays
 from jaxnorm.analysis.logit_scale import logit_scale_markdown
-from jaxnorm.analysis.plotting import fresh_report_dir
+from jaxnorm.analysis.plotting import fresh_report_dir, write_summary
 from jaxnorm.analysis.runs import find_runs, fmt_value, group_key, group_runs
 from jaxnorm.analysis.sparsity import plot_sparsity, sparsity_table_md
 from jaxnorm.analysis.summary import summary_markdown
@@ -103,6 +103,5 @@ def write_report(root, out_dir=None, by: Sequence[str] = ("learning_rate",), tar
         if logits:
             summary += f"\n## Logit scale, {_group_suffix(key, by)}\n\n" + logits
     summary += "\n" + activity.replace("# γ/β activity", "## γ/β activity", 1)
-    (out / "summary.md").write_text(summary)
-    written["summary"] = out / "summary.md"
+    written["summary"] = write_summary(out, summary)
     return written

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import find_runs
 from jaxnorm.analysis.stats import mean_interval, paired_test
 
@@ -130,5 +130,5 @@ def write_report(root, k: int = 16, comparisons: Sequence = COMPARISONS) -> str:
         word = "no test (n < 2)" if t.n < 2 else {1: f"{a} > {b}", -1: f"{a} < {b}", 0: f"not significant (n = {t.n})"}[sign]
         lines.append(f"| {claim} | {q}: {a} − {b} = {t.format(4)} | {word} |")
         verdicts.append(f"{q} {a}-{b}: {word}")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, "\n".join(lines) + "\n")
     return "; ".join(verdicts)

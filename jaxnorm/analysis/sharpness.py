@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, find_runs, variant_order
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, mean_interval
 from jaxnorm.results import read_json, read_npz
@@ -288,7 +288,7 @@ def analyze(root) -> str:
     _plot_sharpness(plt, plots / "sharpness.png", rows, norms, runs, setup)
     _plot_densities(plt, plots / "density.png", rows, norms)
     groups = group_rows(rows, setup)
-    (plots / "summary.md").write_text(summary_markdown(rows, groups, setup))
+    write_summary(plots, summary_markdown(rows, groups, setup))
     return verdict(groups)
 
 

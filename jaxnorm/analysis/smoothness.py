@@ -37,7 +37,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from jaxnorm.analysis.curves import mean_band
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.runs import Run, find_runs
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test
 from jaxnorm.results import read_json
@@ -376,7 +376,7 @@ def write_report(root, labels: Optional[Mapping[str, str]] = None) -> str:
     fig.tight_layout()
     fig.savefig(plots / "ics.png", dpi=100)
     plt.close(fig)
-    (plots / "summary.md").write_text(summary_markdown(study, runs, name=root.name))
+    write_summary(plots, summary_markdown(study, runs, name=root.name))
     return _verdict(study, runs)
 
 

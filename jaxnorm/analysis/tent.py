@@ -54,7 +54,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.stats import CONFIDENCE, Interval, Paired, mean_interval, paired_test, verdict
 from jaxnorm.results import read_json, read_jsonl, read_npz, read_status
 
@@ -384,7 +384,7 @@ def analyze_tent(root) -> str:
     setup = {**read_json(root / "study.json")["setup"], **next((r.settings for r in runs if r.settings), {})}
     plots = fresh_report_dir(root / "plots")
     _plots(setup, runs, plots)
-    (plots / "summary.md").write_text(summary_markdown(setup, runs))
+    write_summary(plots, summary_markdown(setup, runs))
     done = [r for r in runs if r.records]
     modes, kinds, sevs = list(setup["modes"]), list(setup["corruptions"]), list(setup["severities"])
     table = seed_errors(done, modes, kinds, sevs)

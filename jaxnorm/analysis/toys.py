@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from jaxnorm.analysis.plotting import fresh_report_dir, pyplot
+from jaxnorm.analysis.plotting import fresh_report_dir, pyplot, write_summary
 from jaxnorm.analysis.stats import mean_interval, paired_test
 from jaxnorm.results import read_npz
 
@@ -129,5 +129,5 @@ def write_report(root, labels: dict | None = None) -> str:
     out = fresh_report_dir(root / "plots")
     lines = ["# Toys of “Gradient Conditioning in Deep Neural Networks” (BYU 2022)", ""]
     lines += _lemma(lemma, out) + _shattered(curves, labels or {}, out)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, "\n".join(lines) + "\n")
     return "; ".join(l for l in lines if l.startswith("| independent") or l.startswith("| feedforward"))[:400]

@@ -858,7 +858,7 @@ def spectral_density(
 
 def block_loss_fn(loss_fn: Loss, params: Any, block: str) -> tuple[Loss, Any]:
     """The loss as a function of the parameters whose path (``'norm3/scale'``,
-    ``'conv1/kernel'``; see :func:`jaxnorm._tree.param_paths`) matches the regex
+    ``'conv1/kernel'``; the ``/``-joined keys of the params pytree) matches the regex
     ``block`` (``re.search``), the others held at ``params``.
 
     Returns ``(block_loss, block_params)``: any function of this module applied to them

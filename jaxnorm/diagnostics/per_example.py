@@ -37,7 +37,7 @@ Loss: ``loss=`` names a per-example loss of :data:`jaxnorm.objective.LOSSES` (de
 mean equals the gradient of the training objective ``mean loss + ½λΣ‖W‖²``.
 
 Memory: per-example gradients are computed in chunks of ``chunk_size`` examples
-(:func:`~jaxnorm.diagnostics._mapping.map_chunks`: ``jax.lax.map``, unrolled on a CPU); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
+(mapped with ``jax.lax.map``, unrolled on a CPU); with a :class:`~jaxnorm.diagnostics.masking.GradientMask` each chunk
 is masked before it is stored, so the peak is ``chunk_size × P + b × mask.size``
 floats. :func:`per_example_gram` and :func:`per_example_sq_norms` never hold more than
 two chunks of gradients at once; by default (``method='auto'``) they hold none: in

@@ -45,7 +45,7 @@ class AllCNNC(nn.Module):
       bias_init: constant bias of the convs that keep one (0 thesis, 0.1 DeepOBS).
       input_dropout, hidden_dropout: the dropout rates (0.2, 0.5).
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
-        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+        ``'weight_norm'``, ``'weight_std'``; every weight layer, ``'weight_std'`` only those a norm follows).
 
     ``rectifies_output`` (a class constant, not an option): a ReLU follows the output
     layer too (conv9, before the spatial mean), so a ``norm9`` feeds a ReLU like every

@@ -56,7 +56,7 @@ class ConvNet(nn.Module):
       kernel_init: conv/dense kernel initializer name (default He normal).
       norm, bn_positions, norm_options: as in every model.
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
-        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+        ``'weight_norm'``, ``'weight_std'``; every weight layer, ``'weight_std'`` only those a norm follows).
     """
 
     num_classes: int = 10

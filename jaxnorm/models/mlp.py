@@ -40,7 +40,8 @@ def dense_stack(
     reparam: ReparamPlan = NO_REPARAM,
 ) -> jax.Array:
     """Dense layers ``dense{i}`` (-> norm -> activation -> dropout) for all but the last,
-    which returns the logits; ``reparam`` from :func:`jaxnorm.models._blocks.plan_reparam`.
+    which returns the logits; ``reparam`` is the model's resolved
+    ``weight_reparam`` plan (``_blocks.plan_reparam``).
     Must be called inside a compact flax method."""
     if x.ndim < 2:
         raise ValueError(f"expected input (batch, ...), got shape {x.shape}.")
@@ -85,7 +86,7 @@ class MLP(nn.Module):
         hidden layer).
       dropout_rate: dropout after every hidden activation (0: none).
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
-        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+        ``'weight_norm'``, ``'weight_std'``; every weight layer, ``'weight_std'`` only those a norm follows).
     """
 
     num_classes: int = 10
@@ -132,7 +133,7 @@ class DeepFC(nn.Module):
         normalization the whole net is then exactly linear at initialization).
       norm, bn_positions, norm_options: as in every model.
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
-        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+        ``'weight_norm'``, ``'weight_std'``; every weight layer, ``'weight_std'`` only those a norm follows).
     """
 
     num_classes: int = 10

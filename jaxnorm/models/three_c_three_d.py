@@ -38,7 +38,7 @@ class ThreeCThreeD(nn.Module):
       conv_init, dense_init: names from :data:`jaxnorm.inits.INITS`. ``glorot_normal``
         is the untruncated (PyTorch DeepOBS) form; ``glorot_truncated_normal`` is TF's.
       weight_reparam: a name from :data:`jaxnorm.layers.WEIGHT_REPARAMS` (``'none'``,
-        ``'weight_norm'``, ``'weight_std'``; see :func:`jaxnorm.models._blocks.plan_reparam`).
+        ``'weight_norm'``, ``'weight_std'``; every weight layer, ``'weight_std'`` only those a norm follows).
     """
 
     num_classes: int = 10

@@ -27,6 +27,7 @@ from jaxnorm._registry import lookup
 from jaxnorm.data.augmentation import AugmentConfig
 from jaxnorm.modes import check_bn_mode
 from jaxnorm.objective import LOSSES, check_l2_scope
+from jaxnorm.train.metric_loggers import check_logger_names
 from jaxnorm.train.optim import OPTIMIZERS
 
 EVAL_BN_MODES = ("running", "batch")  # jaxnorm.modes: running statistics, or each eval batch's
@@ -134,6 +135,12 @@ class TrainConfig:
       eval_batch_size: batch size of evaluation.
       log_every_steps: how often training metrics are pulled to the host (the only
         host sync of the hot loop) and written to ``metrics.jsonl``.
+      loggers: sinks that receive every ``metrics.jsonl`` line as it is written, names
+        from :data:`jaxnorm.train.metric_loggers.LOGGERS`: ``'tensorboard'`` (event files
+        in ``<run>/tensorboard/``) and ``'wandb'`` (one Weights & Biases run per run);
+        both need ``pip install 'jaxnorm[log]'``. Default ``()``: none, no other file is
+        written. A list is kept as a tuple; an unknown name or one given twice is a
+        ValueError. Bookkeeping: switching them on for a resumed run keeps its identity.
       record_every_steps: the γ/β recorder's interval (“Dissecting BatchNorm: An Ablation Study on the Core Components”, Tübingen thesis 2023: 5).
       checkpoint_every_epochs: checkpoint interval (0: never; the last epoch is
         always checkpointed when > 0).
@@ -183,6 +190,7 @@ class TrainConfig:
     divergence_factor: Optional[float] = None
     eval_batch_size: int = 500
     log_every_steps: int = 50
+    loggers: tuple[str, ...] = ()
     record_every_steps: int = 5
     checkpoint_every_epochs: int = 1
     num_devices: Optional[int] = None
@@ -213,6 +221,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.momentum must lie in [0, 1), got {self.momentum}.")
         for f in ("study", "name"):
             _check_relative_name(f, getattr(self, f))
+        object.__setattr__(self, "loggers", check_logger_names(self.loggers))
         if not isinstance(self.tag, str):
             raise ValueError(f"TrainConfig.tag must be a string, got {self.tag!r}.")
         check_bn_mode(self.eval_bn_mode, EVAL_BN_MODES, where="TrainConfig.eval_bn_mode")
@@ -271,6 +280,7 @@ class TrainConfig:
         d["schedule_kwargs"] = dict(self.schedule_kwargs)
         d["optimizer_kwargs"] = dict(self.optimizer_kwargs)
         d["eval_splits"] = list(self.eval_splits)
+        d["loggers"] = list(self.loggers)
         return json.loads(json.dumps(d, default=str))
 
     @classmethod

@@ -10,7 +10,10 @@ writes ``results/<study>/<run>/`` (see :mod:`jaxnorm.results`). The loop:
   counts the traces of every compiled function);
 * calls the observers every ``every`` steps, keeping their results on the device;
 * pulls metrics to the host only every ``log_every_steps`` steps and at epoch ends
-  (the loop's only host syncs), checking there for divergence;
+  (the loop's only host syncs), checking there for divergence; the lines written to
+  ``metrics.jsonl`` there also go to the run's opt-in sinks (``config.loggers``:
+  TensorBoard, W&B; :mod:`jaxnorm.train.metric_loggers`), closed when the run ends,
+  fails or is interrupted;
 * evaluates every ``eval_every_epochs`` epochs on each eval split (one compiled call
   per split; with ``train_eval_mode='deepobs'`` the ``train_eval`` set is redrawn and
   augmented on the device from (seed, epoch), by one compiled call traced once),
@@ -71,6 +74,7 @@ from jaxnorm.train.checkpoint import CheckpointError, Checkpointer
 from jaxnorm.train.multi_run import default_run_devices, map_over_runs, padded_runs, resolve_strategy, stack, unstack
 from jaxnorm.train.config import TrainConfig
 from jaxnorm.train.interrupts import InterruptGuard
+from jaxnorm.train.metric_loggers import RunLoggers, check_available
 from jaxnorm.train.run_groups import check_compatible, learned_filter
 from jaxnorm.train.run_folder import (
     eval_lines,
@@ -491,7 +495,8 @@ def fit(
         one is passed over with a warning, for the previous one).
       ValueError: a batch size not divisible by the device count, an unknown
         dataset/model/norm, a model that does not fit the data's shape, data holding
-        NaN or inf, or a batch larger than the training set.
+        NaN or inf, a batch larger than the training set, or a logger of
+        ``config.loggers`` whose package is not installed (``pip install 'jaxnorm[log]'``).
       KeyboardInterrupt: after SIGINT or SIGTERM (see above).
       PrimaryProcessError: on processes other than 0, when process 0 could not lock or
         prepare the run folder (its error in the message).
@@ -594,14 +599,16 @@ def _validate(configs: Sequence[TrainConfig], superset: bool):
     non-finite values), the device mesh (the batch divisible by the devices), the model
     and optimizer (unknown model or norm, a model that does not fit the data's shape, a
     frozen pattern matching nothing: traced abstractly by ``jax.eval_shape``, nothing
-    compiled or allocated). Runs of one program share their shapes, so the first
-    config's state shapes are every run's. Returns ``(plan, module, state_template)``."""
+    compiled or allocated), and the packages of the configs' ``loggers``. Runs of one
+    program share their shapes, so the first config's state shapes are every run's.
+    Returns ``(plan, module, state_template)``."""
     cfg = configs[0]
     plan = _plan(cfg)
     for split in cfg.eval_splits:
         ds = load(cfg.dataset, split)
         _check_finite(ds.images[: cfg.eval_subset], f"dataset {cfg.dataset!r} split {split!r}")
     parallel.check_batch_divisible(plan.batch_size, parallel.make_mesh(cfg.num_devices or 1))
+    check_available({name for c in configs for name in c.loggers})  # an optional package missing
     module = build_model(cfg, plan.num_classes, norm="bn_ablation" if superset else None)
     sample = jax.ShapeDtypeStruct((1,) + plan.images.shape[1:], jnp.asarray(plan.images[:1]).dtype)
     try:
@@ -662,8 +669,9 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
     # In the superset every run has γ and β; record only those its variant learns.
     keep = [learned_filter(c.norm) if superset else (lambda key: True) for c in configs]
     info = {"strategy": strategy, "runs": num, **program.info, **({"superset": "bn_ablation"} if superset else {})}
-    loop = _Loop(plan, program, runs, traj, guard, primary)
-    bar = None
+    loggers = [RunLoggers(c, r, active=primary) for c, r in zip(configs, runs)]  # process 0 writes, as the files
+    loop = _Loop(plan, program, runs, traj, guard, primary, loggers)
+    bar, failed = None, True
     try:
         # A CheckpointError here leaves the status as it was (the run is what it was).
         state, step, start_epoch, initial_losses = _restore(program, configs, runs, ckpts, traj, state, resume)
@@ -685,6 +693,7 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
             for r, t, k in zip(runs, traj, keep):
                 if primary:
                     write_trajectories(r, t, k)
+            failed = False
         except BaseException as e:
             # A signal the guard caught is an interruption (resumable by design); anything
             # else -- a KeyboardInterrupt raised by other code included -- is a failure.
@@ -703,6 +712,7 @@ def _fit_group(configs, runs, superset: bool, plan: _Plan, module, strategy: str
         for c in ckpts:
             if c is not None:
                 c.close()
+        loop.close_loggers(failed)
 
     results = []
     for i, r in enumerate(runs):
@@ -725,11 +735,13 @@ class _Loop:
     #: model can come every few milliseconds.
     HEARTBEAT_S = 1.0
 
-    def __init__(self, plan: _Plan, program: _Program, runs, traj, guard, primary: bool = True):
+    def __init__(self, plan: _Plan, program: _Program, runs, traj, guard, primary: bool, loggers: Sequence[RunLoggers]):
         self.plan, self.program, self.runs, self.traj, self.guard = plan, program, runs, traj, guard
         self.primary = primary  # writes the run files (process 0); the others only compute
         # Several processes must stop at the same step: signals are agreed at host syncs.
         self.local_checks = jax.process_count() == 1
+        # Each run's metric sinks (jaxnorm.train.metric_loggers), fed the lines at the syncs.
+        self.loggers = list(loggers)
         self.divergence: list[Optional[dict]] = [None] * program.num
         self.initial_losses: list = [None] * program.num
         self.pending, self.pending_obs = [], []
@@ -742,8 +754,10 @@ class _Loop:
         return self.stop.ended(self.divergence)
 
     def start(self, step: int, initial_losses) -> None:
-        """The restored (or initial) step: writes the first heartbeat."""
+        """The restored (or initial) step: opens the metric sinks, writes the first heartbeat."""
         self.synced_step, self.initial_losses = step, list(initial_losses)
+        for lg in self.loggers:
+            lg.open(step)
         if self.stop.rules:  # only StopWhen rules need the stored lines
             self.stop.start([read_jsonl(r.metrics) for r in self.runs])
         self.heartbeat(force=True)
@@ -822,6 +836,7 @@ class _Loop:
                 self.stop.see(i, lines)
             if self.primary:
                 append_jsonl(r.metrics, lines)
+                self.loggers[i].write(lines)
             if self.divergence[i] and self.primary:  # final for this run whatever happens to the others
                 write_status(r, "diverged", self.divergence[i]["step"], self.plan.total_steps, divergence=self.divergence[i])
         self.pending, self.pending_obs = [], []
@@ -833,7 +848,24 @@ class _Loop:
         totals = jax.device_get({split: self.program.evaluate_split(state, arrays, epoch) for split, arrays in eval_data.items()})
         for i, r in enumerate(self.runs):
             if not self.divergence[i] and self.primary:
-                append_jsonl(r.metrics, eval_lines(_run_slice(totals, i), epoch, step))
+                lines = eval_lines(_run_slice(totals, i), epoch, step)
+                append_jsonl(r.metrics, lines)
+                self.loggers[i].write(lines)
+
+    def close_loggers(self, failed: bool) -> None:
+        """Closes (flushes) every run's sinks, all of them even if one raises. After a
+        failure or an interruption a sink's own error is only logged (a warning): it must
+        not hide the exception that ended the training."""
+        errors = []
+        for lg in self.loggers:
+            try:
+                lg.close(failed)
+            except Exception as e:  # noqa: BLE001 -- the first is raised once all are closed
+                errors.append(e)
+        if errors and failed:
+            _log.warning("closing the metric loggers failed too: %s", "; ".join(f"{type(e).__name__}: {e}" for e in errors))
+        elif errors:
+            raise errors[0]
 
     def checkpoint(self, state, ckpts, keep, epoch: int, step: int) -> None:
         num = self.program.num

@@ -37,7 +37,7 @@ at step 0 to 1 at step k first (optax's ``warmup_cosine_decay_schedule`` convent
 runs the schedule on the remaining steps.
 
 Freezing: ``make_optimizer(..., frozen=regex)`` zeroes the update of every parameter
-whose path (``'norm3/scale'``, ``'conv1/kernel'``; see :func:`jaxnorm._tree.param_paths`)
+whose path (``'norm3/scale'``, ``'conv1/kernel'``; the ``/``-joined keys of the params pytree)
 matches the regex, so it keeps its initial value bit for bit (BN-only training, γ/β
 learned in chosen layers only).
 """

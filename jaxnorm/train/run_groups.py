@@ -2,7 +2,7 @@
 ablation superset that lets the five BatchNorm variants share one.
 
 Runs share a program when they have the same structure: they may differ in bookkeeping
-(seed, name, tag) and in the hyperparameters held as data in the optimizer state
+(seed, name, tag, loggers) and in the hyperparameters held as data in the optimizer state
 (learning rate, weight decay, momentum). Runs that mix the ablation variants train as
 the ``bn_ablation`` superset (:class:`jaxnorm.layers.Norm` with ``maskable``): every run
 has γ and β, switched off per run, so only the ones its variant learns are recorded.
@@ -19,7 +19,7 @@ from jaxnorm.train.optim import momentum_structure
 
 #: Fields in which runs trained as one program may differ: bookkeeping, and the
 #: hyperparameters that live in the optimizer state (data, not structure).
-_PER_RUN_FIELDS = ("seed", "name", "tag", "learning_rate", "weight_decay", "momentum")
+_PER_RUN_FIELDS = ("seed", "name", "tag", "loggers", "learning_rate", "weight_decay", "momentum")
 
 
 def check_compatible(configs: Sequence[TrainConfig]) -> bool:

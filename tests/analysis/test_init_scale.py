@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.analysis import init_scale as A
+from jaxnorm.analysis.plotting import embed_figures
 from jaxnorm.results import rewrite_jsonl, write_json, write_npz
 
 LN10 = math.log(10)
@@ -183,7 +184,7 @@ def test_report_writes_plots_summary_and_verdict(study_root):
     for png in ("loss.png", "layers_init.png", "layers_training.png", "weight_ratio.png"):
         assert (study_root / "plots" / png).stat().st_size > 10_000, png
     summary = (study_root / "plots" / "summary.md").read_text()
-    assert summary == A.summary_markdown(study_root)
+    assert summary == embed_figures(A.summary_markdown(study_root), study_root / "plots")  # and its figures
     # Per (norm, c): outcome counts; one seed: values without an interval.
     assert "| vanilla | 3 | 1 | 1/1 | 0/1 | 0/1 | 1e+05 | — | — | 25 |" in summary
     assert "| vanilla | 2 | 1 | 0/1 | 0/1 | 1/1 | 3 | 0.4 | 0.7 | - |" in summary

@@ -24,4 +24,5 @@ def test_quick_study_trains_measures_and_reports(tmp_path, capsys, name, extra):
     plots = root / "plots"
     summary = (plots / "summary.md").read_text()
     assert list(plots.glob("*.png")) and " ± " in summary  # intervals over the seeds
+    assert all(f"![{png.stem}]({png.name})" in summary for png in plots.glob("*.png"))  # summary.md shows its figures
     assert "plots and summary.md in" in capsys.readouterr().out

@@ -19,6 +19,7 @@ import pytest
 
 from experiments import regularization as reg
 from jaxnorm.analysis import regularization as analysis
+from jaxnorm.analysis.plotting import embed_figures
 from jaxnorm.models import get_model
 from jaxnorm.objective import cross_entropy
 from jaxnorm.study import run_study
@@ -240,7 +241,7 @@ def test_quick_study_writes_runs_plots_and_summary(quick):
     assert "- bn_gamma_beta, dropout: p = 0.5: accuracy gap no test (n = 1), loss gap no test (n = 1)." in summary
     assert "Diverged (non-finite loss; not averaged): bn_gamma_beta_wd10000_p0.5_s0, bn_gamma_beta_wd10000_p0_s0." in summary
     # The report is a function of the stored files (what --plot-only reads).
-    assert analysis.summary_markdown(*analysis.load_results(root)) == summary
+    assert embed_figures(analysis.summary_markdown(*analysis.load_results(root)), plots) == summary
 
 
 def test_the_program_over_weight_decays_equals_the_single_runs(quick, tmp_path):
