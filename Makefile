@@ -14,7 +14,7 @@ LOCK_FOR   := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # True (exit 0) when .venv's interpreter is one the lock was compiled for.
 LOCK_MATCHES := import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and sys.platform == "linux" and platform.machine() == "x86_64"))
 
-.PHONY: demo smoke test docs install install-unlocked lock clean
+.PHONY: demo smoke test test-extended docs install install-unlocked lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,12 @@ smoke: $(STAMP)
 	$(PY) -m experiments.smoke
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal  # two workers (the CI machine has 2 cores); idle workers steal queued tests, so the long ones do not pile up at the end
+	$(PY) -m pytest -q -n 2 --dist worksteal -m 'not extended'  # two workers (the CI machine has 2 cores); idle workers steal queued tests, so the long ones do not pile up at the end
+
+# The end-to-end checks `make test` leaves out (pytest -m extended: notebooks executed, the docs
+# build, the Colab install in a fresh venv, job-array shards as processes, long study runs); CI runs both.
+test-extended: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist worksteal -m extended
 
 # The API reference from the docstrings (pdoc), in docs/api/index.html; fails on any warning
 # or unresolved cross-reference (docs/build.py; tests/test_docs.py runs the same build).

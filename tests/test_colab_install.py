@@ -69,6 +69,7 @@ def _runtime_packages(into: pathlib.Path) -> pathlib.Path:
     return into
 
 
+@pytest.mark.extended
 def test_colab_branch_installs_jaxnorm_in_a_fresh_venv(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")

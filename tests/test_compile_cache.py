@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -58,6 +60,7 @@ print(json.dumps({'dir': jax.config.jax_compilation_cache_dir}))
 """
 
 
+@pytest.mark.extended
 def test_study_commands_turn_it_on_unless_no_compile_cache(tmp_path):
     results = repr(str(tmp_path))
     off = _run(COMMAND.replace("sys.argv[1]", results).replace("sys.argv[2:]", "['--no-compile-cache']"))

@@ -3,12 +3,14 @@
 import pathlib
 import re
 
+import pytest
 
 from experiments import smoke
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.extended
 def test_smoke_trains_small_models_and_reports_success(capsys):
     # Two cheap cases through the real entry point; a falling loss is the pass criterion.
     assert smoke.main(["--only", "mlp", "convnet", "--steps", "4", "--batch-size", "16"]) == 0

@@ -37,6 +37,7 @@ def api(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.extended
 def test_full_build_has_no_warnings(api):
     out, proc = api
     assert proc.returncode == 0, f"pdoc {pdoc.__version__}: " + proc.stderr[-4000:]
@@ -45,6 +46,7 @@ def test_full_build_has_no_warnings(api):
     assert re.fullmatch(r"API reference of \d+ modules in .*index\.html\n", proc.stdout), proc.stdout
 
 
+@pytest.mark.extended
 def test_every_public_module_has_a_page(api):
     # The modules on disk, read independently of docs/build.py's public_modules().
     out, _ = api
@@ -62,6 +64,7 @@ def test_every_public_module_has_a_page(api):
     assert "jaxnorm" in index and (out / "search.js").is_file()
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize(
     "page, names",
     [
@@ -80,6 +83,7 @@ def test_key_pages_document_their_functions(api, page, names):
         assert f'id="{name}"' in text, (page, name)
 
 
+@pytest.mark.extended
 def test_roles_become_links(api):
     # ``:func:`~jaxnorm.analysis.plotting.fresh_report_dir``` in report.py's docstring: a link, no reST left.
     out, _ = api

@@ -152,6 +152,7 @@ def _notebook_args(results) -> list[str]:
     return [*ABLATION_QUICK_ARGS[:2], "--results", str(results), *ABLATION_QUICK_ARGS[2:]]
 
 
+@pytest.mark.extended
 def test_conditioning_notebook_runs(tmp_path, monkeypatch):
     outputs, text, results, elapsed = _run_checked(CONDITIONING_NOTEBOOK, tmp_path, monkeypatch)
 
@@ -171,6 +172,7 @@ def test_conditioning_notebook_runs(tmp_path, monkeypatch):
     print(f"notebook executed in {elapsed:.1f} s")
 
 
+@pytest.mark.extended
 def test_hessian_notebook_runs(tmp_path, monkeypatch):
     outputs, text, results, elapsed = _run_checked(HESSIAN_NOTEBOOK, tmp_path, monkeypatch)
     # Part 1: the notebook asserts the agreement per network, then prints this line.
@@ -191,6 +193,7 @@ def test_hessian_notebook_runs(tmp_path, monkeypatch):
     print(f"notebook executed in {elapsed:.1f} s")
 
 
+@pytest.mark.extended
 def test_lecture_notebook_runs(tmp_path, monkeypatch):
     """The four lecture experiments in quick mode: each writes its plots and summary.md under
     results/<study>/, and the notebook displays them."""

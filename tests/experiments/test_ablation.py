@@ -74,6 +74,7 @@ def test_digits_default_quick_trains_the_five_variants_and_reports(ablation_quic
 # One CIFAR config is trained end to end on mocked tfds; the other two only differ from it
 # by dataset (loaded on mocked tfds in tests/data/test_load.py) and network head/model (the
 # next test builds them; tests/models trains All-CNN-C in training mode).
+@pytest.mark.extended
 def test_cifar_config_runs_quick_on_mocked_tfds(tmp_path):
     name = "cifar10_3c3d"
     with tfds.testing.mock_data(num_examples=40):

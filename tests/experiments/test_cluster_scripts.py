@@ -74,6 +74,7 @@ def _runs(root: pathlib.Path) -> dict[str, str]:
     return {str(p.parent.relative_to(root)): p.read_text() for p in sorted(root.rglob("metrics.jsonl"))}
 
 
+@pytest.mark.extended
 def test_sharded_on_two_local_gpus_merges_to_the_unsharded_report(tmp_path):
     env = {"PYTHON": sys.executable, "NUM_GPUS": "2", "LOG_DIR": str(tmp_path / "logs"), "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
@@ -99,6 +100,7 @@ def test_sharded_on_two_local_gpus_merges_to_the_unsharded_report(tmp_path):
     assert sorted(p.name for p in (a / "plots").iterdir()) == sorted(p.name for p in (b / "plots").iterdir())
 
 
+@pytest.mark.extended
 def test_local_gpus_reports_a_failed_shard_and_skips_the_report(tmp_path):
     env = {"PYTHON": sys.executable, "NUM_GPUS": "2", "LOG_DIR": str(tmp_path / "logs"), "JAX_PLATFORMS": "cpu"}
     proc = _bash("local_gpus.sh", "ablation", "--config", "no-such-config", env=env, timeout=300)

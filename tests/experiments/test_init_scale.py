@@ -102,6 +102,7 @@ def _final_state(run: pathlib.Path, step: int):
     return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "state").absolute()))
 
 
+@pytest.mark.extended
 def test_a_study_killed_mid_training_resumes_to_the_same_results(tmp_path):
     """Two processes run the same command: one is SIGKILLed once it has checkpointed and
     trained past that checkpoint (its status.json still says 'running', its latest
