@@ -122,6 +122,7 @@ def _run_checked(notebook, tmp_path, monkeypatch, results=None):
     return outputs, text, results, elapsed
 
 
+@pytest.mark.extended
 def test_ablation_notebook_runs(tmp_path, monkeypatch, ablation_quick):
     """The notebook on the shared quick run of tests/conftest.py: its training cell calls
     ``ablation.main`` with the same arguments, finds the ten runs finished and reads them

@@ -328,6 +328,7 @@ def test_plateau_argument_errors():
 # ---------------------------------------------------------------- κ_X
 
 
+@pytest.mark.extended
 def test_kappa_x_sweep_is_input_condition_number_at_each_eta():
     """One η: the library's κ_X with targeted perturbations at that η (the same key and
     directions; ω built in another rounding order, so within the round-off bound of κ_X,

@@ -129,6 +129,7 @@ def sharpness_lines(metrics):
     return [(m["step"], m["sharpness"], m["iterations"]) for m in metrics if m["kind"] == "sharpness"]
 
 
+@pytest.mark.extended
 def test_fit_records_sharpness_and_resumes_it_exactly(tmp_path, monkeypatch):
     """Every 4 steps during a 2-epoch fit (8 steps per epoch), with the BN mode and method
     in each line; killed at step 12 (checkpoint at 8) and resumed, the sharpness lines
@@ -150,6 +151,7 @@ def test_fit_records_sharpness_and_resumes_it_exactly(tmp_path, monkeypatch):
     assert kept == [8, 16]
 
 
+@pytest.mark.extended
 def test_fit_many_carries_each_runs_eigenvector(tmp_path):
     """Two seeds trained together: each run's sharpness lines equal the run trained alone
     (the carries are stacked over runs like the states)."""

@@ -31,6 +31,7 @@ def _train(tmp_path, overrides=(), config="digits", seeds=(0,)):
     return tmp_path / "ablation" / setup.name
 
 
+@pytest.mark.extended
 def test_digits_default_quick_trains_the_five_variants_and_reports(ablation_quick):
     # The shared run of tests/conftest.py: `--config digits --quick` as the notebook runs it.
     results, out = ablation_quick

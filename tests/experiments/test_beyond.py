@@ -39,6 +39,7 @@ def test_registered_and_distinct():
 VARIANTS = ("bn_gamma", "bn_gamma_beta")
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("name", sorted(EXPECT))
 def test_quick_run_freezes_and_tags(tmp_path, name):
     tag, frozen_layers = EXPECT[name]

@@ -11,6 +11,7 @@ import pytest
 from experiments import mnist1d_baselines as study
 
 
+@pytest.mark.extended
 def test_quick_study_trains_both_datasets_and_writes_the_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXNORM_DATA_DIR", str(tmp_path / "data"))
     argv = ["--quick", "--results", str(tmp_path), "--no-progress", "--models", "mnist1d_linear", "mnist1d_cnn", "--steps", "40"]

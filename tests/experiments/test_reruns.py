@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import pytest
 
 from experiments import ablation, init_scale
 from jaxnorm.layers import ABLATION_VARIANTS
@@ -19,6 +20,7 @@ def _files(root: pathlib.Path) -> dict[str, bytes]:
             if p.is_file() and "plots" not in p.relative_to(root).parts and not p.name.startswith(".")}
 
 
+@pytest.mark.extended
 def test_a_second_demo_says_the_runs_are_done_and_does_not_retrain(ablation_quick, capsys):
     # The first run is the shared quick ablation of tests/conftest.py (trained once per worker).
     results, _ = ablation_quick
@@ -39,6 +41,7 @@ def _status(run):
     return json.loads((run / "status.json").read_text())
 
 
+@pytest.mark.extended
 def test_a_changed_flag_never_rewrites_a_lecture_study_and_plot_only_describes_what_is_stored(tmp_path, capsys):
     args = ["--quick", "--norms", "vanilla", "--scales", "2", "--results", str(tmp_path), "--no-progress"]
     root = tmp_path / "init_scale" / "digits-quick"
