@@ -181,6 +181,7 @@ def test_relu_sparsity_probes_every_norm_a_relu_follows(tmp_path, config, probed
     assert set(record) == probed
 
 
+@pytest.mark.extended
 def test_placements_and_lr_scales_are_groups_of_one_root(tmp_path):
     setup = setup_with(ablation.STUDY.setups["digits"], {"lr_scale": [0.1, 10], "positions": ["default", "first"]}, quick=True)
     root = tmp_path / "ablation" / setup.name

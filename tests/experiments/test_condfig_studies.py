@@ -12,7 +12,7 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("name, extra", [pytest.param("samplers", None, marks=pytest.mark.extended), ("masking", "masking.json"), pytest.param("mirrored", None, marks=pytest.mark.extended)])
+@pytest.mark.parametrize("name, extra", [pytest.param("samplers", None, marks=pytest.mark.extended), pytest.param("masking", "masking.json", marks=pytest.mark.extended), pytest.param("mirrored", None, marks=pytest.mark.extended)])
 def test_quick_study_trains_measures_and_reports(tmp_path, capsys, name, extra):
     study = importlib.import_module(f"experiments.{name}")
     assert study.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0

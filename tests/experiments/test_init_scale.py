@@ -173,6 +173,7 @@ def test_a_study_killed_mid_training_resumes_to_the_same_results(tmp_path):
     assert "| vanilla | 2 | 0 | trained |" in text  # 1000 steps train even the 3-layer net
 
 
+@pytest.mark.extended
 def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path, capsys):
     """c = 10⁸ in the quick net: the loss starts ~10¹² and SGD drives it past 10x its first
     step's within a few steps (or to NaN): fit stops the run with a divergence record;

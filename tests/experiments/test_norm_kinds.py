@@ -20,6 +20,7 @@ from jaxnorm.results import read_jsonl, write_json
 from jaxnorm.train import build_model
 
 
+@pytest.mark.extended
 def test_quick_study_writes_runs_records_plots_and_summary(tmp_path, capsys):
     assert nk.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
     setup = nk.SETUPS["digits"].quick()

@@ -28,6 +28,7 @@ def lines(run, kind):
     return [m for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == kind]
 
 
+@pytest.mark.extended
 def test_quick_study_writes_records_plots_and_summary(tmp_path):
     assert sharpness.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
     root = tmp_path / "sharpness" / "digits-quick"
@@ -128,6 +129,7 @@ def test_a_diverging_program_beside_a_settling_one_and_the_sharpness_of_the_trai
     assert group.endswith("| does not hold here (diverged) |")
 
 
+@pytest.mark.extended
 def test_cifar10_5k_setup_runs_quick_on_mocked_tfds(tmp_path):
     """Cohen et al.'s setting (fc-tanh 200-200, 5k CIFAR-10 images, MSE) through the real
     tfds path under mock_data, in quick mode (one norm: the compile is the cost): records and

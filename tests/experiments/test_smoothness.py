@@ -24,6 +24,7 @@ def _lines(path):
     return [json.loads(l) for l in path.read_text().splitlines()]
 
 
+@pytest.mark.extended
 def test_quick_study_writes_runs_plots_and_summary(tmp_path, capsys):
     assert smoothness.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
     setup = smoothness.SETUPS["digits"].quick()
@@ -67,6 +68,7 @@ def test_quick_study_writes_runs_plots_and_summary(tmp_path, capsys):
     assert (root / "noisy_bn_s0" / "recalibrated_eval.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.extended
 def test_a_diverging_run_is_recorded_and_the_report_still_written(tmp_path):
     argv = ["--quick", "--variants", "vanilla", "--lr", "1e4", "--results", str(tmp_path), "--no-progress"]
     assert smoothness.main(argv) == 0

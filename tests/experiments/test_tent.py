@@ -21,6 +21,7 @@ EVAL_KEYS = {"kind", "corruption", "severity", "mode", "error", "entropy", "n", 
 SELECT_KEYS = {"kind", "corruption", "severity", "mode", "error", "entropy", "n", "updates"}
 
 
+@pytest.mark.extended
 def test_quick_study_writes_records_plots_and_summary(tmp_path, capsys):
     assert tent.main(["--quick", "--results", str(tmp_path), "--no-progress"]) == 0
     cfg = tent.TentSetup().quick()
