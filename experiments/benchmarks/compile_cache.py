@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from experiments.benchmarks.conditioning import REPO, write_section
+from experiments.benchmarks.conditioning import REPO, publish
 
 STATES = ("off", "cold", "warm")
 WORKLOADS = ("fit", "study")
@@ -158,11 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t0 = time.time()
     rows = run(repeats, args.workloads, log)
     section = render(info, args.quick, repeats, rows, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="compile_cache")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "compile_cache", log)
 
 
 if __name__ == "__main__":

@@ -261,6 +261,16 @@ def write_section(path: Path, section: str, key: str, marker: str = "conditionin
     path.write_text(text)
 
 
+def publish(section: str, out: str, key: str, marker: str, log) -> None:
+    """What every benchmark does with its section: print it (``out == '-'``) or write it
+    into the markdown file ``out`` with :func:`write_section`."""
+    if out == "-":
+        print(section)
+    else:
+        write_section(Path(out), section, key, marker=marker)
+        log(f"wrote {out}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="settings for a small CPU")
@@ -279,11 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         log("both sections are needed for the report; nothing written.")
         return
     section = render(info, "quick" if args.quick else "full", cfg, pe, ob, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"])
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "conditioning", log)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,9 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
-from experiments.benchmarks.conditioning import REPO, write_section
+from experiments.benchmarks.conditioning import REPO, publish
 
 TARGET_MIN = 10.0
 CIFAR10_TRAIN = 50_000
@@ -89,11 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     row = run(args.quick, log)
     log(f"{row['runs']} runs, {row['steps']} steps in {row['seconds'] / 60:.1f} min")
     section = render(info, row, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="grid")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "grid", log)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,13 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.conditioning import REPO, round_robin, write_section
+from experiments.benchmarks.conditioning import REPO, publish, round_robin
 from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_flax_into_torch, machine_info, make_data, optional_import
 from jaxnorm.data.augmentation import normalize
 from jax.flatten_util import ravel_pytree
@@ -219,11 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     pw = run_power(cfg, log)
     lin = run_linearize(cfg, log)
     section = render(info, "quick" if args.quick else "full", cfg, hl, pw, lin, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="hessian")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "hessian", log)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.conditioning import round_robin, write_section
+from experiments.benchmarks.conditioning import publish, round_robin
 from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_average, machine_info, make_data, optional_import
 from jaxnorm.models import get_model
 from jaxnorm.observers import INSTRUMENT_PRESETS, Instruments, TrainBatchInstruments
@@ -208,11 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     log(f"instrument-panel benchmark on {info['key']}")
     r = run(cfg, log)
     section = render(info, "quick" if args.quick else "full", cfg, r, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="instruments")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "instruments", log)
 
 
 if __name__ == "__main__":

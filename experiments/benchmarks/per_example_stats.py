@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.conditioning import round_robin, write_section
+from experiments.benchmarks.conditioning import publish, round_robin
 from experiments.benchmarks.train_step import CIFAR10, build_torch_model, load_average, load_flax_into_torch, machine_info, make_data, optional_import
 from jaxnorm.data.augmentation import normalize
 from jaxnorm.diagnostics import batch_loss_fn, num_coordinates, per_example_gram, per_example_sq_norms, per_example_statistics
@@ -241,11 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     chosen = set(args.models.split(","))
     runs = [run_model(cfg, log, *m) for m in MODELS if m[1] in chosen]
     section = render(info, "quick" if args.quick else "full", cfg, runs, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="per_example_stats")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "per_example_stats", log)
 
 
 if __name__ == "__main__":

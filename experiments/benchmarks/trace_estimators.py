@@ -30,14 +30,13 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.conditioning import REPO, write_section
+from experiments.benchmarks.conditioning import REPO, publish
 from experiments.benchmarks.train_step import machine_info
 from jaxnorm.data import load
 from jaxnorm.diagnostics import hessian_loss_fn, hutchinson_trace, hutchpp_trace
@@ -157,11 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         log(f"trace-estimator benchmark on {info['key']}")
         rows = run(cfg, log)
     section = render(info, "quick" if args.quick else "full", cfg, rows, time.time() - t0)
-    if args.out == "-":
-        print(section)
-    else:
-        write_section(Path(args.out), section, info["key"], marker="trace")
-        log(f"wrote {args.out}")
+    publish(section, args.out, info["key"], "trace", log)
 
 
 if __name__ == "__main__":
